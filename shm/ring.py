@@ -1,0 +1,258 @@
+"""A multi-producer, multi-consumer ring of fixed-size records with claim/commit.
+
+Positions are 64-bit counters that only grow; the slot of position ``p`` is
+``p % capacity``. Three counters split the ring::
+
+    tail ........ claimed ........ head
+    |  claimed,   |  pending       |  free ...
+    |  in flight  |  (queued)      |
+
+* ``enqueue`` writes at ``head`` (one copy from the caller's arrays).
+* ``claim`` hands out ``[claimed, claimed+n)`` to one consumer and records it
+  in the claim table; a claim never wraps, so its records are contiguous and
+  can be handed to hnswlib as numpy views without a copy.
+* ``commit`` marks a claim done; ``tail`` then advances over every committed
+  claim in order. Slots are reused only once ``tail`` has passed them, so a
+  consumer that dies between claim and commit leaves its records intact: its
+  claims stay in the table, and ``claims_of``/``reassign`` let a replacement
+  process them again (DESIGN §4, claim/commit).
+
+Layout of one ring inside a segment, starting at ``offset`` (64-byte aligned)::
+
+    off  size            field
+    0    8               head      u64   producers, under the ring lock
+    8    8               claimed   u64   consumers, under the ring lock
+    16   8               tail      u64   consumers, under the ring lock
+    24   8               capacity  u64   creator, once
+    32   8               dim       u64   creator, once
+    40   24              reserved
+    64   32*K            claim table: K entries of
+                           start u64, count u64, claimer i64, state i64
+                           (state 0 free, 1 claimed, 2 committed)
+    ...  8*C  (align 64) ids       u64[C]
+    ...  4*C  (align 64) space     u32[C]
+    ...  8*C  (align 64) enq_time  f64[C]   (time.time() of enqueue)
+    ...  4*C*D (align 64) vectors  f32[C, D]
+
+Concurrency contract: every mutation happens under the ring's byte lock in a
+``shm.lock.LockFile`` (kernel-released on death). ``depth``/``queued`` read
+counters without the lock and may be slightly stale; they are for decisions
+that are re-checked under the lock. The mapping is untrusted: counters and
+claim entries are bounds-checked and a violation raises ``LayoutError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shm.errors import LayoutError
+from shm.lock import LockFile
+
+HEADER_BYTES = 64
+CLAIM_BYTES = 32
+FREE, CLAIMED, COMMITTED = 0, 1, 2
+
+
+def _align(n: int, a: int = 64) -> int:
+    return (n + a - 1) // a * a
+
+
+def ring_bytes(capacity: int, dim: int, claim_slots: int) -> int:
+    """Bytes one ring occupies (a multiple of 64)."""
+    n = HEADER_BYTES + CLAIM_BYTES * claim_slots
+    n = _align(n) + _align(8 * capacity)
+    n += _align(4 * capacity)
+    n += _align(8 * capacity)
+    n += _align(4 * capacity * dim)
+    return n
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A contiguous range of records owned by one consumer until commit."""
+
+    ring: int
+    entry: int
+    start: int
+    count: int
+    claimer: int
+
+
+class Ring:
+    def __init__(self, buf, offset: int, capacity: int, dim: int, claim_slots: int,
+                 lock: LockFile, lock_index: int, ring_id: int = 0, init: bool = False):
+        if offset % 64:
+            raise LayoutError(f"ring offset {offset} is not 64-byte aligned")
+        if len(buf) < offset + ring_bytes(capacity, dim, claim_slots):
+            raise LayoutError("segment too small for ring")
+        self.capacity = capacity
+        self.dim = dim
+        self.claim_slots = claim_slots
+        self.ring_id = ring_id
+        self._lock = lock
+        self._lock_index = lock_index
+        self._hdr = np.frombuffer(buf, np.uint64, 8, offset)
+        self._claims = np.frombuffer(buf, np.int64, 4 * claim_slots, offset + HEADER_BYTES).reshape(
+            claim_slots, 4)
+        o = _align(offset + HEADER_BYTES + CLAIM_BYTES * claim_slots)
+        self.ids = np.frombuffer(buf, np.uint64, capacity, o)
+        o += _align(8 * capacity)
+        self.spaces = np.frombuffer(buf, np.uint32, capacity, o)
+        o += _align(4 * capacity)
+        self.times = np.frombuffer(buf, np.float64, capacity, o)
+        o += _align(8 * capacity)
+        self.vectors = np.frombuffer(buf, np.float32, capacity * dim, o).reshape(capacity, dim)
+        if init:
+            self._hdr[:] = 0
+            self._hdr[3] = capacity
+            self._hdr[4] = dim
+            self._claims[:] = 0
+        elif int(self._hdr[3]) != capacity or int(self._hdr[4]) != dim:
+            raise LayoutError(
+                f"ring {ring_id}: header says capacity={int(self._hdr[3])} dim={int(self._hdr[4])}, "
+                f"expected {capacity}/{dim}")
+
+    # -- lock-free reads (possibly stale) ---------------------------------
+    @property
+    def head(self) -> int:
+        return int(self._hdr[0])
+
+    @property
+    def claimed(self) -> int:
+        return int(self._hdr[1])
+
+    @property
+    def tail(self) -> int:
+        return int(self._hdr[2])
+
+    def depth(self) -> int:
+        """Pending records (enqueued, not yet claimed)."""
+        return max(0, int(self._hdr[0]) - int(self._hdr[1]))
+
+    def queued(self) -> int:
+        """Records not yet committed (pending + in flight)."""
+        return max(0, int(self._hdr[0]) - int(self._hdr[2]))
+
+    # -- locked operations -------------------------------------------------
+    def _counters(self) -> tuple[int, int, int]:
+        head, claimed, tail = int(self._hdr[0]), int(self._hdr[1]), int(self._hdr[2])
+        if not (tail <= claimed <= head and head - tail <= self.capacity):
+            raise LayoutError(
+                f"ring {self.ring_id}: corrupt counters head={head} claimed={claimed} tail={tail}")
+        return head, claimed, tail
+
+    def enqueue(self, ids: np.ndarray, vectors: np.ndarray, space: int, now: float) -> int:
+        """Append as many leading records as fit; returns how many were written."""
+        n = len(ids)
+        with self._lock.hold(self._lock_index):
+            head, _, tail = self._counters()
+            n = min(n, self.capacity - (head - tail))
+            if n <= 0:
+                return 0
+            done = 0
+            while done < n:
+                slot = (head + done) % self.capacity
+                m = min(n - done, self.capacity - slot)
+                self.ids[slot:slot + m] = ids[done:done + m]
+                self.spaces[slot:slot + m] = space
+                self.times[slot:slot + m] = now
+                self.vectors[slot:slot + m] = vectors[done:done + m]
+                done += m
+            # Publish after the data (the lock release is the fence).
+            self._hdr[0] = head + n
+        return n
+
+    def claim(self, max_items: int, claimer: int) -> Claim | None:
+        """Claim up to ``max_items`` pending records (never wrapping)."""
+        claims = self.claim_many(max_items, max_items, claimer)
+        return claims[0] if claims else None
+
+    def claim_many(self, total: int, per_claim: int, claimer: int) -> list[Claim]:
+        """Claim up to ``total`` records as claims of at most ``per_claim`` each."""
+        out: list[Claim] = []
+        if total <= 0 or per_claim <= 0:
+            return out
+        with self._lock.hold(self._lock_index):
+            head, claimed, _ = self._counters()
+            free_entries = np.flatnonzero(self._claims[:, 3] == FREE)
+            for entry in free_entries:
+                pending = head - claimed
+                if pending <= 0 or total <= 0:
+                    break
+                slot = claimed % self.capacity
+                n = min(pending, per_claim, total, self.capacity - slot)
+                self._claims[entry] = (claimed, n, claimer, CLAIMED)
+                out.append(Claim(self.ring_id, int(entry), claimed, n, claimer))
+                claimed += n
+                total -= n
+            self._hdr[1] = claimed
+        return out
+
+    def commit(self, claim: Claim) -> None:
+        """Mark a claim processed; advance ``tail`` over committed claims in order."""
+        with self._lock.hold(self._lock_index):
+            row = self._claims[claim.entry]
+            if int(row[3]) != CLAIMED or int(row[0]) != claim.start:
+                raise LayoutError(f"ring {self.ring_id}: commit of a claim not held: {claim}")
+            row[3] = COMMITTED
+            self._advance_tail()
+
+    def _advance_tail(self) -> None:
+        _, _, tail = self._counters()
+        table = self._claims
+        while True:
+            hit = np.flatnonzero((table[:, 3] == COMMITTED) & (table[:, 0] == tail))
+            if len(hit) == 0:
+                break
+            e = hit[0]
+            tail += int(table[e, 1])
+            table[e] = 0
+        self._hdr[2] = tail
+
+    def claims_of(self, claimer: int) -> list[Claim]:
+        """Open claims recorded for ``claimer`` (e.g. left by a dead process)."""
+        with self._lock.hold(self._lock_index):
+            head, claimed, tail = self._counters()
+            out = []
+            for e in np.flatnonzero((self._claims[:, 3] == CLAIMED) & (self._claims[:, 2] == claimer)):
+                start, count = int(self._claims[e, 0]), int(self._claims[e, 1])
+                if not (tail <= start and start + count <= claimed and count <= self.capacity):
+                    raise LayoutError(f"ring {self.ring_id}: claim entry {e} out of range")
+                out.append(Claim(self.ring_id, int(e), start, count, claimer))
+            return out
+
+    def open_claimers(self) -> set[int]:
+        """Claimer ids that hold open claims on this ring."""
+        rows = self._claims[self._claims[:, 3] == CLAIMED]
+        return {int(c) for c in rows[:, 2]}
+
+    def reassign(self, old: int, new: int) -> list[Claim]:
+        """Hand every open claim of ``old`` to ``new``; returns them."""
+        with self._lock.hold(self._lock_index):
+            out = []
+            for e in np.flatnonzero((self._claims[:, 3] == CLAIMED) & (self._claims[:, 2] == old)):
+                self._claims[e, 2] = new
+                out.append(Claim(self.ring_id, int(e), int(self._claims[e, 0]),
+                                 int(self._claims[e, 1]), new))
+            return out
+
+    def view(self, claim: Claim) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Zero-copy views (ids, spaces, times, vectors) of a claim's records."""
+        s = claim.start % self.capacity
+        if claim.count <= 0 or s + claim.count > self.capacity:
+            raise LayoutError(f"ring {self.ring_id}: claim {claim} does not fit the ring")
+        e = s + claim.count
+        return self.ids[s:e], self.spaces[s:e], self.times[s:e], self.vectors[s:e]
+
+    def scan(self, space: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of (ids, vectors) of every uncommitted record of ``space``."""
+        with self._lock.hold(self._lock_index):
+            head, _, tail = self._counters()
+            if head == tail:
+                return self.ids[:0].copy(), self.vectors[:0].copy()
+            slots = np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)
+            mask = self.spaces[slots] == space
+            sel = slots[mask]
+            return self.ids[sel], self.vectors[sel]
