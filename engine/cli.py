@@ -1,0 +1,139 @@
+"""``engram-stream`` / ``python -m engine``: run, status, load, recall, stop.
+
+Only this module decides exit codes (STYLE §9); see docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS/OpenMP thread per process, set before numpy loads: every worker
+# owns exactly one core (DESIGN §3). Explicit user settings win.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from engine import config  # noqa: E402
+from engine.errors import ConfigError, EngineError, InstanceRunning, InvalidInput, NotRunning  # noqa: E402
+
+COMMANDS = {
+    "run": "Start an instance: supervisor and one pinned worker per CPU.",
+    "status": "Workers, pids, CPUs, states, queue depths, spaces.",
+    "load": "Synthetic load with a progress line: rate, duration, spaces, priority mix.",
+    "recall": "Quick k-NN recall from the shell.",
+    "stop": "Graceful stop: drain, then exit.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="engram-stream", description="Streaming vector ingestion engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        config.add_arguments(p, name)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+
+
+def cmd_run(cfg) -> int:
+    from engine.supervisor import Supervisor
+    return Supervisor(cfg).run()
+
+
+def cmd_status(cfg) -> int:
+    from engine.producer import connect
+    with connect(cfg.name) as eng:
+        st = eng.status()
+    if cfg.json:
+        print(json.dumps(st))
+    else:
+        from engine.status import render
+        print(render(st))
+    return 0
+
+
+def cmd_stop(cfg) -> int:
+    from engine.producer import connect
+    with connect(cfg.name) as eng:
+        pid = eng.status()["pid"]
+    os.kill(pid, signal.SIGTERM)
+    print(f"sent SIGTERM to supervisor pid {pid}; waiting for the drain", file=sys.stderr)
+    deadline = time.monotonic() + cfg.timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print(f"instance {cfg.name!r} stopped")
+            return 0
+        time.sleep(0.1)
+    print(f"instance {cfg.name!r} still running after {cfg.timeout:.0f}s", file=sys.stderr)
+    return 1
+
+
+def cmd_recall(cfg) -> int:
+    import numpy as np
+    from engine.producer import connect
+    with connect(cfg.name) as eng:
+        if cfg.vector is not None:
+            query = np.array(cfg.vector, dtype=np.float32)
+        elif cfg.random:
+            query = np.random.default_rng().standard_normal(eng.dim).astype(np.float32)
+        else:
+            raise ConfigError("recall needs --random or --vector X,Y,...")
+        t0 = time.perf_counter()
+        res = eng.recall(cfg.space, query, k=cfg.k, ef=cfg.ef, fresh=cfg.fresh)
+        ms = (time.perf_counter() - t0) * 1000
+    if cfg.json:
+        print(json.dumps({"ids": res.ids[0].tolist(), "distances": res.distances[0].tolist(),
+                          "complete": res.complete, "ms": round(ms, 3)}))
+        return 0
+    print(f"space {cfg.space}: {res.ids.shape[1]} result(s) in {ms:.2f} ms"
+          f"{'' if res.complete else ' (INCOMPLETE: a shard did not answer)'}")
+    for rank, (i, d) in enumerate(zip(res.ids[0], res.distances[0]), 1):
+        print(f"{rank:>3}  id {int(i):<20}  distance {float(d):.6f}")
+    return 0
+
+
+def cmd_load(cfg) -> int:
+    from engine.loadgen import run_load
+    return run_load(cfg)
+
+
+HANDLERS = {"run": cmd_run, "status": cmd_status, "load": cmd_load, "recall": cmd_recall, "stop": cmd_stop}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config.resolve(args, args.command)
+    except ConfigError as exc:
+        print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(getattr(cfg, "log_level", "info"))
+    try:
+        return HANDLERS[args.command](cfg)
+    except ConfigError as exc:
+        print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except InstanceRunning as exc:
+        print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
+        return 3
+    except (NotRunning, InvalidInput, EngineError) as exc:
+        print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

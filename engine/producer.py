@@ -1,0 +1,226 @@
+"""The same-host client: ``engine.connect(name)`` → ``Engine``.
+
+observe: validate → admit (priority × backpressure state) → route (home slot
+of the space, spill-over) → enqueue into shared memory with one copy → wake
+the worker if it sleeps. recall: optional exact scan of queued records
+(``fresh``), fan-out to every slot holding a shard of the space, top-k merge.
+
+Thread safety: an ``Engine`` may be shared by threads; ring and control
+updates take kernel byte locks that also exclude threads (shm.lock).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine import admission, pressure, validation
+from engine.errors import InvalidInput, NotRunning
+from engine.instance import (H_ADMISSION_CLOSED, H_SPACES, LANE_INDEX, LANES,
+                             LIVE_HEARTBEAT, LIVE_SLEEPING, LOCK_CONTROL, NAME_BYTES, RUNNING,
+                             SUP_STATE, Instance)
+from engine.query import QueryClient
+from engine.recall import RecallResult, exact_distances, merge
+from engine.routing import home_slot, spill_order
+from shm.errors import LayoutError, SegmentMissing
+
+DEFAULT_RECALL_TIMEOUT_S = 5.0
+ABSENT_AFTER_S = 2.0
+
+
+@dataclass
+class Ack:
+    """Outcome of one observe call. Accepted observations are always the
+    leading ``accepted`` entries of the batch; the rest were rejected."""
+
+    accepted: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    backpressure: str = "normal"
+    message: str = ""
+
+
+class SpaceRegistry:
+    """Space name ↔ index, shared by all processes through the control block.
+
+    Names are appended under control lock 0 and published by bumping
+    ``hdr[H_SPACES]`` after the name bytes are written; readers scan only
+    below that count.
+    """
+
+    def __init__(self, inst: Instance):
+        self.inst = inst
+        self.cache: dict[str, int] = {}
+        self.max_spaces = inst.params["max_spaces"]
+
+    def _scan(self) -> None:
+        for i, name in self.inst.space_names().items():
+            if name:
+                self.cache.setdefault(name, i)
+
+    def lookup(self, name: str) -> int | None:
+        if name not in self.cache:
+            self._scan()
+        return self.cache.get(name)
+
+    def register(self, name: str) -> int:
+        idx = self.lookup(name)
+        if idx is not None:
+            return idx
+        hdr = self.inst.hdr
+        with self.inst.locks.hold(LOCK_CONTROL):
+            self._scan()
+            if name in self.cache:
+                return self.cache[name]
+            n = int(hdr[H_SPACES])
+            if n >= self.max_spaces:
+                raise InvalidInput(f"engine already holds --max-spaces={self.max_spaces} memory spaces; "
+                                   f"cannot add {name!r}")
+            raw = name.encode("ascii")[:NAME_BYTES]
+            row = self.inst.ctl["space_names"][n]
+            row[:] = 0
+            row[: len(raw)] = np.frombuffer(raw, np.uint8)
+            hdr[H_SPACES] = n + 1
+            self.cache[name] = n
+            return n
+
+
+class Engine:
+    def __init__(self, inst: Instance):
+        self.inst = inst
+        self.params = inst.params
+        self.dim = inst.dim
+        self.metric = self.params["metric"]
+        self.spaces = SpaceRegistry(inst)
+        self.queries = QueryClient(inst)
+
+    # -- backpressure --------------------------------------------------------
+    def backpressure(self) -> int:
+        """Current state index, moved along by the pressure seen now."""
+        return pressure.refresh(self.inst)
+
+    # -- observe -----------------------------------------------------------
+    def observe(self, space: str, ids, vectors, priority: str = "normal") -> Ack:
+        """Queue observations of one space; see ``Ack``. Bad input raises InvalidInput."""
+        p = self.params
+        space = validation.space_name(space)
+        priority = validation.priority(priority)
+        ids = validation.ids(ids, p["max_batch_size"])
+        vectors = validation.vectors(vectors, len(ids), self.dim, self.metric)
+        n = len(ids)
+        state = self.backpressure()
+        state_name = admission.STATES[state]
+        if self.inst.hdr[H_ADMISSION_CLOSED]:
+            return Ack(0, {"over_capacity": n}, state_name, "engine is shutting down")
+        if not admission.admits(priority, state):
+            return Ack(0, {"over_capacity": n}, state_name,
+                       f"{priority} priority refused while backpressure is {state_name}")
+        idx = self.spaces.register(space)
+        written = self._enqueue(space, idx, ids, vectors, LANE_INDEX[priority])
+        if written == n:
+            return Ack(n, {}, state_name)
+        return Ack(written, {"over_capacity": n - written}, state_name,
+                   f"{LANES[LANE_INDEX[priority]]} lane full: {n - written} of {n} rejected")
+
+    def _enqueue(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int) -> int:
+        inst = self.inst
+        rings = [inst.ring(s, lane) for s in range(inst.slots)]
+        free = [r.capacity - r.queued() for r in rings]
+        now = time.monotonic()
+        written = 0
+        for slot in spill_order(home_slot(space, inst.slots), free):
+            n = rings[slot].enqueue(ids[written:], vectors[written:], idx, now)
+            if n:
+                written += n
+                self._wake(slot, rings[slot].depth())
+            if written == len(ids):
+                break
+        return written
+
+    def _wake(self, slot: int, depth: int) -> None:
+        live = self.inst.ctl["slot_live"]
+        if live[slot, LIVE_SLEEPING]:
+            self.inst.wake[slot].post()
+        if depth > self.params["steal_threshold"]:
+            for other in range(self.inst.slots):
+                if other != slot and live[other, LIVE_SLEEPING]:
+                    self.inst.wake[other].post()
+                    break
+
+    # -- recall ------------------------------------------------------------
+    def recall(self, space: str, query, k: int = 10, ef: int | None = None, fresh: bool = False,
+               timeout: float = DEFAULT_RECALL_TIMEOUT_S) -> RecallResult:
+        """Top-k nearest neighbours of each query vector within one space."""
+        p = self.params
+        space = validation.space_name(space)
+        queries = validation.queries(query, self.dim)
+        k = validation.top_k(k, p["max_k"])
+        ef = p["ef_search"] if ef is None else validation.top_k(ef, 1 << 20)
+        q = len(queries)
+        idx = self.spaces.lookup(space)
+        if idx is None:
+            return RecallResult(np.zeros((q, 0), np.uint64), np.zeros((q, 0), np.float32), True)
+        deadline = time.monotonic() + timeout
+        # Scan rings before reading shard counts: a record committed between
+        # the two is then seen in the ring or in a shard we ask (DESIGN §5).
+        fresh_part = self._scan_rings(idx, queries, k) if fresh else None
+        counts = self.inst.ctl["shard_counts"][:, idx]
+        holders = [s for s in range(self.inst.slots) if counts[s] > 0]
+        targets = [s for s in holders if not self._absent(s)]
+        complete = len(targets) == len(holders)
+        chunk = p["query_batch"]
+        out_ids, out_dist = [], []
+        for lo in range(0, q, chunk):
+            part_q = queries[lo:lo + chunk]
+            parts, ok = self.queries.ask(idx, part_q, k, max(ef, k), targets, deadline)
+            complete = complete and ok
+            if fresh_part is not None:
+                parts.append((fresh_part[0][lo:lo + chunk], fresh_part[1][lo:lo + chunk]))
+            ids, dist = merge(parts, len(part_q), k)
+            out_ids.append(ids)
+            out_dist.append(dist)
+        width = min(x.shape[1] for x in out_ids)
+        return RecallResult(np.vstack([x[:, :width] for x in out_ids]),
+                            np.vstack([x[:, :width] for x in out_dist]), complete)
+
+    def _absent(self, slot: int) -> bool:
+        sup = self.inst.ctl["slot_sup"][slot]
+        live = self.inst.ctl["slot_live"][slot]
+        return int(sup[SUP_STATE]) != RUNNING or time.monotonic() - float(live[LIVE_HEARTBEAT]) > ABSENT_AFTER_S
+
+    def _scan_rings(self, idx: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        found = [r.scan(idx) for r in self.inst.rings]
+        ids = np.concatenate([f[0] for f in found])
+        if len(ids) == 0:
+            return np.zeros((len(queries), 0), np.uint64), np.zeros((len(queries), 0), np.float32)
+        vecs = np.concatenate([f[1] for f in found])
+        dist = exact_distances(queries, vecs, self.metric)
+        kk = min(k, len(ids))
+        top = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
+        return ids[top], np.take_along_axis(dist, top, axis=1)
+
+    # -- status / teardown -------------------------------------------------
+    def status(self) -> dict:
+        from engine.status import collect
+        return collect(self.inst)
+
+    def close(self) -> None:
+        self.inst.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(name: str = "engram") -> Engine:
+    """Attach to the running instance ``name`` on this host."""
+    try:
+        inst = Instance.attach(name)
+    except SegmentMissing:
+        raise NotRunning(f"no running engram instance named {name!r} on this host") from None
+    except LayoutError as exc:
+        raise NotRunning(f"instance {name!r} is not ready: {exc}") from None
+    return Engine(inst)

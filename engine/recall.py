@@ -1,0 +1,56 @@
+"""Exact distances and the top-k merge of per-shard answers (DESIGN §5).
+
+Distances match hnswlib's spaces so exact (fresh) candidates and HNSW
+candidates can be merged: ``l2`` is the squared Euclidean distance, ``ip`` is
+``1 - <a, b>``, ``cosine`` is ``1 - <a, b> / (|a| |b|)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class RecallResult:
+    ids: np.ndarray        # uint64 (q, k') ; k' < k when the space holds fewer than k
+    distances: np.ndarray  # float32 (q, k')
+    complete: bool         # False if a shard missed the deadline or is down
+
+
+def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
+    """(q, n) distances between queries (q, d) and vectors (n, d)."""
+    if metric == "l2":
+        qn = (queries * queries).sum(axis=1)[:, None]
+        vn = (vectors * vectors).sum(axis=1)[None, :]
+        return np.maximum(qn + vn - 2.0 * queries @ vectors.T, 0.0).astype(np.float32)
+    if metric == "ip":
+        return (1.0 - queries @ vectors.T).astype(np.float32)
+    qs = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-30)
+    vs = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-30)
+    return (1.0 - qs @ vs.T).astype(np.float32)
+
+
+def merge(parts: list[tuple[np.ndarray, np.ndarray]], q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-source candidates (ids (q, c_i), distances (q, c_i)) into top-k.
+
+    Duplicate ids (an id found in two shards, or in a shard and a ring) keep
+    their smallest distance. Ties are broken by id so results are stable.
+    """
+    parts = [(i, d) for i, d in parts if i.shape[1] > 0]
+    if not parts:
+        return np.zeros((q, 0), np.uint64), np.zeros((q, 0), np.float32)
+    ids = np.concatenate([p[0] for p in parts], axis=1)
+    dist = np.concatenate([p[1] for p in parts], axis=1).astype(np.float32)
+    rows_ids, rows_dist = [], []
+    for r in range(q):
+        order = np.lexsort((ids[r], dist[r]))
+        ri, rd = ids[r][order], dist[r][order]
+        _, first = np.unique(ri, return_index=True)
+        keep = np.sort(first)[:k]
+        rows_ids.append(ri[keep])
+        rows_dist.append(rd[keep])
+    width = min(len(x) for x in rows_ids)
+    return (np.stack([x[:width] for x in rows_ids]).astype(np.uint64),
+            np.stack([x[:width] for x in rows_dist]).astype(np.float32))

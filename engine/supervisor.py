@@ -1,0 +1,390 @@
+"""The supervisor: creates shared memory, spawns and watches the children.
+
+Main loop (gunicorn's arbiter shape; each step small, idempotent, testable)::
+
+    wait (select on the signal wake-up pipe, timeout TICK_S)
+    → handle_signals → reap → kill_hung → reconcile → publish → drain/stop
+
+Signal handlers only append to a list; ``signal.set_wakeup_fd`` makes the
+wait return at once. Workers are forked before any thread exists here, and
+set themselves up after the fork (``engine.worker.main``).
+
+Restart policy per slot: a dead worker is restarted after an exponential
+backoff (0.1 s doubling, at most ``--restart-backoff-max``); a slot that
+crashed ``--flap-restarts`` times within ``--flap-window`` is parked for
+``--park-seconds``; its open claims are handed to a running slot and its
+queued records are drained by stealing (owners that are absent are stolen
+from at any depth).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+
+from engine import pressure
+from engine.errors import ConfigError, InstanceRunning
+from engine.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_STARTED, H_STOP,
+                             H_SUP_PID, LANES, LIVE_HEARTBEAT, LIVE_PID, PARKED, RUNNING, STARTING,
+                             STOPPED, SUP_CPU, SUP_PARKED_UNTIL, SUP_PID, SUP_RESTARTS,
+                             SUP_STARTED_AT, SUP_STATE, Instance, read_params)
+from shm.errors import LayoutError, SegmentMissing
+from shm.lock import InstanceLock
+from shm.segment import Segment, object_name, remove_instance_objects
+
+log = logging.getLogger("engram.supervisor")
+
+TICK_S = 0.1
+STOP_GRACE_S = 5.0
+
+# Exit codes of `engram-stream run` (docs/operations.md).
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_RUNNING, EXIT_DRAIN_TIMEOUT, EXIT_FORCED = 0, 1, 2, 3, 4, 130
+
+
+@dataclass
+class Slot:
+    index: int
+    cpu: int | None
+    proc: object = None
+    pid: int = 0
+    spawned_at: float = 0.0
+    next_start: float = 0.0
+    parked_until: float = 0.0
+    crashes: collections.deque = field(default_factory=collections.deque)
+    killed_as_hung: bool = False
+
+
+def plan_cpus(cfg) -> tuple[int, list[int | None]]:
+    """Number of workers and the CPU of each (None when not pinned)."""
+    usable = sorted(os.sched_getaffinity(0))
+    cpus = list(cfg.cpus) if cfg.cpus else usable
+    outside = [c for c in cpus if c not in usable]
+    if outside:
+        raise ConfigError(f"--cpus={','.join(map(str, cfg.cpus))}: CPU(s) {outside} are not in this "
+                          f"process's affinity {usable}")
+    if cfg.workers == "auto":
+        n = max(1, round(len(cpus) * cfg.workers_per_core))
+    else:
+        n = cfg.workers
+    if cfg.no_pin:
+        return n, [None] * n
+    return n, [cpus[i % len(cpus)] for i in range(n)]
+
+
+def instance_params(cfg, slots: int, cpus: list[int | None]) -> dict:
+    p = cfg.to_dict()
+    p["cpus"] = list(p["cpus"]) if p["cpus"] else None
+    p["data_dir"] = os.path.abspath(cfg.data_dir)
+    p["slots"] = slots
+    p["slot_cpus"] = cpus
+    p["capacity"] = [cfg.capacity_high, cfg.capacity_normal, cfg.capacity_low]
+    return p
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_name_free(name: str) -> None:
+    """Refuse if a live instance uses ``name``; remove a dead one's leftovers."""
+    try:
+        seg = Segment.attach(object_name(name, "ctl"))
+    except SegmentMissing:
+        seg = None
+    if seg is not None:
+        try:
+            read_params(seg.buf)
+            import numpy as np
+            pid = int(np.frombuffer(seg.buf, np.int64, 16, 64 + 16384)[H_SUP_PID])
+        except LayoutError:
+            pid = 0
+        finally:
+            seg.close()
+        if pid and pid != os.getpid() and _pid_alive(pid):
+            raise InstanceRunning(f"an engram instance named {name!r} is already running "
+                                  f"(supervisor pid {pid}); stop it or choose another --name")
+    removed = remove_instance_objects(name)
+    if removed:
+        log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), name)
+
+
+class Supervisor:
+    def __init__(self, cfg, clock=time.monotonic):
+        self.cfg = cfg
+        self.clock = clock
+        self.inst: Instance | None = None
+        self.lock: InstanceLock | None = None
+        self.slots: list[Slot] = []
+        self.signals: list[int] = []
+        self.draining_since: float | None = None
+        self.exit_code: int | None = None
+        self._pipe: tuple[int, int] | None = None
+        self._old_handlers: dict[int, object] = {}
+        import multiprocess
+        self._ctx = multiprocess.get_context("fork")
+
+    # -- setup -------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        n, cpus = plan_cpus(cfg)
+        os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
+        os.chmod(cfg.data_dir, 0o700)
+        self.lock = InstanceLock(os.path.join(cfg.data_dir, "LOCK"))
+        if not self.lock.try_acquire():
+            holder = self.lock.holder_pid()
+            raise InstanceRunning(f"data directory {os.path.abspath(cfg.data_dir)} is in use by another "
+                                  f"engram instance (pid {holder})")
+        check_name_free(cfg.name)
+        self.inst = Instance.create(instance_params(cfg, n, cpus))
+        hdr = self.inst.hdr
+        hdr[H_SUP_PID] = os.getpid()
+        hdr[H_STARTED] = int(time.time())
+        self.slots = [Slot(i, cpus[i]) for i in range(n)]
+        for s in self.slots:
+            self.inst.ctl["slot_sup"][s.index, SUP_CPU] = -1 if s.cpu is None else s.cpu
+        self._install_signals()
+        log.info("instance %r: %d worker(s), cpus %s, dim %d %s, data dir %s", cfg.name, n,
+                 "unpinned" if cfg.no_pin else cpus, cfg.dim, cfg.metric, os.path.abspath(cfg.data_dir))
+
+    def _install_signals(self) -> None:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._pipe = (r, w)
+        signal.set_wakeup_fd(w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signals.append(signum)  # only enqueue (STYLE §2)
+
+    # -- main loop ---------------------------------------------------------
+    def run(self) -> int:
+        try:
+            self.setup()
+            while self.exit_code is None:
+                self.wait(TICK_S)
+                self.step()
+            return self.exit_code
+        finally:
+            self.teardown()
+
+    def wait(self, timeout: float) -> None:
+        if self._pipe is None:
+            return
+        try:
+            ready, _, _ = select.select([self._pipe[0]], [], [], timeout)
+        except InterruptedError:
+            return
+        if ready:
+            try:
+                while os.read(self._pipe[0], 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def step(self) -> None:
+        self.handle_signals()
+        if self.exit_code is not None:
+            return
+        self.reap()
+        self.kill_hung()
+        if self.exit_code is None:
+            self.reconcile()
+        self.publish()
+        self.check_drain()
+
+    def handle_signals(self) -> None:
+        while self.signals:
+            sig = self.signals.pop(0)
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                if self.draining_since is None:
+                    log.info("%s: stopping admission and draining queues (up to %.0fs)",
+                             signal.Signals(sig).name, self.cfg.graceful_timeout)
+                    self.begin_drain()
+                elif sig == signal.SIGINT:
+                    log.warning("second SIGINT: stopping now without draining")
+                    self.kill_all()
+                    self.exit_code = EXIT_FORCED
+                    return
+
+    def begin_drain(self) -> None:
+        hdr = self.inst.hdr
+        hdr[H_ADMISSION_CLOSED] = 1
+        hdr[H_DRAINING] = 1
+        self.draining_since = self.clock()
+
+    def reap(self) -> None:
+        now = self.clock()
+        sup = self.inst.ctl["slot_sup"]
+        for s in self.slots:
+            if s.proc is None or s.proc.exitcode is None:
+                continue
+            code = s.proc.exitcode
+            reason = "hung" if s.killed_as_hung else ("signal" if code < 0 else "crash")
+            if self.inst.hdr[H_STOP]:
+                sup[s.index, SUP_STATE] = STOPPED
+            else:
+                log.error("worker slot %d (pid %d) exited with %s; reason %s", s.index, s.pid,
+                          f"signal {-code}" if code < 0 else f"code {code}", reason)
+                self._record_crash(s, now)
+            s.proc, s.pid, s.killed_as_hung = None, 0, False
+            sup[s.index, SUP_PID] = 0
+
+    def _record_crash(self, s: Slot, now: float) -> None:
+        sup = self.inst.ctl["slot_sup"]
+        s.crashes.append(now)
+        while s.crashes and now - s.crashes[0] > self.cfg.flap_window:
+            s.crashes.popleft()
+        if len(s.crashes) >= self.cfg.flap_restarts:
+            s.parked_until = now + self.cfg.park_seconds
+            sup[s.index, SUP_STATE] = PARKED
+            sup[s.index, SUP_PARKED_UNTIL] = int((time.time() + self.cfg.park_seconds) * 1000)
+            log.error("worker slot %d crashed %d times in %.0fs: parked for %.0fs; its queue is "
+                      "drained by the other workers", s.index, len(s.crashes), self.cfg.flap_window,
+                      self.cfg.park_seconds)
+            self.hand_over_claims(s.index)
+        else:
+            delay = min(0.1 * 2 ** (len(s.crashes) - 1), self.cfg.restart_backoff_max)
+            s.next_start = now + delay
+            sup[s.index, SUP_STATE] = DOWN
+
+    def hand_over_claims(self, slot: int) -> None:
+        """Give a parked slot's open claims to a running slot (processed when it is idle)."""
+        sup = self.inst.ctl["slot_sup"]
+        heirs = [s.index for s in self.slots if s.index != slot and int(sup[s.index, SUP_STATE]) == RUNNING]
+        if not heirs:
+            return  # the slot's own replacement processes them when it is unparked
+        heir = heirs[slot % len(heirs)]
+        moved = sum(len(r.reassign(slot, heir)) for r in self.inst.rings)
+        if moved:
+            log.info("handed %d open claim(s) of parked slot %d to slot %d", moved, slot, heir)
+
+    def kill_hung(self) -> None:
+        now = self.clock()
+        live = self.inst.ctl["slot_live"]
+        for s in self.slots:
+            if s.proc is None or s.killed_as_hung:
+                continue
+            last = max(float(live[s.index, LIVE_HEARTBEAT]), s.spawned_at)
+            if now - last > self.cfg.worker_timeout:
+                log.error("worker slot %d (pid %d): no heartbeat for %.1fs; killing it", s.index, s.pid,
+                          now - last)
+                s.killed_as_hung = True
+                try:
+                    os.kill(s.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def reconcile(self) -> None:
+        if self.inst.hdr[H_STOP]:
+            return
+        now = self.clock()
+        sup = self.inst.ctl["slot_sup"]
+        for s in self.slots:
+            if s.proc is not None:
+                continue
+            if s.parked_until:
+                if now < s.parked_until:
+                    continue
+                log.info("worker slot %d: parking over, restarting", s.index)
+                s.parked_until = 0.0
+                s.crashes.clear()
+            if now >= s.next_start:
+                self.spawn(s)
+
+    def spawn(self, s: Slot) -> None:
+        from engine import worker
+        sup = self.inst.ctl["slot_sup"]
+        restart = s.spawned_at > 0
+        inherited = [fd for fd in (self.lock._fd if self.lock else None, *(self._pipe or ())) if fd is not None]
+        proc = self._ctx.Process(target=worker.main, args=(s.index, self.cfg.name, s.cpu, inherited, os.getpid()),
+                                 name=f"engram-worker-{s.index}", daemon=False)
+        proc.start()
+        s.proc, s.pid, s.spawned_at = proc, proc.pid, self.clock()
+        sup[s.index, SUP_PID] = proc.pid
+        sup[s.index, SUP_STATE] = STARTING
+        sup[s.index, SUP_STARTED_AT] = int(time.time() * 1000)
+        if restart:
+            sup[s.index, SUP_RESTARTS] += 1
+            log.info("worker slot %d restarted as pid %d (cpu %s)", s.index, proc.pid, s.cpu)
+
+    def publish(self) -> None:
+        """Slot states and readiness, and the backpressure state when idle."""
+        sup, live = self.inst.ctl["slot_sup"], self.inst.ctl["slot_live"]
+        for s in self.slots:
+            if s.proc is not None and int(sup[s.index, SUP_STATE]) == STARTING \
+                    and int(live[s.index, LIVE_PID]) == s.pid:
+                sup[s.index, SUP_STATE] = RUNNING
+        running = all(int(sup[s.index, SUP_STATE]) == RUNNING for s in self.slots)
+        self.inst.hdr[H_READY] = 1 if running else 0
+        pressure.refresh(self.inst)
+
+    def check_drain(self) -> None:
+        if self.draining_since is None or self.exit_code is not None:
+            return
+        left = sum(self.inst.queued_by_lane())
+        timed_out = self.clock() - self.draining_since > self.cfg.graceful_timeout
+        if left and not timed_out:
+            return
+        if left:
+            log.error("drain timed out after %.0fs with %d observation(s) still queued; stopping anyway",
+                      self.cfg.graceful_timeout, left)
+        else:
+            log.info("queues drained; stopping workers")
+        self.stop_workers()
+        self.exit_code = EXIT_DRAIN_TIMEOUT if left else EXIT_OK
+
+    def stop_workers(self) -> None:
+        self.inst.hdr[H_STOP] = 1
+        for sig in self.inst.wake:
+            sig.post()
+        deadline = self.clock() + STOP_GRACE_S
+        while self.clock() < deadline and any(s.proc is not None for s in self.slots):
+            self.wait(TICK_S)
+            self.reap()
+        self.kill_all()
+
+    def kill_all(self) -> None:
+        for s in self.slots:
+            if s.proc is not None:
+                try:
+                    os.kill(s.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                s.proc.join(5)
+                s.proc = None
+
+    # -- teardown ----------------------------------------------------------
+    def teardown(self) -> None:
+        """Safe after a half-finished setup: undo whatever exists."""
+        if any(s.proc is not None for s in self.slots):
+            self.kill_all()
+        if self.inst is not None:
+            self.inst.close()
+            self.inst.unlink()
+            self.inst = None
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        self._old_handlers.clear()
+        if self._pipe is not None:
+            signal.set_wakeup_fd(-1)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None

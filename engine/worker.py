@@ -1,0 +1,223 @@
+"""One worker process: the owner of one slot's rings and HNSW shards.
+
+Loop (one iteration)::
+
+    heartbeat → answer pending recall queries → take work → insert → commit
+                                              └─ none: sleep on the wake signal
+
+Taking work, in order: claims handed to this slot (a predecessor's that died,
+or a parked slot's reassigned by the supervisor), then its own rings
+high → normal → low (``LaneScheduler``), then stealing from the most loaded
+other ring (depth above ``--steal-threshold``, or any depth when its owner is
+absent). Stolen records go into this slot's own shard for their space.
+
+Set up after the fork (STYLE §3): pinning, signals, attaching to shared
+memory happen in ``main``, never in the parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import numpy as np
+
+from engine.instance import (H_STOP, LANES, LIVE_HEARTBEAT, LIVE_PID, LIVE_READY, LIVE_SLEEPING,
+                             RUNNING, SUP_STATE, Instance)
+from engine.query import serve_pending
+from engine.scheduler import BatchSizer, LaneScheduler
+from engine.shards import ShardSet
+from shm.ring import Claim
+
+log = logging.getLogger("engram.worker")
+
+IDLE_WAIT_S = 0.05
+ORPHAN_CHECK_S = 0.5
+ABSENT_AFTER_S = 2.0
+MAX_STEAL_CLAIMS = 32
+
+
+class Worker:
+    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic):
+        p = inst.params
+        self.inst = inst
+        self.slot = slot
+        self.shards = shards
+        self.clock = clock
+        self.lanes = LaneScheduler()
+        self.sizer = BatchSizer(p["batch_min"], p["batch_max"], p["batch_budget_ms"] / 1000.0)
+        self.steal_threshold = p["steal_threshold"]
+        self.live = inst.ctl["slot_live"][slot]
+        self.counts = inst.ctl["shard_counts"][slot]
+        self.own = [inst.ring(slot, lane) for lane in range(len(LANES))]
+        self.others = [r for r in inst.rings if r.ring_id // len(LANES) != slot]
+        self.backlog: list[Claim] = []
+        self.next_orphan_check = 0.0
+        self.stolen_batches = 0
+        self.inserted = 0
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> None:
+        self.counts[:] = 0  # shards start empty (no durability yet): publish that
+        self.heartbeat()
+        self.live[LIVE_READY] = 1
+        # Written last: the supervisor sees the slot running once this pid shows.
+        self.live[LIVE_PID] = os.getpid()
+
+    def heartbeat(self) -> None:
+        self.live[LIVE_HEARTBEAT] = self.clock()
+
+    def stopping(self) -> bool:
+        return bool(self.inst.hdr[H_STOP])
+
+    def run(self) -> None:
+        self.start()
+        while not self.stopping():
+            self.step()
+
+    def step(self) -> bool:
+        """One iteration; returns True if it did any work."""
+        self.heartbeat()
+        answered = serve_pending(self.inst, self.slot, self.shards.search)
+        claim = self.next_claim()
+        if claim is None:
+            if not answered:
+                self.sleep()
+            return bool(answered)
+        self.process(claim)
+        return True
+
+    # -- taking work ---------------------------------------------------------
+    def next_claim(self) -> Claim | None:
+        if self.backlog:
+            return self.backlog.pop(0)
+        now = self.clock()
+        if now >= self.next_orphan_check:
+            self.next_orphan_check = now + ORPHAN_CHECK_S
+            self.backlog = self.adopt_orphans()
+            if self.backlog:
+                return self.backlog.pop(0)
+        depths = [r.depth() for r in self.own]
+        for lane in self.lanes.order(depths):
+            claim = self.own[lane].claim(self.sizer.size(depths[lane]), self.slot)
+            if claim is not None:
+                self.lanes.served(lane, depths)
+                return claim
+        self.backlog = self.steal()
+        return self.backlog.pop(0) if self.backlog else None
+
+    def adopt_orphans(self) -> list[Claim]:
+        """Open claims recorded under this slot that this process is not working on."""
+        out: list[Claim] = []
+        for ring in self.inst.rings:
+            if self.slot in ring.open_claimers():
+                out.extend(ring.claims_of(self.slot))
+        if out:
+            log.info("slot %d: processing %d claim(s) left open by a previous owner", self.slot, len(out))
+        return out
+
+    def owner_absent(self, slot: int) -> bool:
+        sup = self.inst.ctl["slot_sup"][slot]
+        live = self.inst.ctl["slot_live"][slot]
+        return int(sup[SUP_STATE]) != RUNNING or self.clock() - float(live[LIVE_HEARTBEAT]) > ABSENT_AFTER_S
+
+    def steal(self) -> list[Claim]:
+        best, best_depth, absent = None, 0, False
+        for ring in self.others:
+            d = ring.depth()
+            if d <= 0:
+                continue
+            owner_gone = self.owner_absent(ring.ring_id // len(LANES))
+            if (d > self.steal_threshold or owner_gone) and d > best_depth:
+                best, best_depth, absent = ring, d, owner_gone
+        if best is None:
+            return []
+        total = best_depth if absent else max(1, best_depth // 2)
+        per_claim = self.sizer.size(total)
+        limit = min(total, per_claim * MAX_STEAL_CLAIMS)
+        claims = best.claim_many(limit, per_claim, self.slot)
+        self.stolen_batches += len(claims)
+        return claims
+
+    # -- doing work ----------------------------------------------------------
+    def process(self, claim: Claim) -> None:
+        ring = self.inst.rings[claim.ring]
+        ids, spaces, _times, vectors = ring.view(claim)
+        t0 = time.perf_counter()
+        first = int(spaces[0])
+        if (spaces == first).all():
+            self._insert(first, ids, vectors)
+        else:
+            for space in np.unique(spaces):
+                mask = spaces == space
+                self._insert(int(space), ids[mask], vectors[mask])
+        self.sizer.record(claim.count, time.perf_counter() - t0)
+        ring.commit(claim)
+        self.inserted += claim.count
+
+    def _insert(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not 0 <= space < len(self.counts):
+            raise ValueError(f"ring record names space {space}, outside [0, {len(self.counts)})")
+        self.counts[space] = self.shards.insert(space, ids, vectors)
+
+    def sleep(self) -> None:
+        self.live[LIVE_SLEEPING] = 1
+        # Re-check after raising the flag: a producer that enqueued before it
+        # saw the flag did not post (closes the lost-wake-up window).
+        if any(r.depth() for r in self.own):
+            self.live[LIVE_SLEEPING] = 0
+            return
+        woken = self.inst.wake[self.slot].wait(IDLE_WAIT_S)
+        self.live[LIVE_SLEEPING] = 0
+        if woken:
+            self.inst.wake[self.slot].drain()
+
+
+def pin(cpu: int | None) -> None:
+    if cpu is not None and cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when the supervisor dies, so a
+    killed supervisor never leaves workers holding its data directory."""
+    import ctypes
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
+         supervisor_pid: int = 0) -> None:
+    """Entry point in the forked child."""
+    die_with_parent()
+    if supervisor_pid and os.getppid() != supervisor_pid:
+        os._exit(1)  # the supervisor died before the death signal was armed
+    for fd in inherited:  # the supervisor's data-dir lock and signal pipe are not ours
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor coordinates Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
+    pin(cpu)
+    inst = Instance.attach(name)
+    p = inst.params
+    shards = ShardSet(p["dim"], p["metric"], p["hnsw_m"], p["ef_construction"], p["ef_search"],
+                      p["shard_initial_capacity"])
+    try:
+        Worker(inst, slot, shards).run()
+    except Exception:
+        log.exception("worker slot %d (pid %d) failed", slot, os.getpid())
+        raise
+    finally:
+        inst.close()
