@@ -136,8 +136,7 @@ class Worker:
             return []
         total = best_depth if absent else max(1, best_depth // 2)
         per_claim = self.sizer.size(total)
-        limit = min(total, per_claim * MAX_STEAL_CLAIMS)
-        claims = best.claim_many(limit, per_claim, self.slot)
+        claims = best.claim_many(total, per_claim, self.slot, max_claims=MAX_STEAL_CLAIMS)
         self.stolen_batches += len(claims)
         return claims
 

@@ -166,17 +166,19 @@ class Ring:
 
     def claim(self, max_items: int, claimer: int) -> Claim | None:
         """Claim up to ``max_items`` pending records (never wrapping)."""
-        claims = self.claim_many(max_items, max_items, claimer)
+        claims = self.claim_many(max_items, max_items, claimer, max_claims=1)
         return claims[0] if claims else None
 
-    def claim_many(self, total: int, per_claim: int, claimer: int) -> list[Claim]:
-        """Claim up to ``total`` records as claims of at most ``per_claim`` each."""
+    def claim_many(self, total: int, per_claim: int, claimer: int,
+                   max_claims: int | None = None) -> list[Claim]:
+        """Claim up to ``total`` records as at most ``max_claims`` claims of at
+        most ``per_claim`` records each (a claim also ends at the ring's end)."""
         out: list[Claim] = []
         if total <= 0 or per_claim <= 0:
             return out
         with self._lock.hold(self._lock_index):
             head, claimed, _ = self._counters()
-            free_entries = np.flatnonzero(self._claims[:, 3] == FREE)
+            free_entries = np.flatnonzero(self._claims[:, 3] == FREE)[:max_claims]
             for entry in free_entries:
                 pending = head - claimed
                 if pending <= 0 or total <= 0:
