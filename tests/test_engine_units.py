@@ -1,0 +1,207 @@
+"""Fast tests of the engine's policies: no processes, injected clocks."""
+
+from __future__ import annotations
+
+import argparse
+
+import hnswlib
+import numpy as np
+import pytest
+
+from engine import admission, config
+from engine.errors import ConfigError, InvalidInput
+from engine.recall import exact_distances, merge
+from engine.routing import home_slot, spill_order
+from engine.scheduler import BatchSizer, LaneScheduler
+from engine import validation
+
+
+# -- admission / backpressure ------------------------------------------------
+def test_states_rise_at_thresholds():
+    s = admission.NORMAL
+    for p, expect in [(0.49, 0), (0.5, 1), (0.79, 1), (0.8, 2), (0.94, 2), (0.95, 3), (1.0, 3)]:
+        s = admission.next_state(s, p)
+        assert s == expect, p
+
+
+def test_hysteresis_on_the_way_down():
+    s = admission.next_state(admission.NORMAL, 0.96)
+    assert s == admission.OVERLOADED
+    assert admission.next_state(s, 0.90) == admission.OVERLOADED  # below enter, above leave
+    assert admission.next_state(s, 0.84) == admission.CRITICAL
+    assert admission.next_state(admission.CRITICAL, 0.75) == admission.CRITICAL
+    assert admission.next_state(admission.CRITICAL, 0.45) == admission.WARNING
+    assert admission.next_state(admission.WARNING, 0.41) == admission.WARNING
+    assert admission.next_state(admission.WARNING, 0.39) == admission.NORMAL
+    assert admission.next_state(admission.OVERLOADED, 0.0) == admission.NORMAL
+
+
+def test_no_flapping_around_a_boundary():
+    s, changes = admission.NORMAL, 0
+    for p in [0.49, 0.51, 0.48, 0.52, 0.47, 0.5, 0.45] * 10:
+        new = admission.next_state(s, p)
+        changes += new != s
+        s = new
+    assert changes == 1 and s == admission.WARNING
+
+
+def test_admission_by_priority():
+    assert admission.admits("low", admission.WARNING)
+    assert not admission.admits("low", admission.CRITICAL)
+    assert admission.admits("normal", admission.CRITICAL)
+    assert not admission.admits("normal", admission.OVERLOADED)
+    assert admission.admits("high", admission.OVERLOADED)
+
+
+# -- scheduler ---------------------------------------------------------------
+def test_strict_priority_without_starvation():
+    sched = LaneScheduler()
+    served = []
+    depths = [1000, 1000, 1000]
+    for _ in range(170):
+        lane = sched.order(depths)[0]
+        sched.served(lane, depths)
+        served.append(lane)
+    assert served[:4] == [0, 0, 0, 0]
+    assert served.count(1) >= 170 // 5 - 1
+    assert served.count(2) >= 170 // 17 - 1
+    assert served.count(0) > served.count(1) > served.count(2)
+    # No lane with work waits more than its patience (+ one turn of a starving peer).
+    for lane, patience in ((1, 4), (2, 16)):
+        gaps = np.diff([i for i, s in enumerate(served) if s == lane])
+        assert gaps.max() <= patience + 2, (lane, gaps.max())
+
+
+def test_empty_lanes_are_not_offered_and_do_not_accumulate_debt():
+    sched = LaneScheduler()
+    for _ in range(50):
+        assert sched.order([5, 0, 0]) == [0]
+        sched.served(0, [5, 0, 0])
+    assert sched.order([5, 5, 0]) == [0, 1]  # low had no work: no debt, normal had none either
+
+
+def test_batch_sizer_fits_the_budget():
+    sizer = BatchSizer(10, 1000, budget_s=0.05)
+    assert sizer.size(5000) == 10  # nothing measured yet: start small
+    sizer.record(100, 0.01)  # 100 µs per item → 500 fit in 50 ms
+    assert sizer.size(5000) == 500
+    assert sizer.size(30) == 30  # never more than is queued
+    for _ in range(50):
+        sizer.record(10, 1.0)  # very slow items
+    assert sizer.size(5000) == 10  # clamped at batch_min
+    fast = BatchSizer(10, 1000, budget_s=0.05)
+    fast.record(1000, 0.0001)
+    assert fast.size(5000) == 1000  # clamped at batch_max
+
+
+# -- routing -----------------------------------------------------------------
+def test_home_slot_is_stable_and_spread():
+    assert home_slot("docs", 16) == home_slot("docs", 16)
+    homes = {home_slot(f"space-{i}", 8) for i in range(200)}
+    assert homes == set(range(8))
+
+
+def test_spill_order_home_first_then_most_free():
+    assert spill_order(2, [5, 0, 1, 9]) == [2, 3, 0]
+
+
+# -- recall merge ------------------------------------------------------------
+def test_merge_dedupes_and_keeps_smallest_distance():
+    a = (np.array([[1, 2, 3]], np.uint64), np.array([[0.1, 0.5, 0.9]], np.float32))
+    b = (np.array([[2, 4]], np.uint64), np.array([[0.2, 0.3]], np.float32))
+    ids, dist = merge([a, b], 1, 3)
+    assert ids.tolist() == [[1, 2, 4]]
+    assert np.allclose(dist, [[0.1, 0.2, 0.3]])
+
+
+def test_merge_of_nothing_is_empty():
+    ids, dist = merge([], 2, 5)
+    assert ids.shape == (2, 0) and dist.shape == (2, 0)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_exact_distances_match_hnswlib(metric):
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((200, 12)).astype(np.float32)
+    queries = rng.standard_normal((5, 12)).astype(np.float32)
+    index = hnswlib.Index(space=metric, dim=12)
+    index.init_index(max_elements=200, M=16, ef_construction=200)
+    index.add_items(data, np.arange(200))
+    index.set_ef(200)
+    labels, hd = index.knn_query(queries, k=3)
+    ours = exact_distances(queries, data, metric)
+    assert np.allclose(np.take_along_axis(ours, labels.astype(np.int64), axis=1), hd, atol=1e-4)
+
+
+# -- validation --------------------------------------------------------------
+def test_validation_accepts_float64_and_scalar_id():
+    v = validation.vectors(np.ones(8), 1, 8, "l2")
+    assert v.dtype == np.float32 and v.shape == (1, 8) and v.flags.c_contiguous
+    assert validation.ids(5, 10).tolist() == [5]
+    assert validation.ids([2 ** 64 - 1], 10).dtype == np.uint64
+
+
+@pytest.mark.parametrize("bad", [[-1], [2 ** 64], [1.5], [[1, 2]], [], ["x"]])
+def test_validation_rejects_bad_ids(bad):
+    with pytest.raises(InvalidInput):
+        validation.ids(bad, 10)
+
+
+def test_validation_messages_name_the_problem():
+    with pytest.raises(InvalidInput, match=r"shape \(2, 8\)"):
+        validation.vectors(np.ones((2, 9)), 2, 8, "l2")
+    with pytest.raises(InvalidInput, match="vector 1 contains NaN"):
+        validation.vectors(np.array([[1.0] * 8, [np.nan] * 8]), 2, 8, "l2")
+    with pytest.raises(InvalidInput, match="max-batch-size=3"):
+        validation.ids([1, 2, 3, 4], 3)
+    with pytest.raises(InvalidInput, match="memory space"):
+        validation.space_name("UPPER")
+
+
+# -- configuration -----------------------------------------------------------
+def _args(command="run", **kw):
+    ns = argparse.Namespace(config_file=None)
+    for s in config.SETTINGS:
+        setattr(ns, s.attr, None)
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def test_precedence_cli_over_env_over_toml_over_default(tmp_path):
+    toml = tmp_path / "engram.toml"
+    toml.write_text('dim = 64\nmetric = "l2"\nbatch-max = 500\nsteal_threshold = 7\n')
+    cfg = config.resolve(_args(config_file=str(toml), dim="32"), "run",
+                         env={"ENGRAM_DIM": "48", "ENGRAM_METRIC": "ip"})
+    assert cfg.dim == 32 and cfg.metric == "ip" and cfg.batch_max == 500 and cfg.steal_threshold == 7
+    assert cfg.hnsw_m == 16  # default
+
+
+@pytest.mark.parametrize("flag,value,fragment", [
+    ("dim", "0", "--dim='0'"), ("workers", "many", "--workers='many'"),
+    ("cpus", "3-1", "--cpus='3-1'"), ("metrics_addr", "nowhere", "--metrics-addr='nowhere'"),
+    ("metric", "hamming", "--metric='hamming'"),
+])
+def test_bad_values_name_flag_and_value(flag, value, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
+        config.resolve(_args(**{flag: value}), "run", env={})
+
+
+def test_unknown_toml_key_and_cross_checks(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("dimension = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        config.resolve(_args(config_file=str(toml)), "run", env={})
+    with pytest.raises(ConfigError, match="--batch-min=50 is larger than --batch-max=10"):
+        config.resolve(_args(batch_min="50", batch_max="10"), "run", env={})
+
+
+def test_cpu_list_and_workers_auto():
+    cfg = config.resolve(_args(cpus="0-2,5", workers="auto"), "run", env={})
+    assert cfg.cpus == (0, 1, 2, 5) and cfg.workers == "auto"
+
+
+def test_docs_table_lists_every_setting():
+    table = config.render_markdown()
+    for s in config.SETTINGS:
+        assert f"`{s.flag}`" in table and s.env in table
