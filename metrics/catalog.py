@@ -1,0 +1,211 @@
+"""The metric catalog: one declaration per metric (DESIGN §9), and nothing else.
+
+Every other part of the package derives from ``CATALOG``: the cell layout of
+the shared-memory array (``metrics.cells``), label validation in the writer,
+the families the collector exports, and the table in the docs
+(``render_markdown``). Add a metric here and it exists everywhere.
+
+Label values come from *domains*, declared once in ``DOMAINS``:
+
+* enumerated domains (priority, rejection reason, …) list their values;
+* ``worker_id`` is ``"0" .. "n_workers-1"``, sized when the array is laid out;
+* ``memory_space`` is a space *index* ``0 .. max_spaces-1`` plus one extra
+  column, ``_other``, that catches out-of-range indices. The label *value*
+  (the space name) is looked up at scrape time: names live in the engine.
+
+``source="live"`` marks gauges that are not stored in the array: the exporter
+computes them at scrape time through a callback (queue depths read from the
+rings, the backpressure state read from the control block).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from metrics.errors import CatalogError
+
+PREFIX = "engram_streaming_"
+
+COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+SUM, MAX = "sum", "max"
+ARRAY, LIVE = "array", "live"
+
+#: Exported label value of the ``memory_space`` column that catches every
+#: space index >= max_spaces (bounded cardinality, DESIGN §2).
+OTHER_SPACE = "_other"
+
+#: Dynamic domains: their size is given when the array is laid out.
+WORKER_ID = "worker_id"
+MEMORY_SPACE = "memory_space"
+
+#: Label domains, declared once. ``None`` marks a dynamic domain.
+DOMAINS: dict[str, tuple[str, ...] | None] = {
+    "priority": ("high", "normal", "low"),
+    "rejection_reason": ("over_capacity", "invalid_sequence", "duplicate", "invalid_input"),
+    "level": ("normal", "warning", "critical", "overloaded"),
+    "error_type": ("insert_error", "resize_error", "other"),
+    "restart_reason": ("crash", "hung", "signal"),
+    WORKER_ID: None,
+    MEMORY_SPACE: None,
+}
+
+#: Backpressure states in order; ``backpressure_state`` exports the index.
+BACKPRESSURE_LEVELS = DOMAINS["level"]
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric. ``name`` has no prefix; ``full_name`` has it.
+
+    ``labels`` are label names in export order; each takes its values from the
+    domain of the same name unless ``domains`` maps it to another one (two
+    metrics both label ``reason`` with different value sets). ``agg`` says how
+    the exporter combines the rows of different writers: ``sum`` (counters,
+    histograms, additive gauges) or ``max`` (gauges one writer owns).
+    """
+
+    name: str
+    type: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+    agg: str = SUM
+    source: str = ARRAY
+    domains: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def full_name(self) -> str:
+        return PREFIX + self.name
+
+    def domain_of(self, label: str) -> str:
+        return self.domains.get(label, label)
+
+    @property
+    def width(self) -> int:
+        """Cells per label combination: 1, or buckets + overflow + sum + count."""
+        return len(self.buckets) + 3 if self.type == HISTOGRAM else 1
+
+
+def _m(name, type_, help_, labels=(), buckets=(), agg=SUM, source=ARRAY, **domains) -> Metric:
+    return Metric(name, type_, help_, tuple(labels), tuple(float(b) for b in buckets), agg, source,
+                  dict(domains))
+
+
+_LAT_BUCKETS = (.001, .005, .01, .05, .1, .5, 1, 5)
+_SPACE, _PRIO, _WORKER = ("memory_space",), ("priority",), ("worker_id",)
+
+CATALOG: tuple[Metric, ...] = (
+    # -- ingestion ----------------------------------------------------------
+    _m("observations_total", COUNTER, "Observations inserted into an index.",
+       ("memory_space", "priority")),
+    _m("observations_rejected_total", COUNTER, "Observations rejected at admission, by reason.",
+       ("memory_space", "reason"), reason="rejection_reason"),
+    _m("backpressure_activations_total", COUNTER,
+       "Backpressure state transitions, labelled by the state entered.", ("level",)),
+    _m("batches_processed_total", COUNTER, "Batches inserted by a worker slot.", _WORKER),
+    _m("batch_failures_total", COUNTER, "Batches that failed, by error type.",
+       ("worker_id", "error_type")),
+    _m("work_stolen_total", COUNTER, "Batches a worker slot stole from another slot's rings.",
+       _WORKER),
+    _m("worker_restarts_total", COUNTER, "Worker processes restarted by the supervisor.",
+       ("worker_id", "reason"), reason="restart_reason"),
+    # -- queues (computed at scrape time) -------------------------------------
+    _m("queue_depth", GAUGE, "Observations waiting in the rings, by priority lane.", _PRIO,
+       source=LIVE),
+    _m("queue_capacity", GAUGE, "Ring capacity, by priority lane.", _PRIO, source=LIVE),
+    _m("queue_memory_bytes", GAUGE, "Bytes of shared memory held by the rings.", source=LIVE),
+    _m("backpressure_state", GAUGE,
+       "Backpressure state: 0 normal, 1 warning, 2 critical, 3 overloaded.", source=LIVE),
+    # -- workers --------------------------------------------------------------
+    _m("worker_utilization_ratio", GAUGE, "Busy time over wall time of a worker slot, 0-1.",
+       _WORKER, agg=MAX),
+    _m("worker_up", GAUGE, "1 if the worker of the slot is alive and heartbeating.", _WORKER,
+       agg=MAX),
+    _m("active_sessions", GAUGE, "Open streaming sessions."),
+    _m("index_vectors", GAUGE, "Vectors held in the HNSW shards of a memory space.", _SPACE),
+    # -- latencies and sizes --------------------------------------------------
+    _m("observation_latency_seconds", HISTOGRAM,
+       "Time from enqueue to inserted in an index.", _SPACE, _LAT_BUCKETS),
+    _m("recall_latency_seconds", HISTOGRAM, "Time to answer a recall query.", _SPACE,
+       (.001, .005, .01, .02, .05, .1, .5)),
+    _m("recall_queries_total", COUNTER, "Recall queries answered.", _SPACE),
+    _m("batch_size", HISTOGRAM, "Observations per inserted batch.", _WORKER,
+       (1, 10, 50, 100, 250, 500, 1000)),
+    _m("queue_wait_time_seconds", HISTOGRAM, "Time an observation waited in its ring.", _PRIO,
+       (.001, .005, .01, .05, .1, .5, 1)),
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOG}
+
+
+def validate(catalog: tuple[Metric, ...] = CATALOG) -> None:
+    """Raise ``CatalogError`` on a declaration that breaks the conventions."""
+    seen: set[str] = set()
+    for m in catalog:
+        where = f"metric {m.name!r}"
+        if m.name in seen:
+            raise CatalogError(f"{where}: declared twice")
+        seen.add(m.name)
+        if not _NAME_RE.match(m.name):
+            raise CatalogError(f"{where}: not snake_case")
+        if m.type not in (COUNTER, GAUGE, HISTOGRAM):
+            raise CatalogError(f"{where}: unknown type {m.type!r}")
+        if (m.type == COUNTER) != m.name.endswith("_total"):
+            raise CatalogError(f"{where}: '_total' is for counters, and only them")
+        if m.agg not in (SUM, MAX) or (m.agg == MAX and m.type != GAUGE):
+            raise CatalogError(f"{where}: aggregation {m.agg!r} (max only for gauges)")
+        if m.source not in (ARRAY, LIVE) or (m.source == LIVE and m.type != GAUGE):
+            raise CatalogError(f"{where}: source {m.source!r} (live only for gauges)")
+        if not m.help.strip():
+            raise CatalogError(f"{where}: no help text")
+        if m.type == HISTOGRAM:
+            b = m.buckets
+            if not b or any(x >= y for x, y in zip(b, b[1:])) or b[-1] == float("inf"):
+                raise CatalogError(f"{where}: buckets must be finite and strictly increasing")
+        elif m.buckets:
+            raise CatalogError(f"{where}: buckets on a {m.type}")
+        if len(set(m.labels)) != len(m.labels) or "le" in m.labels:
+            raise CatalogError(f"{where}: bad label names {m.labels}")
+        for label in m.labels:
+            if m.domain_of(label) not in DOMAINS:
+                raise CatalogError(f"{where}: label {label!r} has no domain")
+            if label in (WORKER_ID, MEMORY_SPACE) and m.domain_of(label) != label:
+                raise CatalogError(f"{where}: label {label!r} must use its own domain")
+        if set(m.domains) - set(m.labels):
+            raise CatalogError(f"{where}: domain given for an undeclared label")
+
+
+validate()
+
+
+def _fmt_bucket(b: float) -> str:
+    return f"{b:g}"
+
+
+def render_markdown(catalog: tuple[Metric, ...] = CATALOG) -> str:
+    """The catalog as Markdown: a metric table, then the label domains."""
+    lines = ["| name | type | labels | help |", "|---|---|---|---|"]
+    for m in catalog:
+        notes = []
+        if m.type == HISTOGRAM:
+            notes.append("buckets " + " ".join(_fmt_bucket(b) for b in m.buckets))
+        if m.source == LIVE:
+            notes.append("computed at scrape time")
+        if m.agg == MAX:
+            notes.append("max across writers")
+        help_ = m.help + (f" ({'; '.join(notes)})" if notes else "")
+        labels = ", ".join(m.labels) or "—"
+        lines.append(f"| `{m.full_name}` | {m.type} | {labels} | {help_} |")
+    lines += ["", "| label domain | values |", "|---|---|"]
+    for name, values in DOMAINS.items():
+        if name == WORKER_ID:
+            shown = '"0" … "n_workers-1" (the worker slot)'
+        elif name == MEMORY_SPACE:
+            shown = f"space name; indices beyond `--max-spaces` fold into `{OTHER_SPACE}`"
+        else:
+            shown = ", ".join(f"`{v}`" for v in values)
+        lines.append(f"| {name} | {shown} |")
+    return "\n".join(lines) + "\n"
