@@ -53,7 +53,7 @@ def cmd_run(cfg) -> int:
 def cmd_status(cfg) -> int:
     from engine.producer import connect
     with connect(cfg.name) as eng:
-        st = eng.status()
+        st = eng.status(cfg.interval)
     if cfg.json:
         print(json.dumps(st))
     else:

@@ -300,6 +300,8 @@ SETTINGS = SETTINGS + (
     Setting("ef", _optional_positive_int, None, "HNSW ef for this query (default --ef-search).", "EF",
             commands=("recall",)),
     Setting("json", _bool, False, "Print JSON.", flag_only=True, commands=("status", "recall")),
+    Setting("interval", _positive_float, 1.0, "Seconds between the two metric samples behind rates.",
+            "S", commands=("status",)),
     Setting("timeout", _positive_float, 120.0, "Seconds to wait for the instance to stop.", "S",
             commands=("stop",)),
 )

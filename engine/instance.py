@@ -22,9 +22,15 @@ M = max spaces)::
     ...     shard_counts i64[S, M] vectors in HNSW per (slot, space); the slot's worker
 
 ``hdr`` cells and their single writer: H_SUP_PID, H_READY, H_ADMISSION_CLOSED,
-H_DRAINING, H_STOP, H_STARTED: supervisor. H_BP_STATE: any producer or the
-supervisor, under control lock 0. H_SPACES: producers under lock 0, written
-after the name it publishes.
+H_DRAINING, H_STOP, H_STARTED: supervisor. H_BP_STATE, H_BP_CHANGED_MS (unix
+ms of the last transition): any producer or the supervisor, under control
+lock 0. H_SPACES: producers under lock 0, written after the name it
+publishes. H_EXPORTER_PID, H_EXPORTER_PORT: the exporter (its bound port, so
+``--metrics-addr`` may name port 0).
+
+The metric array (``/engram.<n>.metrics``, ``metrics.array.MetricArray``)
+has one row per writer: supervisor, gateway, exporter, each worker slot,
+leased producer rows (byte locks in ``<data-dir>/metrics.locks``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 
 import numpy as np
 
+from metrics.array import MetricArray
 from shm.errors import LayoutError, SegmentMissing
 from shm.layout import Field, Layout
 from shm.lock import LockFile
@@ -47,7 +54,7 @@ NAME_BYTES = 64
 CLAIM_SLOTS = 128
 
 H_PARAMS_LEN, H_SUP_PID, H_READY, H_ADMISSION_CLOSED, H_DRAINING, H_STOP, H_BP_STATE, H_SPACES, \
-    H_STARTED = range(9)
+    H_STARTED, H_BP_CHANGED_MS, H_EXPORTER_PID, H_EXPORTER_PORT = range(12)
 SUP_PID, SUP_STATE, SUP_RESTARTS, SUP_CPU, SUP_PARKED_UNTIL, SUP_STARTED_AT = range(6)
 LIVE_HEARTBEAT, LIVE_SLEEPING, LIVE_PID, LIVE_READY = range(4)
 
@@ -121,6 +128,7 @@ class Instance:
         self.rings: list[Ring] = []
         self.ctl: dict[str, np.ndarray] = {}
         self.query: dict[str, np.ndarray] = {}
+        self.metrics: MetricArray | None = None
         self.locks = LockFile.open(os.path.join(params["data_dir"], "engine.locks"))
 
     # -- construction ------------------------------------------------------
@@ -189,6 +197,11 @@ class Instance:
             qlayout.init(qseg.buf)
         else:
             self.query = qlayout.views(qseg.buf)
+        mname = object_name(self.name, "metrics")
+        if create:
+            self.metrics = MetricArray.create(mname, p["slots"], p["max_spaces"])
+        else:
+            self.metrics = MetricArray.attach(mname)
         make = WakeSignal.create if create else WakeSignal.attach
         self.wake = [make(object_name(self.name, f"wake.{s}")) for s in range(p["slots"])]
         self.qdone = [make(object_name(self.name, f"qdone.{j}")) for j in range(p["query_slots"])]
@@ -200,6 +213,9 @@ class Instance:
         self.query = {}
         for seg in self.segments:
             seg.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         for sig in self.wake + self.qdone:
             sig.close()
 
@@ -223,6 +239,13 @@ class Instance:
     def space_names(self) -> dict[int, str]:
         n = min(int(self.hdr[H_SPACES]), self.params["max_spaces"])
         return {i: self.space_name(i) for i in range(n)}
+
+    @property
+    def metrics_lock_path(self) -> str:
+        return os.path.join(self.params["data_dir"], "metrics.locks")
+
+    def ring_bytes(self) -> int:
+        return ring_offsets(self.params)[1]
 
     def queued_by_lane(self) -> list[int]:
         out = [0, 0, 0]

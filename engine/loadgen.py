@@ -4,7 +4,8 @@ Spaces are ``default``, ``space-1``, ``space-2``, ...; priorities drawn from
 ``--priority-mix``; ids start at a base derived from the clock so repeated
 runs do not overwrite each other. A progress line on stderr shows elapsed
 time, the submit rate, the inserted rate (from the shard counts in shared
-memory), queue depth, backpressure and the observe() call latency.
+memory), queue depth, backpressure and the observe() call latency; at the
+end, enqueue-to-inserted latency percentiles from the metric histogram.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import numpy as np
 
 from engine.producer import connect
+from metrics import readout
 
 
 def space_names(n: int) -> list[str]:
@@ -37,6 +39,7 @@ def run_load(cfg, out=sys.stderr) -> int:
         pool = rng.standard_normal((max(batch * 8, 4096), eng.dim)).astype(np.float32)
         start = time.monotonic()
         inserted0 = _inserted(eng)
+        before = eng.inst.metrics.snapshot()
         sent = accepted = 0
         rejected: dict[str, int] = {}
         lat: list[float] = []
@@ -75,6 +78,13 @@ def run_load(cfg, out=sys.stderr) -> int:
         print(f"sent {sent} in {elapsed:.1f}s ({sent / elapsed:.0f}/s): accepted {accepted}, "
               f"rejected {sum(rejected.values())} {rejected or ''}; "
               f"inserted so far {_inserted(eng) - inserted0}; observe() p50 {p50:.2f} ms p99 {p99:.2f} ms")
+        bounds, counts, _ = readout.histogram(eng.inst.metrics, eng.inst.metrics.snapshot(),
+                                              "observation_latency_seconds")
+        counts = counts - readout.histogram(eng.inst.metrics, before, "observation_latency_seconds")[1]
+        qs = [readout.quantile(bounds, counts, q) for q in (0.5, 0.99)]
+        if qs[0] is not None:
+            print(f"enqueue -> inserted latency (from the metric histogram): "
+                  f"p50 {qs[0] * 1000:.1f} ms, p99 {qs[1] * 1000:.1f} ms")
     return 0
 
 

@@ -10,7 +10,9 @@ per transition.
 from __future__ import annotations
 
 from engine import admission
-from engine.instance import H_BP_STATE, LOCK_CONTROL, Instance
+import time
+
+from engine.instance import H_BP_CHANGED_MS, H_BP_STATE, LOCK_CONTROL, Instance
 
 
 def refresh(inst: Instance, on_change=None) -> int:
@@ -28,6 +30,7 @@ def refresh(inst: Instance, on_change=None) -> int:
         new = admission.next_state(current, inst.pressure())
         if new != current:
             hdr[H_BP_STATE] = new
+            hdr[H_BP_CHANGED_MS] = int(time.time() * 1000)
             if on_change is not None:
                 on_change(current, new)
     return new

@@ -11,6 +11,7 @@ updates take kernel byte locks that also exclude threads (shm.lock).
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from engine.instance import (H_ADMISSION_CLOSED, H_SPACES, LANE_INDEX, LANES,
 from engine.query import QueryClient
 from engine.recall import RecallResult, exact_distances, merge
 from engine.routing import home_slot, spill_order
+from metrics.lease import ProducerRowLease
 from shm.errors import LayoutError, SegmentMissing
 
 DEFAULT_RECALL_TIMEOUT_S = 5.0
@@ -94,34 +96,66 @@ class Engine:
         self.metric = self.params["metric"]
         self.spaces = SpaceRegistry(inst)
         self.queries = QueryClient(inst)
+        self._lease: ProducerRowLease | None = None
+        self._metrics_lock = threading.Lock()  # a row has one writer: serialise threads
+
+    # -- metrics -----------------------------------------------------------
+    def _record(self, fn) -> None:
+        """Run ``fn(writer)`` on this process's metric row (leased on first use)."""
+        with self._metrics_lock:
+            if self._lease is None:
+                self._lease = ProducerRowLease(self.inst.metrics, self.inst.metrics_lock_path)
+            fn(self._lease.writer)
+
+    def _rejected(self, space: int | None, reason: str, n: int) -> None:
+        # Unknown or invalid space names count under `_other`: a rejection
+        # never registers a space (bounded label cardinality).
+        idx = self.params["max_spaces"] if space is None else space
+        self._record(lambda w: w.inc("observations_rejected_total", n, memory_space=idx, reason=reason))
+
+    def _transition(self, old: int, new: int) -> None:
+        self._record(lambda w: w.inc("backpressure_activations_total", level=admission.STATES[new]))
 
     # -- backpressure --------------------------------------------------------
     def backpressure(self) -> int:
         """Current state index, moved along by the pressure seen now."""
-        return pressure.refresh(self.inst)
+        return pressure.refresh(self.inst, self._transition)
 
     # -- observe -----------------------------------------------------------
     def observe(self, space: str, ids, vectors, priority: str = "normal") -> Ack:
-        """Queue observations of one space; see ``Ack``. Bad input raises InvalidInput."""
+        """Queue observations of one space; see ``Ack``. Bad input raises
+        InvalidInput and is counted as rejected with reason invalid_input."""
         p = self.params
-        space = validation.space_name(space)
-        priority = validation.priority(priority)
-        ids = validation.ids(ids, p["max_batch_size"])
-        vectors = validation.vectors(vectors, len(ids), self.dim, self.metric)
+        try:
+            space = validation.space_name(space)
+            priority = validation.priority(priority)
+            ids = validation.ids(ids, p["max_batch_size"])
+            vectors = validation.vectors(vectors, len(ids), self.dim, self.metric)
+        except InvalidInput:
+            known = self.spaces.lookup(space) if isinstance(space, str) else None
+            self._rejected(known, "invalid_input", _batch_len(ids))
+            raise
         n = len(ids)
         state = self.backpressure()
         state_name = admission.STATES[state]
         if self.inst.hdr[H_ADMISSION_CLOSED]:
+            self._rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name, "engine is shutting down")
         if not admission.admits(priority, state):
+            self._rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name,
                        f"{priority} priority refused while backpressure is {state_name}")
-        idx = self.spaces.register(space)
+        try:
+            idx = self.spaces.register(space)
+        except InvalidInput:
+            self._rejected(None, "invalid_input", n)
+            raise
         written = self._enqueue(space, idx, ids, vectors, LANE_INDEX[priority])
         if written == n:
             return Ack(n, {}, state_name)
+        self._rejected(idx, "over_capacity", n - written)
         return Ack(written, {"over_capacity": n - written}, state_name,
-                   f"{LANES[LANE_INDEX[priority]]} lane full: {n - written} of {n} rejected")
+                   f"{priority} lane full: {n - written} of {n} rejected")
 
     def _enqueue(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int) -> int:
         inst = self.inst
@@ -161,7 +195,8 @@ class Engine:
         idx = self.spaces.lookup(space)
         if idx is None:
             return RecallResult(np.zeros((q, 0), np.uint64), np.zeros((q, 0), np.float32), True)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         # Scan rings before reading shard counts: a record committed between
         # the two is then seen in the ring or in a shard we ask (DESIGN §5).
         fresh_part = self._scan_rings(idx, queries, k) if fresh else None
@@ -181,6 +216,9 @@ class Engine:
             out_ids.append(ids)
             out_dist.append(dist)
         width = min(x.shape[1] for x in out_ids)
+        elapsed = time.monotonic() - started
+        self._record(lambda w: (w.observe("recall_latency_seconds", elapsed, memory_space=idx),
+                                w.inc("recall_queries_total", q, memory_space=idx)))
         return RecallResult(np.vstack([x[:, :width] for x in out_ids]),
                             np.vstack([x[:, :width] for x in out_dist]), complete)
 
@@ -201,11 +239,15 @@ class Engine:
         return ids[top], np.take_along_axis(dist, top, axis=1)
 
     # -- status / teardown -------------------------------------------------
-    def status(self) -> dict:
+    def status(self, interval: float = 0.0) -> dict:
+        """The ``engram-stream status --json`` object; ``interval`` > 0 adds rates."""
         from engine.status import collect
-        return collect(self.inst)
+        return collect(self.inst, interval)
 
     def close(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
         self.inst.close()
 
     def __enter__(self) -> "Engine":
@@ -213,6 +255,13 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _batch_len(ids) -> int:
+    try:
+        return max(1, len(ids))
+    except TypeError:
+        return 1
 
 
 def connect(name: str = "engram") -> Engine:

@@ -12,6 +12,10 @@ import hnswlib
 import numpy as np
 
 
+class ResizeError(RuntimeError):
+    """Growing a shard failed (usually out of memory)."""
+
+
 class ShardSet:
     def __init__(self, dim: int, metric: str, m: int, ef_construction: int, ef_search: int,
                  initial_capacity: int):
@@ -43,7 +47,10 @@ class ShardSet:
         if need > capacity:
             while capacity < need:
                 capacity *= 2
-            index.resize_index(capacity)
+            try:
+                index.resize_index(capacity)
+            except (RuntimeError, MemoryError) as exc:
+                raise ResizeError(f"resize of shard {space} to {capacity} failed: {exc}") from exc
         index.add_items(vectors, ids, num_threads=1)
         return index.get_current_count()
 

@@ -5,12 +5,60 @@ from __future__ import annotations
 import time
 
 from engine import admission
-from engine.instance import (H_DRAINING, H_READY, H_STARTED, H_SUP_PID, LANES, LIVE_HEARTBEAT,
-                             STATE_NAMES, SUP_CPU, SUP_PID, SUP_RESTARTS, SUP_STATE, H_BP_STATE,
-                             Instance)
+from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PORT, H_READY, H_STARTED,
+                             H_SUP_PID, LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_CPU, SUP_PID,
+                             SUP_RESTARTS, SUP_STATE, Instance)
+from metrics import readout
+
+LATENCY_QUANTILES = (0.5, 0.99, 0.999)
 
 
-def collect(inst: Instance) -> dict:
+def _quantiles(array, before, after, name) -> dict:
+    """Percentiles over the window between the snapshots, or over the whole
+    run when the window saw no samples (``window`` says which)."""
+    bounds, counts, _ = readout.histogram(array, after, name)
+    window = "run"
+    if before is not None:
+        recent = counts - readout.histogram(array, before, name)[1]
+        if recent.sum() > 0:
+            counts, window = recent, "interval"
+    out = {f"p{q * 100:g}": readout.quantile(bounds, counts, q) for q in LATENCY_QUANTILES}
+    out["count"] = int(counts.sum())
+    out["window"] = window
+    return out
+
+
+def throughput(inst: Instance, interval: float = 0.0) -> dict:
+    """Totals, rates and latency percentiles from the metric array.
+
+    With ``interval`` > 0, two snapshots that far apart give rates and the
+    percentiles of that window; otherwise percentiles cover the whole run.
+    """
+    array = inst.metrics
+    before = None
+    if interval > 0:
+        before = array.snapshot()
+        time.sleep(interval)
+    after = array.snapshot()
+    inserted = float(readout.block(array, after, "observations_total").sum())
+    rejected_block = readout.block(array, after, "observations_rejected_total")  # [space, reason, 1]
+    from metrics.catalog import DOMAINS
+    rejected = {r: int(rejected_block[:, i].sum()) for i, r in enumerate(DOMAINS["rejection_reason"])}
+    out = {
+        "observations_total": int(inserted),
+        "observations_rejected_total": rejected,
+        "observation_latency_seconds": _quantiles(array, before, after, "observation_latency_seconds"),
+        "recall_latency_seconds": _quantiles(array, before, after, "recall_latency_seconds"),
+        "window_seconds": interval if interval > 0 else None,
+        "observations_per_second": None,
+    }
+    if before is not None:
+        then = float(readout.block(array, before, "observations_total").sum())
+        out["observations_per_second"] = round((inserted - then) / interval, 1)
+    return out
+
+
+def collect(inst: Instance, interval: float = 0.0) -> dict:
     hdr = inst.hdr
     now = time.monotonic()
     sup, live = inst.ctl["slot_sup"], inst.ctl["slot_live"]
@@ -45,7 +93,13 @@ def collect(inst: Instance) -> dict:
         "backpressure": admission.STATES[state] if 0 <= state < len(admission.STATES) else "unknown",
         "pressure": round(inst.pressure(), 4),
         "spaces": spaces,
+        "metrics_port": int(hdr[H_EXPORTER_PORT]) or None,
+        "throughput": throughput(inst, interval),
     }
+
+
+def _ms(seconds) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}ms"
 
 
 def render(st: dict) -> str:
@@ -63,6 +117,17 @@ def render(st: dict) -> str:
     for lane, q in st["queues"].items():
         used = q["depth"] / q["capacity"] if q["capacity"] else 0.0
         lines.append(f"{lane:<7}  {q['depth']:>9}  {q['capacity']:>9}  {used:>6.1%}")
+    lines.append("")
+    t = st["throughput"]
+    rate = "-" if t["observations_per_second"] is None else f"{t['observations_per_second']:.0f}/s"
+    rejected = ", ".join(f"{k} {v}" for k, v in t["observations_rejected_total"].items() if v)
+    lines.append(f"inserted {t['observations_total']} ({rate})  rejected: {rejected or 'none'}")
+    for name, label in (("observation_latency_seconds", "observation latency"),
+                        ("recall_latency_seconds", "recall latency")):
+        q = t[name]
+        window = f"last {t['window_seconds']:g}s" if q["window"] == "interval" else "since start"
+        shown = "  ".join(f"{k} {_ms(q[k])}" for k in q if k.startswith("p"))
+        lines.append(f"{label} ({window}, {q['count']} samples): {shown}")
     lines.append("")
     if st["spaces"]:
         lines.append(f"{'space':<32}  {'vectors':>10}  {'shards':>6}")

@@ -41,6 +41,7 @@ log = logging.getLogger("engram.supervisor")
 
 TICK_S = 0.1
 STOP_GRACE_S = 5.0
+HEARTBEAT_FRESH_S = 2.0
 
 # Exit codes of `engram-stream run` (docs/operations.md).
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_RUNNING, EXIT_DRAIN_TIMEOUT, EXIT_FORCED = 0, 1, 2, 3, 4, 130
@@ -57,6 +58,12 @@ class Slot:
     parked_until: float = 0.0
     crashes: collections.deque = field(default_factory=collections.deque)
     killed_as_hung: bool = False
+    last_reason: str = "crash"
+    kind: str = "worker"
+
+    @property
+    def label(self) -> str:
+        return f"worker slot {self.index}" if self.kind == "worker" else self.kind
 
 
 def plan_cpus(cfg) -> tuple[int, list[int | None]]:
@@ -128,6 +135,8 @@ class Supervisor:
         self.inst: Instance | None = None
         self.lock: InstanceLock | None = None
         self.slots: list[Slot] = []
+        self.exporter = Slot(-1, None, kind="exporter")
+        self.metrics = None
         self.signals: list[int] = []
         self.draining_since: float | None = None
         self.exit_code: int | None = None
@@ -153,6 +162,8 @@ class Supervisor:
         hdr[H_SUP_PID] = os.getpid()
         hdr[H_STARTED] = int(time.time())
         self.slots = [Slot(i, cpus[i]) for i in range(n)]
+        from metrics.writer import MetricWriter
+        self.metrics = MetricWriter(self.inst.metrics, self.inst.metrics.row_map.SUPERVISOR)
         for s in self.slots:
             self.inst.ctl["slot_sup"][s.index, SUP_CPU] = -1 if s.cpu is None else s.cpu
         self._install_signals()
@@ -227,29 +238,35 @@ class Supervisor:
         hdr[H_DRAINING] = 1
         self.draining_since = self.clock()
 
+    def children(self) -> list[Slot]:
+        return self.slots + [self.exporter]
+
     def reap(self) -> None:
         now = self.clock()
         sup = self.inst.ctl["slot_sup"]
-        for s in self.slots:
+        for s in self.children():
             if s.proc is None or s.proc.exitcode is None:
                 continue
             code = s.proc.exitcode
             reason = "hung" if s.killed_as_hung else ("signal" if code < 0 else "crash")
-            if self.inst.hdr[H_STOP]:
-                sup[s.index, SUP_STATE] = STOPPED
-            else:
-                log.error("worker slot %d (pid %d) exited with %s; reason %s", s.index, s.pid,
+            stopping = bool(self.inst.hdr[H_STOP])
+            if s.kind == "worker":
+                sup[s.index, SUP_PID] = 0
+                if stopping:
+                    sup[s.index, SUP_STATE] = STOPPED
+            if not stopping:
+                log.error("%s (pid %d) exited with %s; reason %s", s.label, s.pid,
                           f"signal {-code}" if code < 0 else f"code {code}", reason)
+                s.last_reason = reason
                 self._record_crash(s, now)
             s.proc, s.pid, s.killed_as_hung = None, 0, False
-            sup[s.index, SUP_PID] = 0
 
     def _record_crash(self, s: Slot, now: float) -> None:
-        sup = self.inst.ctl["slot_sup"]
         s.crashes.append(now)
         while s.crashes and now - s.crashes[0] > self.cfg.flap_window:
             s.crashes.popleft()
-        if len(s.crashes) >= self.cfg.flap_restarts:
+        if s.kind == "worker" and len(s.crashes) >= self.cfg.flap_restarts:
+            sup = self.inst.ctl["slot_sup"]
             s.parked_until = now + self.cfg.park_seconds
             sup[s.index, SUP_STATE] = PARKED
             sup[s.index, SUP_PARKED_UNTIL] = int((time.time() + self.cfg.park_seconds) * 1000)
@@ -257,10 +274,11 @@ class Supervisor:
                       "drained by the other workers", s.index, len(s.crashes), self.cfg.flap_window,
                       self.cfg.park_seconds)
             self.hand_over_claims(s.index)
-        else:
-            delay = min(0.1 * 2 ** (len(s.crashes) - 1), self.cfg.restart_backoff_max)
-            s.next_start = now + delay
-            sup[s.index, SUP_STATE] = DOWN
+            return
+        delay = min(0.1 * 2 ** (len(s.crashes) - 1), self.cfg.restart_backoff_max)
+        s.next_start = now + delay
+        if s.kind == "worker":
+            self.inst.ctl["slot_sup"][s.index, SUP_STATE] = DOWN
 
     def hand_over_claims(self, slot: int) -> None:
         """Give a parked slot's open claims to a running slot (processed when it is idle)."""
@@ -276,7 +294,7 @@ class Supervisor:
     def kill_hung(self) -> None:
         now = self.clock()
         live = self.inst.ctl["slot_live"]
-        for s in self.slots:
+        for s in self.slots:  # the exporter has no heartbeat; workers do
             if s.proc is None or s.killed_as_hung:
                 continue
             last = max(float(live[s.index, LIVE_HEARTBEAT]), s.spawned_at)
@@ -294,7 +312,7 @@ class Supervisor:
             return
         now = self.clock()
         sup = self.inst.ctl["slot_sup"]
-        for s in self.slots:
+        for s in self.children():
             if s.proc is not None:
                 continue
             if s.parked_until:
@@ -307,20 +325,28 @@ class Supervisor:
                 self.spawn(s)
 
     def spawn(self, s: Slot) -> None:
-        from engine import worker
-        sup = self.inst.ctl["slot_sup"]
-        restart = s.spawned_at > 0
         inherited = [fd for fd in (self.lock._fd if self.lock else None, *(self._pipe or ())) if fd is not None]
-        proc = self._ctx.Process(target=worker.main, args=(s.index, self.cfg.name, s.cpu, inherited, os.getpid()),
-                                 name=f"engram-worker-{s.index}", daemon=False)
+        if s.kind == "worker":
+            from engine import worker
+            target, args = worker.main, (s.index, self.cfg.name, s.cpu, inherited, os.getpid())
+        else:
+            from engine import exporter
+            target, args = exporter.main, (self.cfg.name, self.cfg.metrics_addr, inherited, os.getpid())
+        restart = s.spawned_at > 0
+        proc = self._ctx.Process(target=target, args=args, name=f"engram-{s.kind}", daemon=False)
         proc.start()
         s.proc, s.pid, s.spawned_at = proc, proc.pid, self.clock()
+        if restart:
+            log.info("%s restarted as pid %d", s.label, proc.pid)
+        if s.kind != "worker":
+            return
+        sup = self.inst.ctl["slot_sup"]
         sup[s.index, SUP_PID] = proc.pid
         sup[s.index, SUP_STATE] = STARTING
         sup[s.index, SUP_STARTED_AT] = int(time.time() * 1000)
         if restart:
             sup[s.index, SUP_RESTARTS] += 1
-            log.info("worker slot %d restarted as pid %d (cpu %s)", s.index, proc.pid, s.cpu)
+            self.metrics.inc("worker_restarts_total", worker_id=s.index, reason=s.last_reason)
 
     def publish(self) -> None:
         """Slot states and readiness, and the backpressure state when idle."""
@@ -329,9 +355,18 @@ class Supervisor:
             if s.proc is not None and int(sup[s.index, SUP_STATE]) == STARTING \
                     and int(live[s.index, LIVE_PID]) == s.pid:
                 sup[s.index, SUP_STATE] = RUNNING
+        now = self.clock()
+        for s in self.slots:
+            up = int(sup[s.index, SUP_STATE]) == RUNNING and \
+                now - float(live[s.index, LIVE_HEARTBEAT]) < HEARTBEAT_FRESH_S
+            self.metrics.set("worker_up", 1.0 if up else 0.0, worker_id=s.index)
         running = all(int(sup[s.index, SUP_STATE]) == RUNNING for s in self.slots)
         self.inst.hdr[H_READY] = 1 if running else 0
-        pressure.refresh(self.inst)
+        pressure.refresh(self.inst, self._transition)
+
+    def _transition(self, old: int, new: int) -> None:
+        from engine.admission import STATES
+        self.metrics.inc("backpressure_activations_total", level=STATES[new])
 
     def check_drain(self) -> None:
         if self.draining_since is None or self.exit_code is not None:
@@ -359,7 +394,7 @@ class Supervisor:
         self.kill_all()
 
     def kill_all(self) -> None:
-        for s in self.slots:
+        for s in self.children():
             if s.proc is not None:
                 try:
                     os.kill(s.pid, signal.SIGKILL)
@@ -371,7 +406,7 @@ class Supervisor:
     # -- teardown ----------------------------------------------------------
     def teardown(self) -> None:
         """Safe after a half-finished setup: undo whatever exists."""
-        if any(s.proc is not None for s in self.slots):
+        if any(s.proc is not None for s in self.children()):
             self.kill_all()
         if self.inst is not None:
             self.inst.close()

@@ -19,22 +19,24 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 
 import numpy as np
 
+from engine import child
 from engine.instance import (H_STOP, LANES, LIVE_HEARTBEAT, LIVE_PID, LIVE_READY, LIVE_SLEEPING,
                              RUNNING, SUP_STATE, Instance)
 from engine.query import serve_pending
 from engine.scheduler import BatchSizer, LaneScheduler
-from engine.shards import ShardSet
+from engine.shards import ResizeError, ShardSet
+from metrics.writer import MetricWriter
 from shm.ring import Claim
 
 log = logging.getLogger("engram.worker")
 
 IDLE_WAIT_S = 0.05
 ORPHAN_CHECK_S = 0.5
+UTILIZATION_WINDOW_S = 1.0
 ABSENT_AFTER_S = 2.0
 MAX_STEAL_CLAIMS = 32
 
@@ -55,12 +57,15 @@ class Worker:
         self.others = [r for r in inst.rings if r.ring_id // len(LANES) != slot]
         self.backlog: list[Claim] = []
         self.next_orphan_check = 0.0
-        self.stolen_batches = 0
-        self.inserted = 0
+        self.metrics = MetricWriter(inst.metrics, inst.metrics.row_map.worker(slot))
+        self.busy_s = 0.0
+        self.window_start = clock()
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         self.counts[:] = 0  # shards start empty (no durability yet): publish that
+        for space in self.inst.space_names():
+            self.metrics.set("index_vectors", 0, memory_space=space)
         self.heartbeat()
         self.live[LIVE_READY] = 1
         # Written last: the supervisor sees the slot running once this pid shows.
@@ -80,14 +85,24 @@ class Worker:
     def step(self) -> bool:
         """One iteration; returns True if it did any work."""
         self.heartbeat()
+        self.report_utilization()
+        t0 = self.clock()
         answered = serve_pending(self.inst, self.slot, self.shards.search)
         claim = self.next_claim()
-        if claim is None:
-            if not answered:
-                self.sleep()
-            return bool(answered)
-        self.process(claim)
-        return True
+        if claim is not None:
+            self.process(claim)
+        self.busy_s += self.clock() - t0 if (claim is not None or answered) else 0.0
+        if claim is None and not answered:
+            self.sleep()
+        return claim is not None or bool(answered)
+
+    def report_utilization(self) -> None:
+        """Busy time over wall time, published about once a second."""
+        now = self.clock()
+        wall = now - self.window_start
+        if wall >= UTILIZATION_WINDOW_S:
+            self.metrics.set("worker_utilization_ratio", min(1.0, self.busy_s / wall), worker_id=self.slot)
+            self.busy_s, self.window_start = 0.0, now
 
     # -- taking work ---------------------------------------------------------
     def next_claim(self) -> Claim | None:
@@ -137,29 +152,49 @@ class Worker:
         total = best_depth if absent else max(1, best_depth // 2)
         per_claim = self.sizer.size(total)
         claims = best.claim_many(total, per_claim, self.slot, max_claims=MAX_STEAL_CLAIMS)
-        self.stolen_batches += len(claims)
+        if claims:
+            self.metrics.inc("work_stolen_total", len(claims), worker_id=self.slot)
         return claims
 
     # -- doing work ----------------------------------------------------------
     def process(self, claim: Claim) -> None:
         ring = self.inst.rings[claim.ring]
-        ids, spaces, _times, vectors = ring.view(claim)
+        priority = LANES[claim.ring % len(LANES)]
+        ids, spaces, times, vectors = ring.view(claim)
+        started = time.monotonic()
         t0 = time.perf_counter()
         first = int(spaces[0])
         if (spaces == first).all():
-            self._insert(first, ids, vectors)
+            groups = [(first, slice(None))]
         else:
-            for space in np.unique(spaces):
-                mask = spaces == space
-                self._insert(int(space), ids[mask], vectors[mask])
+            groups = [(int(sp), spaces == sp) for sp in np.unique(spaces)]
+        for space, sel in groups:
+            self._insert(space, ids[sel], vectors[sel])
         self.sizer.record(claim.count, time.perf_counter() - t0)
+        done = time.monotonic()
+        m = self.metrics
+        for space, sel in groups:
+            waited = times[sel]
+            m.inc("observations_total", len(waited), memory_space=space, priority=priority)
+            m.observe_many("observation_latency_seconds", done - waited, memory_space=space)
+            m.set("index_vectors", float(self.counts[space]), memory_space=space)
+        m.observe_many("queue_wait_time_seconds", started - times, priority=priority)
+        m.inc("batches_processed_total", worker_id=self.slot)
+        m.observe("batch_size", claim.count, worker_id=self.slot)
         ring.commit(claim)
-        self.inserted += claim.count
 
     def _insert(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> None:
         if not 0 <= space < len(self.counts):
+            self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="other")
             raise ValueError(f"ring record names space {space}, outside [0, {len(self.counts)})")
-        self.counts[space] = self.shards.insert(space, ids, vectors)
+        try:
+            self.counts[space] = self.shards.insert(space, ids, vectors)
+        except ResizeError:
+            self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="resize_error")
+            raise
+        except Exception:
+            self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="insert_error")
+            raise
 
     def sleep(self) -> None:
         self.live[LIVE_SLEEPING] = 1
@@ -179,35 +214,10 @@ def pin(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when the supervisor dies, so a
-    killed supervisor never leaves workers holding its data directory."""
-    import ctypes
-    pr_set_pdeathsig = 1
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
          supervisor_pid: int = 0) -> None:
     """Entry point in the forked child."""
-    die_with_parent()
-    if supervisor_pid and os.getppid() != supervisor_pid:
-        os._exit(1)  # the supervisor died before the death signal was armed
-    for fd in inherited:  # the supervisor's data-dir lock and signal pipe are not ours
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the supervisor coordinates Ctrl-C
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    try:
-        signal.set_wakeup_fd(-1)
-    except ValueError:
-        pass
+    child.prepare(inherited, supervisor_pid)
     pin(cpu)
     inst = Instance.attach(name)
     p = inst.params

@@ -1,0 +1,121 @@
+"""The exporter process: serves the metric array and health, reading shared memory only.
+
+It writes exactly two cells, its own pid and bound port (``H_EXPORTER_PID``,
+``H_EXPORTER_PORT``), so a caller of ``--metrics-addr 127.0.0.1:0`` can find
+it. Everything else is read: the metric array through ``ArrayCollector``,
+queue gauges from the ring counters, health from the control block.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from engine import admission, child
+from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_SUP_PID,
+                             LANES, LIVE_HEARTBEAT, RUNNING, STATE_NAMES, SUP_STATE, Instance)
+from metrics.collector import ArrayCollector
+from metrics.exporter import serve
+
+log = logging.getLogger("engram.exporter")
+
+ABSENT_AFTER_S = 2.0
+
+
+def live_gauges(inst: Instance) -> dict:
+    queued, capacity = inst.queued_by_lane(), inst.capacity_by_lane()
+    state = int(inst.hdr[H_BP_STATE])
+    return {
+        "queue_depth": [({"priority": lane}, float(queued[i])) for i, lane in enumerate(LANES)],
+        "queue_capacity": [({"priority": lane}, float(capacity[i])) for i, lane in enumerate(LANES)],
+        "queue_memory_bytes": [({}, float(inst.ring_bytes()))],
+        "backpressure_state": [({}, float(state))],
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return pid > 0
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+class Health:
+    """Component health from the control block; ``since`` is when this
+    exporter first saw a component in its current status."""
+
+    def __init__(self, inst: Instance, clock=time.monotonic, wall=time.time):
+        self.inst = inst
+        self.clock = clock
+        self.wall = wall
+        self.started = wall()
+        self._since: dict[str, tuple[str, float]] = {}
+
+    def _mark(self, name: str, status: str, reason: str, **extra) -> dict:
+        prev = self._since.get(name)
+        if prev is None or prev[0] != status:
+            self._since[name] = (status, self.wall())
+        return {"status": status, "reason": reason, "since": self._since[name][1], **extra}
+
+    def __call__(self) -> dict:
+        inst, hdr = self.inst, self.inst.hdr
+        now = self.clock()
+        sup_ok = _pid_alive(int(hdr[H_SUP_PID]))
+        sup, live = inst.ctl["slot_sup"], inst.ctl["slot_live"]
+        slots, down = [], []
+        for s in range(inst.slots):
+            state = int(sup[s, SUP_STATE])
+            age = now - float(live[s, LIVE_HEARTBEAT])
+            up = state == RUNNING and age < ABSENT_AFTER_S
+            slots.append({"slot": s, "state": STATE_NAMES.get(state, "unknown"), "up": up,
+                          "heartbeat_age_s": round(age, 3)})
+            if not up:
+                down.append(s)
+        if not down:
+            workers = self._mark("workers", "up", f"all {inst.slots} workers heartbeating", slots=slots)
+        elif len(down) < inst.slots:
+            workers = self._mark("workers", "degraded", f"worker slot(s) {down} down", slots=slots)
+        else:
+            workers = self._mark("workers", "down", "no worker is heartbeating", slots=slots)
+        state = int(hdr[H_BP_STATE])
+        state_name = admission.STATES[state] if 0 <= state < len(admission.STATES) else "unknown"
+        pressure = inst.pressure()
+        if state >= admission.OVERLOADED:
+            queues = self._mark("queues", "down", f"overloaded: pressure {pressure:.1%}")
+        elif state >= admission.CRITICAL:
+            queues = self._mark("queues", "degraded", f"backpressure {state_name}: pressure {pressure:.1%}")
+        else:
+            queues = self._mark("queues", "up", f"backpressure {state_name}: pressure {pressure:.1%}")
+        draining = bool(hdr[H_DRAINING])
+        supervisor = self._mark("supervisor", "up" if sup_ok and not draining else "down",
+                                "draining for shutdown" if draining else
+                                ("running" if sup_ok else "supervisor process is gone"))
+        exporter = {"status": "up", "reason": f"pid {os.getpid()}", "since": self.started}
+        reasons = [c["reason"] for c in (supervisor, workers, queues) if c["status"] != "up"]
+        return {
+            "live": sup_ok,
+            "ready": not reasons,
+            "reason": "; ".join(reasons) if reasons else "ready",
+            "components": {"supervisor": supervisor, "workers": workers, "queues": queues,
+                           "exporter": exporter},
+        }
+
+
+def main(name: str, addr: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
+    """Entry point in the forked child."""
+    child.prepare(inherited, supervisor_pid)
+    inst = Instance.attach(name)
+    collector = ArrayCollector(inst.metrics, inst.space_names, lambda: live_gauges(inst))
+    server = serve(addr, collector, Health(inst))
+    inst.hdr[H_EXPORTER_PID] = os.getpid()
+    inst.hdr[H_EXPORTER_PORT] = server.port
+    log.info("exporter serving http://%s:%d/metrics", server.server_address[0], server.port)
+    try:
+        while os.getppid() == supervisor_pid or not supervisor_pid:
+            time.sleep(0.5)
+    finally:
+        server.shutdown()
