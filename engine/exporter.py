@@ -95,7 +95,11 @@ class Health:
                                 "draining for shutdown" if draining else
                                 ("running" if sup_ok else "supervisor process is gone"))
         exporter = {"status": "up", "reason": f"pid {os.getpid()}", "since": self.started}
-        reasons = [c["reason"] for c in (supervisor, workers, queues) if c["status"] != "up"]
+        # Ready: supervisor up, every worker heartbeating, not overloaded
+        # (critical still admits high and normal work, so it stays ready).
+        reasons = [c["reason"] for c in (supervisor, workers) if c["status"] != "up"]
+        if queues["status"] == "down":
+            reasons.append(queues["reason"])
         return {
             "live": sup_ok,
             "ready": not reasons,

@@ -151,6 +151,8 @@ class Engine:
             self._rejected(None, "invalid_input", n)
             raise
         written = self._enqueue(space, idx, ids, vectors, LANE_INDEX[priority])
+        # The ack carries the state after this batch: what the next one meets.
+        state_name = admission.STATES[self.backpressure()]
         if written == n:
             return Ack(n, {}, state_name)
         self._rejected(idx, "over_capacity", n - written)
