@@ -25,7 +25,8 @@ Layout of one ring inside a segment, starting at ``offset`` (64-byte aligned)::
     16   8               tail      u64   consumers, under the ring lock
     24   8               capacity  u64   creator, once
     32   8               dim       u64   creator, once
-    40   24              reserved
+    40   8               claim_slots u64 creator, once (K)
+    48   16              reserved
     64   32*K            claim table: K entries of
                            start u64, count u64, claimer i64, state i64
                            (state 0 free, 1 claimed, 2 committed)
@@ -108,11 +109,12 @@ class Ring:
             self._hdr[:] = 0
             self._hdr[3] = capacity
             self._hdr[4] = dim
+            self._hdr[5] = claim_slots
             self._claims[:] = 0
-        elif int(self._hdr[3]) != capacity or int(self._hdr[4]) != dim:
+        elif (int(self._hdr[3]), int(self._hdr[4]), int(self._hdr[5])) != (capacity, dim, claim_slots):
             raise LayoutError(
-                f"ring {ring_id}: header says capacity={int(self._hdr[3])} dim={int(self._hdr[4])}, "
-                f"expected {capacity}/{dim}")
+                f"ring {ring_id}: header says capacity={int(self._hdr[3])} dim={int(self._hdr[4])} "
+                f"claim_slots={int(self._hdr[5])}, expected {capacity}/{dim}/{claim_slots}")
 
     # -- lock-free reads (possibly stale) ---------------------------------
     @property
@@ -194,6 +196,8 @@ class Ring:
 
     def commit(self, claim: Claim) -> None:
         """Mark a claim processed; advance ``tail`` over committed claims in order."""
+        if not 0 <= claim.entry < self.claim_slots:
+            raise LayoutError(f"ring {self.ring_id}: claim entry {claim.entry} out of range")
         with self._lock.hold(self._lock_index):
             row = self._claims[claim.entry]
             if int(row[3]) != CLAIMED or int(row[0]) != claim.start:
@@ -202,16 +206,34 @@ class Ring:
             self._advance_tail()
 
     def _advance_tail(self) -> None:
-        _, _, tail = self._counters()
+        """Move ``tail`` over committed claims that start at it, in order.
+
+        The chain is checked before anything is written: a corrupt entry
+        (count out of range, running past ``claimed``, or covering a claim
+        still in flight) raises ``LayoutError`` and leaves the ring as it was,
+        so no in-flight record ever becomes overwritable.
+        """
+        _, claimed, tail = self._counters()
         table = self._claims
+        open_starts = table[table[:, 3] == CLAIMED, 0]
+        chain = []
+        new_tail = tail
         while True:
-            hit = np.flatnonzero((table[:, 3] == COMMITTED) & (table[:, 0] == tail))
+            hit = np.flatnonzero((table[:, 3] == COMMITTED) & (table[:, 0] == new_tail))
             if len(hit) == 0:
                 break
-            e = hit[0]
-            tail += int(table[e, 1])
+            e = int(hit[0])
+            count = int(table[e, 1])
+            end = new_tail + count
+            if not 0 < count <= self.capacity or end > claimed or \
+                    ((open_starts >= new_tail) & (open_starts < end)).any():
+                raise LayoutError(f"ring {self.ring_id}: corrupt committed claim entry {e}: "
+                                  f"start={new_tail} count={count} (claimed={claimed})")
+            chain.append(e)
+            new_tail = end
+        for e in chain:
             table[e] = 0
-        self._hdr[2] = tail
+        self._hdr[2] = new_tail
 
     def claims_of(self, claimer: int) -> list[Claim]:
         """Open claims recorded for ``claimer`` (e.g. left by a dead process)."""
