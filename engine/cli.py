@@ -63,21 +63,43 @@ def cmd_status(cfg) -> int:
 
 
 def cmd_stop(cfg) -> int:
+    from engine.instance import H_SUP_PID
     from engine.producer import connect
     with connect(cfg.name) as eng:
-        pid = eng.status()["pid"]
+        pid = int(eng.inst.hdr[H_SUP_PID])
+        data_dir = eng.params["data_dir"]
+    record_path = os.path.join(data_dir, "last-exit.json")
     os.kill(pid, signal.SIGTERM)
     print(f"sent SIGTERM to supervisor pid {pid}; waiting for the drain", file=sys.stderr)
     deadline = time.monotonic() + cfg.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            print(f"instance {cfg.name!r} stopped")
-            return 0
+        if not _running(pid):
+            return _report_exit(cfg.name, pid, record_path)
         time.sleep(0.1)
     print(f"instance {cfg.name!r} still running after {cfg.timeout:.0f}s", file=sys.stderr)
     return 1
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs; an exited process its parent has not reaped yet counts as gone."""
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _report_exit(name: str, pid: int, record_path: str) -> int:
+    try:
+        with open(record_path) as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        record = None
+    if record is None or record.get("pid") != pid:
+        print(f"instance {name!r} stopped (no exit record found)")
+        return 0
+    print(f"instance {name!r} stopped: {record['reason']} (exit code {record['exit_code']})")
+    return 0 if record["exit_code"] == 0 else 1
 
 
 def cmd_recall(cfg) -> int:

@@ -110,6 +110,12 @@ def ring_id(slot: int, lane: int) -> int:
     return slot * len(LANES) + lane
 
 
+def required_bytes(p: dict) -> int:
+    """Shared memory an instance with parameters ``p`` needs, all segments together."""
+    return (control_layout(p["slots"], p["max_spaces"]).size + ring_offsets(p)[1]
+            + query_layout(p).size + MetricArray.nbytes(p["slots"], p["max_spaces"]))
+
+
 class Instance:
     """Mapped views of every shared object of an instance.
 

@@ -25,6 +25,7 @@ def _quantiles(array, before, after, name) -> dict:
     out = {f"p{q * 100:g}": readout.quantile(bounds, counts, q) for q in LATENCY_QUANTILES}
     out["count"] = int(counts.sum())
     out["window"] = window
+    out["top_bucket"] = float(bounds[-1])  # a percentile equal to this may be larger
     return out
 
 
@@ -126,7 +127,8 @@ def render(st: dict) -> str:
                         ("recall_latency_seconds", "recall latency")):
         q = t[name]
         window = f"last {t['window_seconds']:g}s" if q["window"] == "interval" else "since start"
-        shown = "  ".join(f"{k} {_ms(q[k])}" for k in q if k.startswith("p"))
+        shown = "  ".join(f"{k} {'>=' if q[k] is not None and q[k] >= q['top_bucket'] else ''}{_ms(q[k])}"
+                          for k in q if k.startswith("p"))
         lines.append(f"{label} ({window}, {q['count']} samples): {shown}")
     lines.append("")
     if st["spaces"]:

@@ -20,6 +20,7 @@ from at any depth).
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import select
@@ -32,7 +33,7 @@ from engine.errors import ConfigError, InstanceRunning
 from engine.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_STARTED, H_STOP,
                              H_SUP_PID, LANES, LIVE_HEARTBEAT, LIVE_PID, PARKED, RUNNING, STARTING,
                              STOPPED, SUP_CPU, SUP_PARKED_UNTIL, SUP_PID, SUP_RESTARTS,
-                             SUP_STARTED_AT, SUP_STATE, Instance, read_params)
+                             SUP_STARTED_AT, SUP_STATE, Instance, read_params, required_bytes)
 from shm.errors import LayoutError, SegmentMissing
 from shm.lock import InstanceLock
 from shm.segment import Segment, object_name, remove_instance_objects
@@ -128,6 +129,18 @@ def check_name_free(name: str) -> None:
         log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), name)
 
 
+def check_shm_room(params: dict, shm_dir: str = "/dev/shm") -> None:
+    """Fail before creating anything if /dev/shm cannot hold the instance:
+    tmpfs allocates on first touch, so an overfull one would SIGBUS a worker."""
+    need = required_bytes(params)
+    st = os.statvfs(shm_dir)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise ConfigError(f"this configuration needs {need / 2**20:.0f} MiB of shared memory but {shm_dir} "
+                          f"has {free / 2**20:.0f} MiB free; lower --capacity-* or --dim, or enlarge "
+                          f"{shm_dir} (e.g. docker --shm-size)")
+
+
 class Supervisor:
     def __init__(self, cfg, clock=time.monotonic):
         self.cfg = cfg
@@ -140,6 +153,7 @@ class Supervisor:
         self.signals: list[int] = []
         self.draining_since: float | None = None
         self.exit_code: int | None = None
+        self.exit_reason = ""
         self._pipe: tuple[int, int] | None = None
         self._old_handlers: dict[int, object] = {}
         import multiprocess
@@ -157,7 +171,9 @@ class Supervisor:
             raise InstanceRunning(f"data directory {os.path.abspath(cfg.data_dir)} is in use by another "
                                   f"engram instance (pid {holder})")
         check_name_free(cfg.name)
-        self.inst = Instance.create(instance_params(cfg, n, cpus))
+        params = instance_params(cfg, n, cpus)
+        check_shm_room(params)
+        self.inst = Instance.create(params)
         hdr = self.inst.hdr
         hdr[H_SUP_PID] = os.getpid()
         hdr[H_STARTED] = int(time.time())
@@ -228,6 +244,7 @@ class Supervisor:
                     self.begin_drain()
                 elif sig == signal.SIGINT:
                     log.warning("second SIGINT: stopping now without draining")
+                    self.exit_reason = "forced stop by a second SIGINT; queued observations dropped"
                     self.kill_all()
                     self.exit_code = EXIT_FORCED
                     return
@@ -376,9 +393,11 @@ class Supervisor:
         if left and not timed_out:
             return
         if left:
-            log.error("drain timed out after %.0fs with %d observation(s) still queued; stopping anyway",
-                      self.cfg.graceful_timeout, left)
+            self.exit_reason = (f"drain timed out after {self.cfg.graceful_timeout:.0f}s with {left} "
+                                f"observation(s) still queued; they were not inserted")
+            log.error("%s; stopping anyway", self.exit_reason)
         else:
+            self.exit_reason = "queues drained"
             log.info("queues drained; stopping workers")
         self.stop_workers()
         self.exit_code = EXIT_DRAIN_TIMEOUT if left else EXIT_OK
@@ -421,5 +440,19 @@ class Supervisor:
                 os.close(fd)
             self._pipe = None
         if self.lock is not None:
+            self.write_exit_record()
             self.lock.release()
             self.lock = None
+
+    def write_exit_record(self) -> None:
+        """``<data-dir>/last-exit.json``: how the last run ended (read by ``stop``)."""
+        record = {"exit_code": self.exit_code if self.exit_code is not None else EXIT_ERROR,
+                  "reason": self.exit_reason or "supervisor failed", "pid": os.getpid(),
+                  "time": time.time()}
+        path = os.path.join(self.cfg.data_dir, "last-exit.json")
+        try:
+            with open(path + ".tmp", "w") as fh:
+                json.dump(record, fh)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            log.warning("could not write %s: %s", path, exc)

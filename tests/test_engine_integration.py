@@ -313,3 +313,26 @@ def test_console_script_and_module_are_the_same(tmp_path):
     for cmd in ("run", "status", "load", "recall", "stop"):
         assert cmd in a.stdout
     assert a.stdout.replace("engram-stream", "") == b.stdout.replace("engram-stream", "")
+
+
+def test_stop_command_drains_and_reports_how_the_run_ended(engine_factory):
+    ep = engine_factory()
+    eng = ep.engine()
+    eng.observe("stop-me", np.arange(100), np.ones((100, DIM), np.float32))
+    out = subprocess.run([sys.executable, "-m", "engine", "stop", "--name", ep.name],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "stopped: queues drained (exit code 0)" in out.stdout
+    assert ep.proc.wait(30) == 0
+    assert int(eng.inst.ctl["shard_counts"].sum()) == 100
+    record = json.load(open(os.path.join(ep.data_dir, "last-exit.json")))
+    assert record == {**record, "exit_code": 0, "pid": ep.proc.pid}
+
+
+def test_shared_memory_shortage_is_refused_before_anything_is_created(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "engine", "run", "--name", "too-big", "--data-dir",
+                          str(tmp_path), "--workers", "1", "--dim", "4096", "--capacity-normal",
+                          "100000000"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "MiB of shared memory" in out.stderr and "--capacity-*" in out.stderr
+    assert not instance_objects("too-big")
