@@ -102,6 +102,8 @@ class Engine:
     # -- metrics -----------------------------------------------------------
     def _record(self, fn) -> None:
         """Run ``fn(writer)`` on this process's metric row (leased on first use)."""
+        if self.params["no_metrics"]:
+            return
         with self._metrics_lock:
             if self._lease is None:
                 self._lease = ProducerRowLease(self.inst.metrics, self.inst.metrics_lock_path)

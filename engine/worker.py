@@ -29,7 +29,7 @@ from engine.instance import (H_STOP, LANES, LIVE_HEARTBEAT, LIVE_PID, LIVE_READY
 from engine.query import serve_pending
 from engine.scheduler import BatchSizer, LaneScheduler
 from engine.shards import ResizeError, ShardSet
-from metrics.writer import MetricWriter
+from metrics.writer import MetricWriter, NullWriter
 from shm.ring import Claim
 
 log = logging.getLogger("engram.worker")
@@ -57,7 +57,8 @@ class Worker:
         self.others = [r for r in inst.rings if r.ring_id // len(LANES) != slot]
         self.backlog: list[Claim] = []
         self.next_orphan_check = 0.0
-        self.metrics = MetricWriter(inst.metrics, inst.metrics.row_map.worker(slot))
+        self.metrics = NullWriter() if p["no_metrics"] else \
+            MetricWriter(inst.metrics, inst.metrics.row_map.worker(slot))
         self.busy_s = 0.0
         self.window_start = clock()
 

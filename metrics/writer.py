@@ -158,3 +158,20 @@ class LockedMetricWriter(MetricWriter):
     def observe_many(self, name: str, values, **labels) -> None:
         with self._lock.hold(self.row):
             super().observe_many(name, values, **labels)
+
+
+class NullWriter:
+    """Records nothing. Engines started with ``--no-metrics`` use it so a
+    benchmark can measure, in the same run, what recording costs."""
+
+    def inc(self, name: str, value: float = 1.0, **labels) -> None:
+        pass
+
+    def set(self, name: str, value: float, **labels) -> None:
+        pass
+
+    def observe(self, name: str, value: float, **labels) -> None:
+        pass
+
+    def observe_many(self, name: str, values, **labels) -> None:
+        pass
