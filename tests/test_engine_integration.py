@@ -15,6 +15,7 @@ from conftest import observe_all, wait_for
 from engine.errors import InvalidInput
 from engine.instance import LANE_INDEX
 from engine.routing import home_slot
+from metrics import readout
 from shm.segment import instance_objects
 
 DIM = 16
@@ -76,6 +77,8 @@ def test_one_space_flooding_one_worker_is_stolen_from(engine_factory):
     lane = LANE_INDEX["normal"]
     assert eng.inst.ring(1 - home, lane).head == 0
     assert eng.inst.ring(home, lane).head == n
+    stolen = readout.block(eng.inst.metrics, eng.inst.metrics.snapshot(), "work_stolen_total")
+    assert stolen[1 - home, 0] > 0 and stolen[home, 0] == 0
 
 
 BAD_INPUTS = [

@@ -185,3 +185,18 @@ def test_exporter_is_restarted_when_killed(engine_factory):
     wait_for(lambda: int(eng.inst.hdr[H_EXPORTER_PID]) not in (0, old), 30, message="new exporter")
     wait_for(lambda: get(f"http://127.0.0.1:{port_of(ep)}/health/live")[0] == 200, 30,
              message="new exporter serving")
+
+
+def test_worker_utilization_rises_under_load_and_stays_in_range(engine_factory):
+    ep = engine_factory()
+    eng = ep.engine()
+    vecs = np.random.default_rng(13).standard_normal((1000, DIM)).astype(np.float32)
+    sent = [0]
+
+    def busy():
+        eng.observe("busy", np.arange(sent[0], sent[0] + 1000), vecs)  # rejections are fine here
+        sent[0] += 1000
+        util = [v for (name, _), v in scrape(ep).items() if name == PREFIX + "worker_utilization_ratio"]
+        assert len(util) == 2 and all(0.0 <= u <= 1.0 for u in util), util
+        return max(util) > 0.3
+    wait_for(busy, 60, interval=0.0, message="a worker more than 30% busy")

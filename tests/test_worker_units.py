@@ -1,0 +1,151 @@
+"""The worker loop driven in-process over a real instance's shared memory.
+
+No processes: two ``Worker`` objects stand for two slots (STYLE §7), with an
+injected clock where heartbeats matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+
+import numpy as np
+import pytest
+
+from engine import config
+from engine.instance import LANE_INDEX, LIVE_HEARTBEAT, RUNNING, SUP_STATE, Instance
+from engine.producer import Engine
+from engine.routing import home_slot
+from engine.shards import ShardSet
+from engine.supervisor import instance_params
+from engine.worker import Worker
+from metrics import readout
+from shm.segment import instance_objects, remove_instance_objects
+
+DIM = 8
+
+
+@pytest.fixture
+def inst(tmp_path):
+    name = "u" + uuid.uuid4().hex[:10]
+    ns = argparse.Namespace(config_file=None, **{s.attr: None for s in config.SETTINGS})
+    ns.name, ns.data_dir, ns.dim, ns.workers = name, str(tmp_path), str(DIM), "2"
+    ns.capacity_normal, ns.steal_threshold, ns.batch_max = "4000", "100", "50"
+    cfg = config.resolve(ns, "run", env={})
+    instance = Instance.create(instance_params(cfg, 2, [None, None]))
+    try:
+        yield instance
+    finally:
+        instance.close()
+        remove_instance_objects(name)
+        assert not instance_objects(name)
+
+
+def make_worker(inst, slot, clock=None, shards=None):
+    w = Worker(inst, slot, shards or ShardSet(DIM, "cosine", 16, 100, 32, 64), **({"clock": clock} if clock else {}))
+    inst.ctl["slot_sup"][slot, SUP_STATE] = RUNNING
+    w.start()
+    return w
+
+
+def metric(inst, name, **index):
+    block = readout.block(inst.metrics, inst.metrics.snapshot(), name)
+    return float(block.sum())
+
+
+def drain(worker):
+    n = 0
+    while (claim := worker.next_claim()) is not None:
+        worker.process(claim)
+        n += 1
+    return n
+
+
+def space_homed_at(slot, slots=2):
+    return next(f"space-{i}" for i in range(100) if home_slot(f"space-{i}", slots) == slot)
+
+
+def test_a_batch_is_inserted_committed_and_recorded(inst):
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    vecs = np.random.default_rng(0).standard_normal((120, DIM)).astype(np.float32)
+    assert eng.observe(space, np.arange(120), vecs, priority="low").accepted == 120
+    w = make_worker(inst, 0)
+    batches = drain(w)
+    ring = inst.ring(0, LANE_INDEX["low"])
+    assert ring.tail == ring.head == 120
+    assert w.shards.count(eng.spaces.lookup(space)) == 120
+    assert metric(inst, "observations_total") == 120
+    assert metric(inst, "batches_processed_total") == batches
+    bounds, counts, total = readout.histogram(inst.metrics, inst.metrics.snapshot(), "batch_size")
+    assert counts.sum() == batches and total == 120
+    assert readout.histogram(inst.metrics, inst.metrics.snapshot(), "observation_latency_seconds")[1].sum() == 120
+    assert metric(inst, "index_vectors") == 120
+
+
+def test_a_failed_batch_is_counted_left_claimed_and_redone_by_the_next_owner(inst):
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    vecs = np.random.default_rng(1).standard_normal((30, DIM)).astype(np.float32)
+    eng.observe(space, np.arange(30), vecs)
+
+    class Broken(ShardSet):
+        def insert(self, *a):
+            raise RuntimeError("simulated insert failure")
+
+    broken = make_worker(inst, 0, shards=Broken(DIM, "cosine", 16, 100, 32, 64))
+    claim = broken.next_claim()
+    with pytest.raises(RuntimeError, match="simulated"):
+        broken.process(claim)
+    assert metric(inst, "batch_failures_total") == 1
+    ring = inst.ring(0, LANE_INDEX["normal"])
+    assert ring.open_claimers() == {0} and ring.tail == 0
+    # The replacement of slot 0 finds the claim recorded under its slot.
+    heir = make_worker(inst, 0)
+    drain(heir)
+    assert heir.shards.count(eng.spaces.lookup(space)) == 30
+    assert ring.tail == ring.head == 30 and ring.open_claimers() == set()
+
+
+def test_idle_worker_steals_about_half_above_the_threshold(inst):
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    vecs = np.random.default_rng(2).standard_normal((1000, DIM)).astype(np.float32)
+    eng.observe(space, np.arange(1000), vecs)
+    owner, thief = make_worker(inst, 0), make_worker(inst, 1)
+    claims = thief.steal()
+    taken = sum(c.count for c in claims)
+    assert 0 < taken <= 500 and all(c.count <= 50 for c in claims)
+    assert metric(inst, "work_stolen_total") == len(claims)
+    for c in claims:
+        thief.process(c)
+    drain(owner)
+    idx = eng.spaces.lookup(space)
+    assert owner.shards.count(idx) + thief.shards.count(idx) == 1000
+    assert thief.shards.count(idx) == taken
+
+
+def test_no_stealing_below_threshold_unless_the_owner_is_absent(inst):
+    now = [1000.0]
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    eng.observe(space, np.arange(40), np.ones((40, DIM), np.float32))
+    make_worker(inst, 0, clock=lambda: now[0])
+    thief = make_worker(inst, 1, clock=lambda: now[0])
+    assert thief.steal() == []  # 40 <= threshold 100 and slot 0 heartbeats
+    now[0] += 5.0  # slot 0 silent for 5 s: absent
+    thief.live[LIVE_HEARTBEAT] = now[0]
+    claims = thief.steal()
+    assert sum(c.count for c in claims) == 40  # an absent owner's ring is taken whole
+
+
+def test_space_index_out_of_range_in_a_ring_is_refused(inst):
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    eng.observe(space, np.arange(5), np.ones((5, DIM), np.float32))
+    ring = inst.ring(0, LANE_INDEX["normal"])
+    ring.spaces[:5] = 10 ** 6  # corrupt: no such space
+    w = make_worker(inst, 0)
+    with pytest.raises(ValueError, match="outside"):
+        w.process(w.next_claim())
+    assert metric(inst, "batch_failures_total") == 1
