@@ -36,7 +36,6 @@ def run_load(cfg, out=sys.stderr) -> int:
     batch = cfg.load_batch
     next_id = int(time.time() * 1000) * 1_000_000
     with connect(cfg.name) as eng:
-        pool = rng.standard_normal((max(batch * 8, 4096), eng.dim)).astype(np.float32)
         start = time.monotonic()
         inserted0 = _inserted(eng)
         before = eng.inst.metrics.snapshot()
@@ -56,11 +55,11 @@ def run_load(cfg, out=sys.stderr) -> int:
                 continue
             space = names[int(rng.integers(len(names)))]
             prio = prios[int(rng.choice(len(prios), p=weights))]
-            off = int(rng.integers(0, len(pool) - batch))
+            vectors = rng.standard_normal((batch, eng.dim), dtype=np.float32)
             ids = np.arange(next_id, next_id + batch, dtype=np.uint64)
             next_id += batch
             t0 = time.perf_counter()
-            ack = eng.observe(space, ids, pool[off:off + batch], priority=prio)
+            ack = eng.observe(space, ids, vectors, priority=prio)
             lat.append(time.perf_counter() - t0)
             sent += batch
             accepted += ack.accepted
