@@ -339,3 +339,22 @@ def test_shared_memory_shortage_is_refused_before_anything_is_created(tmp_path):
     assert out.returncode == 2
     assert "MiB of shared memory" in out.stderr and "--capacity-*" in out.stderr
     assert not instance_objects("too-big")
+
+
+def test_load_and_recall_commands(engine_factory):
+    ep = engine_factory()
+    out = subprocess.run([sys.executable, "-m", "engine", "load", "--name", ep.name, "--rate", "2000",
+                          "--duration", "2", "--spaces", "3", "--load-batch", "50"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "sent " in out.stdout and "accepted" in out.stdout
+    sent = int(out.stdout.split("sent ")[1].split()[0])
+    assert 3000 <= sent <= 4100  # 2 s at 2000/s, in batches of 50
+    wait_for(lambda: total_vectors(ep) == sent, 60, message="load inserted")
+    assert set(ep.status()["spaces"]) == {"default", "space-1", "space-2"}
+    rec = subprocess.run([sys.executable, "-m", "engine", "recall", "--name", ep.name, "--space", "default",
+                          "--random", "--k", "4", "--json"], capture_output=True, text=True, timeout=60)
+    assert rec.returncode == 0, rec.stderr
+    res = json.loads(rec.stdout)
+    assert len(res["ids"]) == 4 and res["complete"] is True
+    assert res["distances"] == sorted(res["distances"])
