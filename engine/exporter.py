@@ -14,13 +14,12 @@ import time
 
 from engine import admission, child
 from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_SUP_PID,
-                             LANES, LIVE_HEARTBEAT, RUNNING, STATE_NAMES, SUP_STATE, Instance)
+                             LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_STATE, Instance, pid_alive)
 from metrics.collector import ArrayCollector
 from metrics.exporter import serve
 
 log = logging.getLogger("engram.exporter")
 
-ABSENT_AFTER_S = 2.0
 
 
 def live_gauges(inst: Instance) -> dict:
@@ -32,16 +31,6 @@ def live_gauges(inst: Instance) -> dict:
         "queue_memory_bytes": [({}, float(inst.ring_bytes()))],
         "backpressure_state": [({}, float(state))],
     }
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return pid > 0
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 class Health:
@@ -64,13 +53,13 @@ class Health:
     def __call__(self) -> dict:
         inst, hdr = self.inst, self.inst.hdr
         now = self.clock()
-        sup_ok = _pid_alive(int(hdr[H_SUP_PID]))
+        sup_ok = pid_alive(int(hdr[H_SUP_PID]))
         sup, live = inst.ctl["slot_sup"], inst.ctl["slot_live"]
         slots, down = [], []
         for s in range(inst.slots):
             state = int(sup[s, SUP_STATE])
             age = now - float(live[s, LIVE_HEARTBEAT])
-            up = state == RUNNING and age < ABSENT_AFTER_S
+            up = inst.slot_up(s, now)
             slots.append({"slot": s, "state": STATE_NAMES.get(state, "unknown"), "up": up,
                           "heartbeat_age_s": round(age, 3)})
             if not up:

@@ -63,6 +63,11 @@ DOWN, STARTING, RUNNING, PARKED, STOPPED = range(5)
 STATE_NAMES = {DOWN: "down", STARTING: "starting", RUNNING: "running", PARKED: "parked",
                STOPPED: "stopped"}
 
+# A worker whose heartbeat is older than this is absent: not asked for recall,
+# stolen from at any depth, reported down (worker_up 0, /health/ready 503).
+# Heartbeats come at least every 50 ms idle and once per batch busy.
+ABSENT_AFTER_S = 2.0
+
 LOCK_CONTROL = 0
 LOCK_RING_BASE = 64
 LOCK_QUERY_BASE = 4096
@@ -253,6 +258,12 @@ class Instance:
     def ring_bytes(self) -> int:
         return ring_offsets(self.params)[1]
 
+    def slot_up(self, slot: int, now: float) -> bool:
+        """The slot's worker is running and heartbeating (``now``: time.monotonic)."""
+        state = int(self.ctl["slot_sup"][slot, SUP_STATE])
+        beat = float(self.ctl["slot_live"][slot, LIVE_HEARTBEAT])
+        return state == RUNNING and now - beat < ABSENT_AFTER_S
+
     def queued_by_lane(self) -> list[int]:
         out = [0, 0, 0]
         for r in self.rings:
@@ -264,6 +275,18 @@ class Instance:
 
     def pressure(self) -> float:
         return sum(self.queued_by_lane()) / max(1, sum(self.capacity_by_lane()))
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_params(buf) -> dict:

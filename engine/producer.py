@@ -19,9 +19,8 @@ import numpy as np
 
 from engine import admission, pressure, validation
 from engine.errors import InvalidInput, NotRunning
-from engine.instance import (H_ADMISSION_CLOSED, H_SPACES, LANE_INDEX, LANES,
-                             LIVE_HEARTBEAT, LIVE_SLEEPING, LOCK_CONTROL, NAME_BYTES, RUNNING,
-                             SUP_STATE, Instance)
+from engine.instance import (H_ADMISSION_CLOSED, H_SPACES, LANE_INDEX, LIVE_SLEEPING, LOCK_CONTROL,
+                             NAME_BYTES, Instance)
 from engine.query import QueryClient
 from engine.recall import RecallResult, exact_distances, merge
 from engine.routing import home_slot, spill_order
@@ -29,7 +28,6 @@ from metrics.lease import ProducerRowLease
 from shm.errors import LayoutError, SegmentMissing
 
 DEFAULT_RECALL_TIMEOUT_S = 5.0
-ABSENT_AFTER_S = 2.0
 
 
 @dataclass
@@ -206,7 +204,8 @@ class Engine:
         fresh_part = self._scan_rings(idx, queries, k) if fresh else None
         counts = self.inst.ctl["shard_counts"][:, idx]
         holders = [s for s in range(self.inst.slots) if counts[s] > 0]
-        targets = [s for s in holders if not self._absent(s)]
+        now = time.monotonic()
+        targets = [s for s in holders if self.inst.slot_up(s, now)]
         complete = len(targets) == len(holders)
         chunk = p["query_batch"]
         out_ids, out_dist = [], []
@@ -225,11 +224,6 @@ class Engine:
                                 w.inc("recall_queries_total", q, memory_space=idx)))
         return RecallResult(np.vstack([x[:, :width] for x in out_ids]),
                             np.vstack([x[:, :width] for x in out_dist]), complete)
-
-    def _absent(self, slot: int) -> bool:
-        sup = self.inst.ctl["slot_sup"][slot]
-        live = self.inst.ctl["slot_live"][slot]
-        return int(sup[SUP_STATE]) != RUNNING or time.monotonic() - float(live[LIVE_HEARTBEAT]) > ABSENT_AFTER_S
 
     def _scan_rings(self, idx: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         found = [r.scan(idx) for r in self.inst.rings]

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from engine import pressure
 from engine.errors import ConfigError, InstanceRunning
 from engine.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_STARTED, H_STOP,
-                             H_SUP_PID, LANES, LIVE_HEARTBEAT, LIVE_PID, PARKED, RUNNING, STARTING,
+                             H_SUP_PID, LIVE_HEARTBEAT, LIVE_PID, PARKED, RUNNING, STARTING,
                              STOPPED, SUP_CPU, SUP_PARKED_UNTIL, SUP_PID, SUP_RESTARTS,
-                             SUP_STARTED_AT, SUP_STATE, Instance, read_params, required_bytes)
+                             SUP_STARTED_AT, SUP_STATE, Instance, pid_alive, read_params,
+                             required_bytes)
 from shm.errors import LayoutError, SegmentMissing
 from shm.lock import InstanceLock
 from shm.segment import Segment, object_name, remove_instance_objects
@@ -42,7 +43,6 @@ log = logging.getLogger("engram.supervisor")
 
 TICK_S = 0.1
 STOP_GRACE_S = 5.0
-HEARTBEAT_FRESH_S = 2.0
 
 # Exit codes of `engram-stream run` (docs/operations.md).
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_RUNNING, EXIT_DRAIN_TIMEOUT, EXIT_FORCED = 0, 1, 2, 3, 4, 130
@@ -94,18 +94,6 @@ def instance_params(cfg, slots: int, cpus: list[int | None]) -> dict:
     return p
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def check_name_free(name: str) -> None:
     """Refuse if a live instance uses ``name``; remove a dead one's leftovers."""
     try:
@@ -121,7 +109,7 @@ def check_name_free(name: str) -> None:
             pid = 0
         finally:
             seg.close()
-        if pid and pid != os.getpid() and _pid_alive(pid):
+        if pid and pid != os.getpid() and pid_alive(pid):
             raise InstanceRunning(f"an engram instance named {name!r} is already running "
                                   f"(supervisor pid {pid}); stop it or choose another --name")
     removed = remove_instance_objects(name)
@@ -328,7 +316,6 @@ class Supervisor:
         if self.inst.hdr[H_STOP]:
             return
         now = self.clock()
-        sup = self.inst.ctl["slot_sup"]
         for s in self.children():
             if s.proc is not None:
                 continue
@@ -374,8 +361,7 @@ class Supervisor:
                 sup[s.index, SUP_STATE] = RUNNING
         now = self.clock()
         for s in self.slots:
-            up = int(sup[s.index, SUP_STATE]) == RUNNING and \
-                now - float(live[s.index, LIVE_HEARTBEAT]) < HEARTBEAT_FRESH_S
+            up = self.inst.slot_up(s.index, now)
             self.metrics.set("worker_up", 1.0 if up else 0.0, worker_id=s.index)
         running = all(int(sup[s.index, SUP_STATE]) == RUNNING for s in self.slots)
         self.inst.hdr[H_READY] = 1 if running else 0

@@ -55,14 +55,19 @@ def ids(values: object, max_batch: int) -> np.ndarray:
     return arr.astype(np.uint64, copy=False)
 
 
-def vectors(values: object, n: int, dim: int, metric: str) -> np.ndarray:
-    """Return a C-contiguous float32 array of shape (n, dim)."""
+def _float_array(values: object, what: str) -> np.ndarray:
     try:
         arr = np.asarray(values)
     except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"vectors are not a numeric array: {exc}") from None
+        raise InvalidInput(f"{what} is not a numeric array: {exc}") from None
     if arr.dtype.kind not in _FLOAT_KINDS:
-        raise InvalidInput(f"vectors must be floating point, got dtype {arr.dtype}")
+        raise InvalidInput(f"{what} must be floating point, got dtype {arr.dtype}")
+    return arr
+
+
+def vectors(values: object, n: int, dim: int, metric: str) -> np.ndarray:
+    """Return a C-contiguous float32 array of shape (n, dim)."""
+    arr = _float_array(values, "vectors")
     if arr.ndim == 1 and n == 1:
         arr = arr.reshape(1, -1)
     if arr.ndim != 2 or arr.shape[1] != dim:
@@ -82,12 +87,7 @@ def vectors(values: object, n: int, dim: int, metric: str) -> np.ndarray:
 
 
 def queries(values: object, dim: int) -> np.ndarray:
-    try:
-        arr = np.asarray(values)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"query is not a numeric array: {exc}") from None
-    if arr.dtype.kind not in _FLOAT_KINDS:
-        raise InvalidInput(f"query must be floating point, got dtype {arr.dtype}")
+    arr = _float_array(values, "query")
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
     if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] == 0:

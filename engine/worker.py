@@ -25,7 +25,7 @@ import numpy as np
 
 from engine import child
 from engine.instance import (H_STOP, LANES, LIVE_HEARTBEAT, LIVE_PID, LIVE_READY, LIVE_SLEEPING,
-                             RUNNING, SUP_STATE, Instance)
+                             Instance)
 from engine.query import serve_pending
 from engine.scheduler import BatchSizer, LaneScheduler
 from engine.shards import ResizeError, ShardSet
@@ -37,7 +37,6 @@ log = logging.getLogger("engram.worker")
 IDLE_WAIT_S = 0.05
 ORPHAN_CHECK_S = 0.5
 UTILIZATION_WINDOW_S = 1.0
-ABSENT_AFTER_S = 2.0
 MAX_STEAL_CLAIMS = 32
 
 
@@ -135,9 +134,7 @@ class Worker:
         return out
 
     def owner_absent(self, slot: int) -> bool:
-        sup = self.inst.ctl["slot_sup"][slot]
-        live = self.inst.ctl["slot_live"][slot]
-        return int(sup[SUP_STATE]) != RUNNING or self.clock() - float(live[LIVE_HEARTBEAT]) > ABSENT_AFTER_S
+        return not self.inst.slot_up(slot, self.clock())
 
     def steal(self) -> list[Claim]:
         best, best_depth, absent = None, 0, False
