@@ -117,6 +117,20 @@ def check_name_free(name: str) -> None:
         log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), name)
 
 
+def check_bindable(addr: str) -> None:
+    """Fail at start, not in an exporter restart loop, if --metrics-addr cannot be bound."""
+    import socket
+    from metrics.exporter import parse_addr
+    host, port = parse_addr(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"--metrics-addr={addr!r}: cannot listen there: {exc.strerror}") from None
+
+
 def check_shm_room(params: dict, shm_dir: str = "/dev/shm") -> None:
     """Fail before creating anything if /dev/shm cannot hold the instance:
     tmpfs allocates on first touch, so an overfull one would SIGBUS a worker."""
@@ -161,6 +175,7 @@ class Supervisor:
         check_name_free(cfg.name)
         params = instance_params(cfg, n, cpus)
         check_shm_room(params)
+        check_bindable(cfg.metrics_addr)
         self.inst = Instance.create(params)
         hdr = self.inst.hdr
         hdr[H_SUP_PID] = os.getpid()

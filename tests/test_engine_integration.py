@@ -358,3 +358,17 @@ def test_load_and_recall_commands(engine_factory):
     res = json.loads(rec.stdout)
     assert len(res["ids"]) == 4 and res["complete"] is True
     assert res["distances"] == sorted(res["distances"])
+
+
+def test_metrics_address_in_use_is_refused_at_start(tmp_path):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "engine", "run", "--name", "port-busy", "--data-dir",
+                              str(tmp_path), "--workers", "1", "--dim", "8", "--metrics-addr",
+                              f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert f"--metrics-addr='127.0.0.1:{port}'" in out.stderr and "in use" in out.stderr
+    assert not instance_objects("port-busy")
