@@ -49,7 +49,7 @@ def in_process(dim: int, n: int, pairs: int) -> dict:
     from engine.instance import Instance
     from engine.producer import Engine
     from engine.shards import ShardSet
-    from engine.supervisor import instance_params
+    from engine.preflight import instance_params
     from engine.worker import Worker
     from metrics.writer import NullWriter
     from shm.segment import remove_instance_objects

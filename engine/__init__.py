@@ -14,7 +14,8 @@ Data flow::
     supervisor: creates shared memory, spawns/pins/restarts workers,
       watchdog on heartbeats, drain on SIGTERM
 
-Modules: ``supervisor`` (arbiter), ``worker`` (loop), ``instance`` (shared
+Modules: ``supervisor`` (arbiter; ``preflight``, ``children``, ``signals``,
+``child``), ``worker`` (loop), ``exporter`` (metrics and health process), ``instance`` (shared
 layout), ``producer`` (observe/recall client), ``query`` (recall protocol),
 ``shards`` (hnswlib), ``scheduler`` (lanes, batch size), ``admission`` and
 ``pressure`` (backpressure), ``routing``, ``validation``, ``recall`` (merge),

@@ -9,35 +9,32 @@ Signal handlers only append to a list; ``signal.set_wakeup_fd`` makes the
 wait return at once. Workers are forked before any thread exists here, and
 set themselves up after the fork (``engine.worker.main``).
 
-Restart policy per slot: a dead worker is restarted after an exponential
-backoff (0.1 s doubling, at most ``--restart-backoff-max``); a slot that
-crashed ``--flap-restarts`` times within ``--flap-window`` is parked for
-``--park-seconds``; its open claims are handed to a running slot and its
-queued records are drained by stealing (owners that are absent are stolen
-from at any depth).
+Restart policy (``engine.children.RestartPolicy``): a dead worker is
+restarted after an exponential backoff; a slot that crashes too often is
+parked, its open claims are handed to a running slot and its queued records
+are drained by stealing (owners that are absent are stolen from at any
+depth). Start-up checks live in ``engine.preflight``.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
-import select
 import signal
 import time
-from dataclasses import dataclass, field
 
 from engine import pressure
-from engine.errors import ConfigError, InstanceRunning
+from engine.children import Child, RestartPolicy
+from engine.signals import SignalQueue
+from engine.errors import InstanceRunning
 from engine.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_STARTED, H_STOP,
                              H_SUP_PID, LIVE_HEARTBEAT, LIVE_PID, PARKED, RUNNING, STARTING,
                              STOPPED, SUP_CPU, SUP_PARKED_UNTIL, SUP_PID, SUP_RESTARTS,
-                             SUP_STARTED_AT, SUP_STATE, Instance, pid_alive, read_params,
-                             required_bytes)
-from shm.errors import LayoutError, SegmentMissing
+                             SUP_STARTED_AT, SUP_STATE, Instance)
+from engine.preflight import (check_bindable, check_name_free, check_shm_room, instance_params,
+                              plan_cpus)
 from shm.lock import InstanceLock
-from shm.segment import Segment, object_name, remove_instance_objects
 
 log = logging.getLogger("engram.supervisor")
 
@@ -48,116 +45,21 @@ STOP_GRACE_S = 5.0
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_RUNNING, EXIT_DRAIN_TIMEOUT, EXIT_FORCED = 0, 1, 2, 3, 4, 130
 
 
-@dataclass
-class Slot:
-    index: int
-    cpu: int | None
-    proc: object = None
-    pid: int = 0
-    spawned_at: float = 0.0
-    next_start: float = 0.0
-    parked_until: float = 0.0
-    crashes: collections.deque = field(default_factory=collections.deque)
-    killed_as_hung: bool = False
-    last_reason: str = "crash"
-    kind: str = "worker"
-
-    @property
-    def label(self) -> str:
-        return f"worker slot {self.index}" if self.kind == "worker" else self.kind
-
-
-def plan_cpus(cfg) -> tuple[int, list[int | None]]:
-    """Number of workers and the CPU of each (None when not pinned)."""
-    usable = sorted(os.sched_getaffinity(0))
-    cpus = list(cfg.cpus) if cfg.cpus else usable
-    outside = [c for c in cpus if c not in usable]
-    if outside:
-        raise ConfigError(f"--cpus={','.join(map(str, cfg.cpus))}: CPU(s) {outside} are not in this "
-                          f"process's affinity {usable}")
-    if cfg.workers == "auto":
-        n = max(1, round(len(cpus) * cfg.workers_per_core))
-    else:
-        n = cfg.workers
-    if cfg.no_pin:
-        return n, [None] * n
-    return n, [cpus[i % len(cpus)] for i in range(n)]
-
-
-def instance_params(cfg, slots: int, cpus: list[int | None]) -> dict:
-    p = cfg.to_dict()
-    p["cpus"] = list(p["cpus"]) if p["cpus"] else None
-    p["data_dir"] = os.path.abspath(cfg.data_dir)
-    p["slots"] = slots
-    p["slot_cpus"] = cpus
-    p["capacity"] = [cfg.capacity_high, cfg.capacity_normal, cfg.capacity_low]
-    return p
-
-
-def check_name_free(name: str) -> None:
-    """Refuse if a live instance uses ``name``; remove a dead one's leftovers."""
-    try:
-        seg = Segment.attach(object_name(name, "ctl"))
-    except SegmentMissing:
-        seg = None
-    if seg is not None:
-        try:
-            read_params(seg.buf)
-            import numpy as np
-            pid = int(np.frombuffer(seg.buf, np.int64, 16, 64 + 16384)[H_SUP_PID])
-        except LayoutError:
-            pid = 0
-        finally:
-            seg.close()
-        if pid and pid != os.getpid() and pid_alive(pid):
-            raise InstanceRunning(f"an engram instance named {name!r} is already running "
-                                  f"(supervisor pid {pid}); stop it or choose another --name")
-    removed = remove_instance_objects(name)
-    if removed:
-        log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), name)
-
-
-def check_bindable(addr: str) -> None:
-    """Fail at start, not in an exporter restart loop, if --metrics-addr cannot be bound."""
-    import socket
-    from metrics.exporter import parse_addr
-    host, port = parse_addr(addr)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(f"--metrics-addr={addr!r}: cannot listen there: {exc.strerror}") from None
-
-
-def check_shm_room(params: dict, shm_dir: str = "/dev/shm") -> None:
-    """Fail before creating anything if /dev/shm cannot hold the instance:
-    tmpfs allocates on first touch, so an overfull one would SIGBUS a worker."""
-    need = required_bytes(params)
-    st = os.statvfs(shm_dir)
-    free = st.f_bavail * st.f_frsize
-    if need > free:
-        raise ConfigError(f"this configuration needs {need / 2**20:.0f} MiB of shared memory but {shm_dir} "
-                          f"has {free / 2**20:.0f} MiB free; lower --capacity-* or --dim, or enlarge "
-                          f"{shm_dir} (e.g. docker --shm-size)")
-
-
 class Supervisor:
     def __init__(self, cfg, clock=time.monotonic):
         self.cfg = cfg
         self.clock = clock
         self.inst: Instance | None = None
         self.lock: InstanceLock | None = None
-        self.slots: list[Slot] = []
-        self.exporter = Slot(-1, None, kind="exporter")
+        self.slots: list[Child] = []
+        self.exporter = Child(-1, None, kind="exporter")
+        self.policy = RestartPolicy(cfg.flap_restarts, cfg.flap_window, cfg.park_seconds,
+                                    cfg.restart_backoff_max)
         self.metrics = None
-        self.signals: list[int] = []
+        self.signals = SignalQueue()
         self.draining_since: float | None = None
         self.exit_code: int | None = None
         self.exit_reason = ""
-        self._pipe: tuple[int, int] | None = None
-        self._old_handlers: dict[int, object] = {}
         import multiprocess
         self._ctx = multiprocess.get_context("fork")
 
@@ -180,26 +82,14 @@ class Supervisor:
         hdr = self.inst.hdr
         hdr[H_SUP_PID] = os.getpid()
         hdr[H_STARTED] = int(time.time())
-        self.slots = [Slot(i, cpus[i]) for i in range(n)]
+        self.slots = [Child(i, cpus[i]) for i in range(n)]
         from metrics.writer import MetricWriter
         self.metrics = MetricWriter(self.inst.metrics, self.inst.metrics.row_map.SUPERVISOR)
         for s in self.slots:
             self.inst.ctl["slot_sup"][s.index, SUP_CPU] = -1 if s.cpu is None else s.cpu
-        self._install_signals()
+        self.signals.install((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD))
         log.info("instance %r: %d worker(s), cpus %s, dim %d %s, data dir %s", cfg.name, n,
                  "unpinned" if cfg.no_pin else cpus, cfg.dim, cfg.metric, os.path.abspath(cfg.data_dir))
-
-    def _install_signals(self) -> None:
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
-        self._pipe = (r, w)
-        signal.set_wakeup_fd(w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        self.signals.append(signum)  # only enqueue (STYLE §2)
 
     # -- main loop ---------------------------------------------------------
     def run(self) -> int:
@@ -213,18 +103,7 @@ class Supervisor:
             self.teardown()
 
     def wait(self, timeout: float) -> None:
-        if self._pipe is None:
-            return
-        try:
-            ready, _, _ = select.select([self._pipe[0]], [], [], timeout)
-        except InterruptedError:
-            return
-        if ready:
-            try:
-                while os.read(self._pipe[0], 4096):
-                    pass
-            except BlockingIOError:
-                pass
+        self.signals.wait(timeout)
 
     def step(self) -> None:
         self.handle_signals()
@@ -238,8 +117,7 @@ class Supervisor:
         self.check_drain()
 
     def handle_signals(self) -> None:
-        while self.signals:
-            sig = self.signals.pop(0)
+        while (sig := self.signals.pop()) is not None:
             if sig in (signal.SIGTERM, signal.SIGINT):
                 if self.draining_since is None:
                     log.info("%s: stopping admission and draining queues (up to %.0fs)",
@@ -258,7 +136,7 @@ class Supervisor:
         hdr[H_DRAINING] = 1
         self.draining_since = self.clock()
 
-    def children(self) -> list[Slot]:
+    def children(self) -> list[Child]:
         return self.slots + [self.exporter]
 
     def reap(self) -> None:
@@ -281,24 +159,20 @@ class Supervisor:
                 self._record_crash(s, now)
             s.proc, s.pid, s.killed_as_hung = None, 0, False
 
-    def _record_crash(self, s: Slot, now: float) -> None:
-        s.crashes.append(now)
-        while s.crashes and now - s.crashes[0] > self.cfg.flap_window:
-            s.crashes.popleft()
-        if s.kind == "worker" and len(s.crashes) >= self.cfg.flap_restarts:
-            sup = self.inst.ctl["slot_sup"]
-            s.parked_until = now + self.cfg.park_seconds
-            sup[s.index, SUP_STATE] = PARKED
-            sup[s.index, SUP_PARKED_UNTIL] = int((time.time() + self.cfg.park_seconds) * 1000)
-            log.error("worker slot %d crashed %d times in %.0fs: parked for %.0fs; its queue is "
-                      "drained by the other workers", s.index, len(s.crashes), self.cfg.flap_window,
-                      self.cfg.park_seconds)
-            self.hand_over_claims(s.index)
+    def _record_crash(self, s: Child, now: float) -> None:
+        parked = self.policy.on_exit(s, now)
+        if s.kind != "worker":
             return
-        delay = min(0.1 * 2 ** (len(s.crashes) - 1), self.cfg.restart_backoff_max)
-        s.next_start = now + delay
-        if s.kind == "worker":
-            self.inst.ctl["slot_sup"][s.index, SUP_STATE] = DOWN
+        sup = self.inst.ctl["slot_sup"]
+        if not parked:
+            sup[s.index, SUP_STATE] = DOWN
+            return
+        sup[s.index, SUP_STATE] = PARKED
+        sup[s.index, SUP_PARKED_UNTIL] = int((time.time() + self.cfg.park_seconds) * 1000)
+        log.error("worker slot %d crashed %d times in %.0fs: parked for %.0fs; its queue is "
+                  "drained by the other workers", s.index, len(s.exits), self.cfg.flap_window,
+                  self.cfg.park_seconds)
+        self.hand_over_claims(s.index)
 
     def hand_over_claims(self, slot: int) -> None:
         """Give a parked slot's open claims to a running slot (processed when it is idle)."""
@@ -334,17 +208,14 @@ class Supervisor:
         for s in self.children():
             if s.proc is not None:
                 continue
-            if s.parked_until:
-                if now < s.parked_until:
-                    continue
-                log.info("worker slot %d: parking over, restarting", s.index)
-                s.parked_until = 0.0
-                s.crashes.clear()
-            if now >= s.next_start:
+            was_parked = bool(s.parked_until)
+            if self.policy.due(s, now):
+                if was_parked:
+                    log.info("%s: parking over, restarting", s.label)
                 self.spawn(s)
 
-    def spawn(self, s: Slot) -> None:
-        inherited = [fd for fd in (self.lock._fd if self.lock else None, *(self._pipe or ())) if fd is not None]
+    def spawn(self, s: Child) -> None:
+        inherited = [fd for fd in (self.lock._fd if self.lock else None, *self.signals.fds) if fd is not None]
         if s.kind == "worker":
             from engine import worker
             target, args = worker.main, (s.index, self.cfg.name, s.cpu, inherited, os.getpid())
@@ -432,14 +303,7 @@ class Supervisor:
             self.inst.close()
             self.inst.unlink()
             self.inst = None
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers.clear()
-        if self._pipe is not None:
-            signal.set_wakeup_fd(-1)
-            for fd in self._pipe:
-                os.close(fd)
-            self._pipe = None
+        self.signals.uninstall()
         if self.lock is not None:
             self.write_exit_record()
             self.lock.release()

@@ -17,7 +17,7 @@ from engine.instance import LANE_INDEX, LIVE_HEARTBEAT, RUNNING, SUP_STATE, Inst
 from engine.producer import Engine
 from engine.routing import home_slot
 from engine.shards import ShardSet
-from engine.supervisor import instance_params
+from engine.preflight import instance_params
 from engine.worker import Worker
 from metrics import readout
 from shm.segment import instance_objects, remove_instance_objects

@@ -1,0 +1,96 @@
+"""Checks and plans made before any shared memory exists (supervisor start-up).
+
+Each either returns a plan or raises an error that names the problem, so a
+bad start fails before it creates anything: CPUs and worker count, instance
+parameters, a live instance holding the name (a dead one's leftovers are
+removed), room in /dev/shm, a bindable exporter address.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from engine.errors import ConfigError, InstanceRunning
+from engine.instance import H_SUP_PID, PARAMS_BYTES, pid_alive, read_params, required_bytes
+from shm.errors import LayoutError, SegmentMissing
+from shm.segment import Segment, object_name, remove_instance_objects
+
+log = logging.getLogger("engram.supervisor")
+
+
+def plan_cpus(cfg) -> tuple[int, list[int | None]]:
+    """Number of workers and the CPU of each (None when not pinned)."""
+    usable = sorted(os.sched_getaffinity(0))
+    cpus = list(cfg.cpus) if cfg.cpus else usable
+    outside = [c for c in cpus if c not in usable]
+    if outside:
+        raise ConfigError(f"--cpus={','.join(map(str, cfg.cpus))}: CPU(s) {outside} are not in this "
+                          f"process's affinity {usable}")
+    if cfg.workers == "auto":
+        n = max(1, round(len(cpus) * cfg.workers_per_core))
+    else:
+        n = cfg.workers
+    if cfg.no_pin:
+        return n, [None] * n
+    return n, [cpus[i % len(cpus)] for i in range(n)]
+
+
+def instance_params(cfg, slots: int, cpus: list[int | None]) -> dict:
+    p = cfg.to_dict()
+    p["cpus"] = list(p["cpus"]) if p["cpus"] else None
+    p["data_dir"] = os.path.abspath(cfg.data_dir)
+    p["slots"] = slots
+    p["slot_cpus"] = cpus
+    p["capacity"] = [cfg.capacity_high, cfg.capacity_normal, cfg.capacity_low]
+    return p
+
+
+def check_name_free(name: str) -> None:
+    """Refuse if a live instance uses ``name``; remove a dead one's leftovers."""
+    try:
+        seg = Segment.attach(object_name(name, "ctl"))
+    except SegmentMissing:
+        seg = None
+    if seg is not None:
+        try:
+            read_params(seg.buf)
+            pid = int(np.frombuffer(seg.buf, np.int64, 16, 64 + PARAMS_BYTES)[H_SUP_PID])
+        except LayoutError:
+            pid = 0
+        finally:
+            seg.close()
+        if pid and pid != os.getpid() and pid_alive(pid):
+            raise InstanceRunning(f"an engram instance named {name!r} is already running "
+                                  f"(supervisor pid {pid}); stop it or choose another --name")
+    removed = remove_instance_objects(name)
+    if removed:
+        log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), name)
+
+
+def check_bindable(addr: str) -> None:
+    """Fail at start, not in an exporter restart loop, if --metrics-addr cannot be bound."""
+    import socket
+    from metrics.exporter import parse_addr
+    host, port = parse_addr(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"--metrics-addr={addr!r}: cannot listen there: {exc.strerror}") from None
+
+
+def check_shm_room(params: dict, shm_dir: str = "/dev/shm") -> None:
+    """Fail before creating anything if /dev/shm cannot hold the instance:
+    tmpfs allocates on first touch, so an overfull one would SIGBUS a worker."""
+    need = required_bytes(params)
+    st = os.statvfs(shm_dir)
+    free = st.f_bavail * st.f_frsize
+    if need > free:
+        raise ConfigError(f"this configuration needs {need / 2**20:.0f} MiB of shared memory but {shm_dir} "
+                          f"has {free / 2**20:.0f} MiB free; lower --capacity-* or --dim, or enlarge "
+                          f"{shm_dir} (e.g. docker --shm-size)")
