@@ -147,7 +147,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("steal-threshold", _non_negative_int, 1000, "Depth above which an idle worker steals from a ring.", "N"),
     Setting("batch-min", _positive_int, 10, "Smallest insert batch.", "N"),
     Setting("batch-max", _positive_int, 1000, "Largest insert batch.", "N"),
-    Setting("batch-budget-ms", _positive_float, 50.0, "Time budget of one insert batch; bounds how long a recall waits.", "MS"),
+    Setting("batch-budget-ms", _positive_float, 50.0, "Time budget of one insert batch (claim, insert, commit).", "MS"),
     Setting("max-spaces", _positive_int, 1024, "Most memory spaces per engine (bounds label cardinality).", "N"),
     Setting("max-batch-size", _positive_int, 10_000, "Most observations in one observe() call.", "N"),
     Setting("max-k", _positive_int, 256, "Largest k a recall may ask for.", "K"),

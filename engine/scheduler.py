@@ -8,9 +8,10 @@ in 5 goes to normal and one in 17 to low.
 
 Batch size adapts (DESIGN §4): the worker keeps a moving average of seconds
 per inserted item and sizes batches to fit ``budget`` seconds, clamped to
-``[batch_min, batch_max]`` and to what is queued. A recall query therefore
-waits at most about one budget before the worker answers it. Clocks are
-injected so the policy is tested without processes (STYLE §7).
+``[batch_min, batch_max]`` and to what is queued. (Recall is not held up
+by a batch: the worker answers queries between ~5 ms slices of it, see
+engine/worker.py.) Clocks are injected so the policy is tested without
+processes (STYLE §7).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Single owner: the worker process of the slot; hnswlib is not safe for a
 search concurrent with an insert on one index, and the worker never does
-both at once (it answers queries between batches, DESIGN §5). Capacity grows
+both at once (it answers queries between insert slices, DESIGN §5). Capacity grows
 by doubling with ``resize_index``. ``num_threads=1``: one core per worker.
 """
 

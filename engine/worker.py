@@ -5,6 +5,9 @@ Loop (one iteration)::
     heartbeat → answer pending recall queries → take work → insert → commit
                                               └─ none: sleep on the wake signal
 
+Inserting a batch is split into slices of about 5 ms (``QUERY_CHECK_S``) with
+pending recall queries answered between them.
+
 Taking work, in order: claims handed to this slot (a predecessor's that died,
 or a parked slot's reassigned by the supervisor), then its own rings
 high → normal → low (``LaneScheduler``), then stealing from the most loaded
@@ -37,6 +40,10 @@ log = logging.getLogger("engram.worker")
 IDLE_WAIT_S = 0.05
 ORPHAN_CHECK_S = 0.5
 UTILIZATION_WINDOW_S = 1.0
+# Inside a batch, the worker answers pending recall queries every this many
+# seconds of inserting (it splits add_items into slices of that length), so
+# a recall waits about this long, not a whole --batch-budget-ms batch.
+QUERY_CHECK_S = 0.005
 MAX_STEAL_CLAIMS = 32
 
 
@@ -59,6 +66,7 @@ class Worker:
         self.metrics = NullWriter() if p["no_metrics"] else \
             MetricWriter(inst.metrics, inst.metrics.row_map.worker(slot))
         self.busy_s = 0.0
+        self.query_s = 0.0  # time answering queries inside batches (kept out of batch sizing)
         self.window_start = clock()
 
     # -- lifecycle ---------------------------------------------------------
@@ -87,7 +95,7 @@ class Worker:
         self.heartbeat()
         self.report_utilization()
         t0 = self.clock()
-        answered = serve_pending(self.inst, self.slot, self.shards.search)
+        answered = self.answer_queries()
         claim = self.next_claim()
         if claim is not None:
             self.process(claim)
@@ -95,6 +103,14 @@ class Worker:
         if claim is None and not answered:
             self.sleep()
         return claim is not None or bool(answered)
+
+    def answer_queries(self) -> int:
+        """Answer recall requests addressed to this slot (between insert slices)."""
+        t0 = time.perf_counter()
+        answered = serve_pending(self.inst, self.slot, self.shards.search)
+        if answered:
+            self.query_s += time.perf_counter() - t0
+        return answered
 
     def report_utilization(self) -> None:
         """Busy time over wall time, published about once a second."""
@@ -160,7 +176,7 @@ class Worker:
         priority = LANES[claim.ring % len(LANES)]
         ids, spaces, times, vectors = ring.view(claim)
         started = time.monotonic()
-        t0 = time.perf_counter()
+        t0, q0 = time.perf_counter(), self.query_s
         first = int(spaces[0])
         if (spaces == first).all():
             groups = [(first, slice(None))]
@@ -168,7 +184,7 @@ class Worker:
             groups = [(int(sp), spaces == sp) for sp in np.unique(spaces)]
         for space, sel in groups:
             self._insert(space, ids[sel], vectors[sel])
-        self.sizer.record(claim.count, time.perf_counter() - t0)
+        self.sizer.record(claim.count, time.perf_counter() - t0 - (self.query_s - q0))
         done = time.monotonic()
         m = self.metrics
         for space, sel in groups:
@@ -185,8 +201,14 @@ class Worker:
         if not 0 <= space < len(self.counts):
             self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="other")
             raise ValueError(f"ring record names space {space}, outside [0, {len(self.counts)})")
+        per_item = self.sizer.seconds_per_item
+        step = max(1, int(QUERY_CHECK_S / per_item)) if per_item else len(ids)
         try:
-            self.counts[space] = self.shards.insert(space, ids, vectors)
+            for lo in range(0, len(ids), step):
+                if lo:
+                    self.heartbeat()
+                    self.answer_queries()
+                self.counts[space] = self.shards.insert(space, ids[lo:lo + step], vectors[lo:lo + step])
         except ResizeError:
             self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="resize_error")
             raise
