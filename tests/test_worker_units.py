@@ -149,3 +149,25 @@ def test_space_index_out_of_range_in_a_ring_is_refused(inst):
     with pytest.raises(ValueError, match="outside"):
         w.process(w.next_claim())
     assert metric(inst, "batch_failures_total") == 1
+
+
+def test_queries_are_answered_between_slices_of_one_batch(inst):
+    from engine.query import REQ_EF, REQ_K, REQ_NQ, REQ_SEQ, REQ_SPACE
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    vecs = np.random.default_rng(3).standard_normal((50, DIM)).astype(np.float32)
+    eng.observe(space, np.arange(50), vecs)
+    w = make_worker(inst, 0)
+    w.sizer.record(1, 0.004)  # 4 ms per item: 5 ms slices hold one item each
+    claim = w.next_claim()
+    assert claim.count > 1  # several slices in one batch
+    q = inst.query  # a recall request for this space, as a client writes it
+    q["vectors"][0, 0] = vecs[7]
+    req = q["req"][0]
+    req[REQ_SPACE], req[REQ_NQ], req[REQ_K], req[REQ_EF] = eng.spaces.lookup(space), 1, 1, 16
+    req[REQ_SEQ] = 1
+    q["want"][0, 0] = 1
+    w.process(claim)  # process() alone answers only between slices of the batch
+    assert q["done"][0, 0] == 1
+    assert 0 < q["cols"][0, 0] <= 1
+    assert w.sizer.seconds_per_item > 0
