@@ -46,7 +46,7 @@ def in_process(dim: int, n: int, pairs: int) -> dict:
     import numpy as np
 
     from engine import config
-    from engine.instance import Instance
+    from engine.instance import H_SUP_PID, Instance
     from engine.producer import Engine
     from engine.shards import ShardSet
     from engine.preflight import instance_params
@@ -61,6 +61,7 @@ def in_process(dim: int, n: int, pairs: int) -> dict:
     ns.data_dir = data_dir
     cfg = config.resolve(ns, "run", env={})
     inst = Instance.create(instance_params(cfg, 1, [None]))
+    inst.hdr[H_SUP_PID] = os.getpid()  # this process stands in for the supervisor
     vecs = np.random.default_rng(7).standard_normal((n, dim)).astype(np.float32)
     out: dict[str, list[float]] = {"on": [], "off": []}
     try:

@@ -19,8 +19,8 @@ import numpy as np
 
 from engine import admission, pressure, validation
 from engine.errors import InvalidInput, NotRunning
-from engine.instance import (H_ADMISSION_CLOSED, H_SPACES, LANE_INDEX, LIVE_SLEEPING, LOCK_CONTROL,
-                             NAME_BYTES, Instance)
+from engine.instance import (H_ADMISSION_CLOSED, H_SPACES, H_SUP_PID, LANE_INDEX, LIVE_SLEEPING,
+                             LOCK_CONTROL, NAME_BYTES, Instance, pid_alive)
 from engine.query import QueryClient
 from engine.recall import RecallResult, exact_distances, merge
 from engine.routing import home_slot, spill_order
@@ -136,6 +136,7 @@ class Engine:
             self._rejected(known, "invalid_input", _batch_len(ids))
             raise
         n = len(ids)
+        self._check_alive()
         state = self.backpressure()
         state_name = admission.STATES[state]
         if self.inst.hdr[H_ADMISSION_CLOSED]:
@@ -158,6 +159,14 @@ class Engine:
         self._rejected(idx, "over_capacity", n - written)
         return Ack(written, {"over_capacity": n - written}, state_name,
                    f"{priority} lane full: {n - written} of {n} rejected")
+
+    def _check_alive(self) -> None:
+        """Refuse to queue into the shared memory of a supervisor that is gone:
+        nothing would ever insert it, yet the ack would say accepted."""
+        pid = int(self.inst.hdr[H_SUP_PID])
+        if not pid_alive(pid):
+            raise NotRunning(f"instance {self.inst.name!r} is gone (supervisor pid {pid} exited); "
+                             f"reconnect once it runs again")
 
     def _enqueue(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int) -> int:
         inst = self.inst

@@ -372,3 +372,23 @@ def test_metrics_address_in_use_is_refused_at_start(tmp_path):
     assert out.returncode == 2
     assert f"--metrics-addr='127.0.0.1:{port}'" in out.stderr and "in use" in out.stderr
     assert not instance_objects("port-busy")
+
+
+def test_killed_supervisor_takes_its_workers_and_producers_are_refused(engine_factory):
+    from engine.errors import NotRunning
+    ep = engine_factory()
+    eng = ep.engine()
+    workers = [w["pid"] for w in ep.status()["workers"]]
+    os.kill(ep.proc.pid, signal.SIGKILL)
+    ep.proc.wait(30)
+
+    def gone(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as fh:  # a zombie waiting to be reaped counts as gone
+            return fh.read().split(") ")[1].startswith("Z")
+    wait_for(lambda: all(gone(p) for p in workers), 30, message="workers died with their supervisor")
+    with pytest.raises(NotRunning, match="is gone"):
+        eng.observe("orphaned", [1], np.ones((1, DIM), np.float32))

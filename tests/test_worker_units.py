@@ -7,13 +7,14 @@ injected clock where heartbeats matter.
 from __future__ import annotations
 
 import argparse
+import os
 import uuid
 
 import numpy as np
 import pytest
 
 from engine import config
-from engine.instance import LANE_INDEX, LIVE_HEARTBEAT, RUNNING, SUP_STATE, Instance
+from engine.instance import H_SUP_PID, LANE_INDEX, LIVE_HEARTBEAT, RUNNING, SUP_STATE, Instance
 from engine.producer import Engine
 from engine.routing import home_slot
 from engine.shards import ShardSet
@@ -33,6 +34,7 @@ def inst(tmp_path):
     ns.capacity_normal, ns.steal_threshold, ns.batch_max = "4000", "100", "50"
     cfg = config.resolve(ns, "run", env={})
     instance = Instance.create(instance_params(cfg, 2, [None, None]))
+    instance.hdr[H_SUP_PID] = os.getpid()  # this process stands in for the supervisor
     try:
         yield instance
     finally:
