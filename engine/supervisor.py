@@ -305,7 +305,8 @@ class Supervisor:
             self.inst = None
         self.signals.uninstall()
         if self.lock is not None:
-            self.write_exit_record()
+            if self.metrics is not None:  # the instance was created: this run has an ending to record
+                self.write_exit_record()
             self.lock.release()
             self.lock = None
 
