@@ -160,6 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("flap-restarts", _positive_int, 5, "Crashes within --flap-window that park a worker slot.", "N"),
     Setting("flap-window", _positive_float, 60.0, "Window for counting crashes.", "S"),
     Setting("park-seconds", _positive_float, 60.0, "How long a flapping slot stays parked.", "S"),
+    Setting("fsync", _choice("always", "interval", "never"), "interval",
+            "Write-ahead log sync: always (every batch), interval (at most ~1 s of inserted data at risk "
+            "on power loss), never (left to the kernel).", "POLICY"),
     Setting("no-metrics", _bool, False, "Record no metrics (the exporter serves zeros); only for measuring "
             "what recording costs.", flag_only=True),
     Setting("metrics-addr", _addr, "127.0.0.1:9090", "Exporter bind address (Prometheus /metrics, health).", "HOST:PORT"),

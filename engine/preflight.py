@@ -94,3 +94,35 @@ def check_shm_room(params: dict, shm_dir: str = "/dev/shm") -> None:
         raise ConfigError(f"this configuration needs {need / 2**20:.0f} MiB of shared memory but {shm_dir} "
                           f"has {free / 2**20:.0f} MiB free; lower --capacity-* or --dim, or enlarge "
                           f"{shm_dir} (e.g. docker --shm-size)")
+
+
+def check_wal_manifest(data_dir: str, params: dict) -> None:
+    """The write-ahead logs of a data directory belong to one shape of engine:
+    a start with another worker count, dimension or metric would leave some
+    logs unread or unreadable, so it is refused rather than silently losing data.
+    The first start writes ``<data-dir>/wal/manifest.json``."""
+    import json
+    shape = {"slots": params["slots"], "dim": params["dim"], "metric": params["metric"]}
+    wal_dir = os.path.join(data_dir, "wal")
+    path = os.path.join(wal_dir, "manifest.json")
+    try:
+        with open(path) as fh:
+            found = json.load(fh)
+    except FileNotFoundError:
+        found = None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable ({exc}); move it aside only if the logs beside it "
+                          f"are not needed") from None
+    if found is not None and {k: found.get(k) for k in shape} != shape:
+        raise ConfigError(
+            f"--data-dir={data_dir!r} holds write-ahead logs of an engine with {found.get('slots')} "
+            f"workers, dim {found.get('dim')}, metric {found.get('metric')}; start with --workers "
+            f"{found.get('slots')} --dim {found.get('dim')} --metric {found.get('metric')}, or use "
+            f"another --data-dir (this one keeps its data)")
+    os.makedirs(wal_dir, mode=0o700, exist_ok=True)
+    if found is None:
+        with open(path + ".tmp", "w") as fh:
+            json.dump(shape, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(path + ".tmp", path)

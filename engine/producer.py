@@ -19,9 +19,9 @@ import numpy as np
 
 from engine import admission, pressure, validation
 from engine.errors import InvalidInput, NotRunning
-from engine.instance import (H_ADMISSION_CLOSED, H_SPACES, H_SUP_PID, LANE_INDEX, LIVE_SLEEPING,
-                             LOCK_CONTROL, NAME_BYTES, Instance, pid_alive)
+from engine.instance import H_ADMISSION_CLOSED, H_SUP_PID, LANE_INDEX, LIVE_SLEEPING, Instance, pid_alive
 from engine.query import QueryClient
+from engine.spaces import SpaceRegistry
 from engine.recall import RecallResult, exact_distances, merge
 from engine.routing import home_slot, spill_order
 from metrics.lease import ProducerRowLease
@@ -39,51 +39,6 @@ class Ack:
     rejected: dict[str, int] = field(default_factory=dict)
     backpressure: str = "normal"
     message: str = ""
-
-
-class SpaceRegistry:
-    """Space name ↔ index, shared by all processes through the control block.
-
-    Names are appended under control lock 0 and published by bumping
-    ``hdr[H_SPACES]`` after the name bytes are written; readers scan only
-    below that count.
-    """
-
-    def __init__(self, inst: Instance):
-        self.inst = inst
-        self.cache: dict[str, int] = {}
-        self.max_spaces = inst.params["max_spaces"]
-
-    def _scan(self) -> None:
-        for i, name in self.inst.space_names().items():
-            if name:
-                self.cache.setdefault(name, i)
-
-    def lookup(self, name: str) -> int | None:
-        if name not in self.cache:
-            self._scan()
-        return self.cache.get(name)
-
-    def register(self, name: str) -> int:
-        idx = self.lookup(name)
-        if idx is not None:
-            return idx
-        hdr = self.inst.hdr
-        with self.inst.locks.hold(LOCK_CONTROL):
-            self._scan()
-            if name in self.cache:
-                return self.cache[name]
-            n = int(hdr[H_SPACES])
-            if n >= self.max_spaces:
-                raise InvalidInput(f"engine already holds --max-spaces={self.max_spaces} memory spaces; "
-                                   f"cannot add {name!r}")
-            raw = name.encode("ascii")[:NAME_BYTES]
-            row = self.inst.ctl["space_names"][n]
-            row[:] = 0
-            row[: len(raw)] = np.frombuffer(raw, np.uint8)
-            hdr[H_SPACES] = n + 1
-            self.cache[name] = n
-            return n
 
 
 class Engine:

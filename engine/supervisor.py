@@ -32,8 +32,8 @@ from engine.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_ST
                              H_SUP_PID, LIVE_HEARTBEAT, LIVE_PID, PARKED, RUNNING, STARTING,
                              STOPPED, SUP_CPU, SUP_PARKED_UNTIL, SUP_PID, SUP_RESTARTS,
                              SUP_STARTED_AT, SUP_STATE, Instance)
-from engine.preflight import (check_bindable, check_name_free, check_shm_room, instance_params,
-                              plan_cpus)
+from engine.preflight import (check_bindable, check_name_free, check_shm_room, check_wal_manifest,
+                              instance_params, plan_cpus)
 from shm.lock import InstanceLock
 
 log = logging.getLogger("engram.supervisor")
@@ -78,6 +78,7 @@ class Supervisor:
         params = instance_params(cfg, n, cpus)
         check_shm_room(params)
         check_bindable(cfg.metrics_addr)
+        check_wal_manifest(params["data_dir"], params)
         self.inst = Instance.create(params)
         hdr = self.inst.hdr
         hdr[H_SUP_PID] = os.getpid()

@@ -32,6 +32,9 @@ from engine.instance import (H_STOP, LANES, LIVE_HEARTBEAT, LIVE_PID, LIVE_READY
 from engine.query import serve_pending
 from engine.scheduler import BatchSizer, LaneScheduler
 from engine.shards import ResizeError, ShardSet
+from engine.spaces import SpaceRegistry
+from engine.wal import WalWriter, wal_path
+from engine.wal import replay as wal_replay
 from metrics.writer import MetricWriter, NullWriter
 from shm.ring import Claim
 
@@ -48,12 +51,15 @@ MAX_STEAL_CLAIMS = 32
 
 
 class Worker:
-    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic):
+    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic,
+                 wal: WalWriter | None = None):
         p = inst.params
         self.inst = inst
         self.slot = slot
         self.shards = shards
         self.clock = clock
+        self.wal = wal
+        self.spaces = SpaceRegistry(inst)
         self.lanes = LaneScheduler()
         self.sizer = BatchSizer(p["batch_min"], p["batch_max"], p["batch_budget_ms"] / 1000.0)
         self.steal_threshold = p["steal_threshold"]
@@ -70,25 +76,50 @@ class Worker:
         self.window_start = clock()
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self) -> None:
-        self.counts[:] = 0  # shards start empty (no durability yet): publish that
+    def start(self, recover_from: str | None = None) -> None:
+        """Publish empty shards, replay the slot's write-ahead log into them, go live."""
+        self.counts[:] = 0
         for space in self.inst.space_names():
             self.metrics.set("index_vectors", 0, memory_space=space)
+        if recover_from is not None:
+            self.recover(recover_from)
         self.heartbeat()
         self.live[LIVE_READY] = 1
         # Written last: the supervisor sees the slot running once this pid shows.
         self.live[LIVE_PID] = os.getpid()
+
+    def recover(self, path: str) -> None:
+        started = last_log = time.monotonic()
+
+        def apply(name: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+            space = self.spaces.register(name)
+            self.counts[space] = self.shards.insert(space, ids, vectors)
+
+        def progress(stats) -> None:
+            nonlocal last_log
+            self.heartbeat()  # a long replay is not a hung worker
+            if time.monotonic() - last_log >= 5.0:
+                last_log = time.monotonic()
+                log.info("slot %d: replaying write-ahead log: %d batches, %d vectors so far",
+                         self.slot, stats.records, stats.vectors)
+
+        stats = wal_replay(path, apply, progress)
+        for space in np.flatnonzero(self.counts):
+            self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
+        self.metrics.inc("wal_records_recovered_total", stats.records, worker_id=self.slot)
+        if stats.dropped_bytes:
+            self.metrics.inc("wal_bytes_dropped_total", stats.dropped_bytes, worker_id=self.slot)
+            log.warning("slot %d: write-ahead log had a torn or corrupt tail: %d bytes cut off after %d "
+                        "good batches", self.slot, stats.dropped_bytes, stats.records)
+        if stats.records:
+            log.info("slot %d: recovered %d vectors from %d batches in %.1fs", self.slot, stats.vectors,
+                     stats.records, time.monotonic() - started)
 
     def heartbeat(self) -> None:
         self.live[LIVE_HEARTBEAT] = self.clock()
 
     def stopping(self) -> bool:
         return bool(self.inst.hdr[H_STOP])
-
-    def run(self) -> None:
-        self.start()
-        while not self.stopping():
-            self.step()
 
     def step(self) -> bool:
         """One iteration; returns True if it did any work."""
@@ -195,7 +226,26 @@ class Worker:
         m.observe_many("queue_wait_time_seconds", started - times, priority=priority)
         m.inc("batches_processed_total", worker_id=self.slot)
         m.observe("batch_size", claim.count, worker_id=self.slot)
+        if self.wal is not None:
+            # Logged before the commit: from here a crash loses nothing (DESIGN §6).
+            for space, sel in groups:
+                self._log(space, ids[sel], vectors[sel])
         ring.commit(claim)
+
+    def _log(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> None:
+        try:
+            nbytes, synced = self.wal.append(self.inst.space_name(space), ids, vectors)
+        except OSError:
+            self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="wal_error")
+            raise
+        self.metrics.inc("wal_appends_total", worker_id=self.slot)
+        self.metrics.inc("wal_bytes_total", nbytes, worker_id=self.slot)
+        self._record_sync(synced)
+
+    def _record_sync(self, synced: float | None) -> None:
+        if synced is not None:
+            self.metrics.observe("wal_fsync_seconds", synced)
+            self.metrics.set("wal_size_bytes", float(self.wal.size()), worker_id=self.slot)
 
     def _insert(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> None:
         if not 0 <= space < len(self.counts):
@@ -217,6 +267,8 @@ class Worker:
             raise
 
     def sleep(self) -> None:
+        if self.wal is not None:
+            self._record_sync(self.wal.tick())
         self.live[LIVE_SLEEPING] = 1
         # Re-check after raising the flag: a producer that enqueued before it
         # saw the flag did not post (closes the lost-wake-up window).
@@ -243,10 +295,18 @@ def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
     p = inst.params
     shards = ShardSet(p["dim"], p["metric"], p["hnsw_m"], p["ef_construction"], p["ef_search"],
                       p["shard_initial_capacity"])
+    path = wal_path(p["data_dir"], slot)
+    wal = None
     try:
-        Worker(inst, slot, shards).run()
+        worker = Worker(inst, slot, shards)
+        worker.start(recover_from=path)
+        wal = worker.wal = WalWriter(path, p["fsync"])
+        while not worker.stopping():
+            worker.step()
     except Exception:
         log.exception("worker slot %d (pid %d) failed", slot, os.getpid())
         raise
     finally:
+        if wal is not None:
+            wal.close()
         inst.close()

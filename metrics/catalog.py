@@ -44,7 +44,7 @@ DOMAINS: dict[str, tuple[str, ...] | None] = {
     "priority": ("high", "normal", "low"),
     "rejection_reason": ("over_capacity", "invalid_sequence", "duplicate", "invalid_input"),
     "level": ("normal", "warning", "critical", "overloaded"),
-    "error_type": ("insert_error", "resize_error", "other"),
+    "error_type": ("insert_error", "resize_error", "wal_error", "other"),
     "restart_reason": ("crash", "hung", "signal"),
     WORKER_ID: None,
     MEMORY_SPACE: None,
@@ -136,6 +136,16 @@ CATALOG: tuple[Metric, ...] = (
        (1, 10, 50, 100, 250, 500, 1000)),
     _m("queue_wait_time_seconds", HISTOGRAM, "Time an observation waited in its ring.", _PRIO,
        (.001, .005, .01, .05, .1, .5, 1)),
+    # -- durability -----------------------------------------------------------
+    _m("wal_appends_total", COUNTER, "Batches appended to a worker slot's write-ahead log.", _WORKER),
+    _m("wal_bytes_total", COUNTER, "Bytes appended to a worker slot's write-ahead log.", _WORKER),
+    _m("wal_fsync_seconds", HISTOGRAM, "Duration of a write-ahead log fsync.", (),
+       (.0001, .0005, .001, .005, .01, .05, .1, .5)),
+    _m("wal_size_bytes", GAUGE, "Bytes of write-ahead log on disk, per worker slot.", _WORKER, agg=MAX),
+    _m("wal_records_recovered_total", COUNTER, "Write-ahead log batches replayed into shards at start.",
+       _WORKER),
+    _m("wal_bytes_dropped_total", COUNTER,
+       "Bytes of torn or corrupt write-ahead log tail cut off at recovery.", _WORKER),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOG}

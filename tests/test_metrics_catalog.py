@@ -31,6 +31,12 @@ EXPECTED = {
     "batch_size": ("histogram", ("worker_id",), (1, 10, 50, 100, 250, 500, 1000)),
     "queue_wait_time_seconds": ("histogram", ("priority",), (.001, .005, .01, .05, .1, .5, 1)),
     "recall_queries_total": ("counter", ("memory_space",), ()),
+    "wal_appends_total": ("counter", ("worker_id",), ()),
+    "wal_bytes_total": ("counter", ("worker_id",), ()),
+    "wal_fsync_seconds": ("histogram", (), (.0001, .0005, .001, .005, .01, .05, .1, .5)),
+    "wal_size_bytes": ("gauge", ("worker_id",), ()),
+    "wal_records_recovered_total": ("counter", ("worker_id",), ()),
+    "wal_bytes_dropped_total": ("counter", ("worker_id",), ()),
 }
 
 
@@ -49,7 +55,7 @@ def test_label_domains():
     assert cat.DOMAINS["rejection_reason"] == ("over_capacity", "invalid_sequence", "duplicate",
                                                "invalid_input")
     assert cat.DOMAINS["level"] == ("normal", "warning", "critical", "overloaded")
-    assert cat.DOMAINS["error_type"] == ("insert_error", "resize_error", "other")
+    assert cat.DOMAINS["error_type"] == ("insert_error", "resize_error", "wal_error", "other")
     assert cat.DOMAINS["restart_reason"] == ("crash", "hung", "signal")
     assert cat.BY_NAME["worker_restarts_total"].domain_of("reason") == "restart_reason"
     assert cat.BY_NAME["observations_rejected_total"].domain_of("reason") == "rejection_reason"

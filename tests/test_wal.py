@@ -1,0 +1,173 @@
+"""The write-ahead log: format, damage handling, and recovery by real workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import EngineProcess, observe_all, wait_for
+from engine.wal import WalWriter, replay, wal_path
+from metrics import readout
+
+DIM = 16
+
+
+def batch(n, seed, start=0):
+    rng = np.random.default_rng(seed)
+    return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, DIM)).astype(np.float32)
+
+
+def read_all(path):
+    out = []
+    stats = replay(path, lambda s, i, v: out.append((s, i.copy(), v.copy())))
+    return out, stats
+
+
+def test_round_trip_in_order(tmp_path):
+    path = str(tmp_path / "wal" / "slot-0.log")
+    w = WalWriter(path, "always")
+    written = [("alpha",) + batch(3, 1), ("beta",) + batch(5, 2, 100)]
+    for space, ids, vecs in written:
+        nbytes, synced = w.append(space, ids, vecs)
+        assert nbytes > ids.nbytes + vecs.nbytes and synced is not None  # always: synced each time
+    w.close()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    got, stats = read_all(path)
+    assert stats.records == 2 and stats.vectors == 8 and stats.dropped_bytes == 0
+    for (s1, i1, v1), (s2, i2, v2) in zip(written, got):
+        assert s1 == s2 and (i1 == i2).all() and np.array_equal(v1, v2)
+
+
+@pytest.mark.parametrize("damage", ["torn", "garbage", "bitflip"])
+def test_damaged_tail_is_cut_off_and_counted(tmp_path, damage):
+    path = str(tmp_path / "slot-0.log")
+    w = WalWriter(path, "never")
+    for k in range(3):
+        w.append("space", *batch(4, k, 10 * k))
+    w.close()
+    size = os.path.getsize(path)
+    with open(path, "r+b") as fh:
+        if damage == "torn":
+            fh.truncate(size - 7)  # the last record lost its end
+        elif damage == "garbage":
+            fh.seek(0, 2)
+            fh.write(os.urandom(100))  # junk after three good records
+        else:
+            fh.seek(size - 20)
+            b = fh.read(1)
+            fh.seek(size - 20)
+            fh.write(bytes([b[0] ^ 0xFF]))  # the last record's checksum no longer matches
+    got, stats = read_all(path)
+    good = 3 if damage == "garbage" else 2
+    assert stats.records == good and len(got) == good
+    assert stats.dropped_bytes > 0
+    # The file now ends at the last good record: appends follow good data.
+    again, stats2 = read_all(path)
+    assert stats2.records == good and stats2.dropped_bytes == 0
+    w = WalWriter(path, "never")
+    w.append("space", *batch(1, 9, 999))
+    w.close()
+    assert read_all(path)[1].records == good + 1
+
+
+def test_interval_policy_syncs_when_a_second_old(tmp_path):
+    now = [0.0]
+    w = WalWriter(str(tmp_path / "x.log"), "interval", clock=lambda: now[0])
+    assert w.append("space", *batch(1, 1))[1] is None  # last sync is fresh
+    assert w.tick() is None
+    now[0] += 1.5
+    assert w.tick() is not None and not w.dirty
+    w.close()
+
+
+def total(ep) -> int:
+    return sum(s["vectors"] for s in ep.status()["spaces"].values())
+
+
+def test_kill_9_worker_comes_back_with_its_shards(engine_factory):
+    ep = engine_factory(fsync="always")
+    eng = ep.engine()
+    ids, vecs = batch(2000, 3)
+    for k, space in enumerate(("wal-a", "wal-b")):
+        observe_all(eng, space, ids[k * 1000:(k + 1) * 1000], vecs[k * 1000:(k + 1) * 1000])
+    wait_for(lambda: total(ep) == 2000, 60, message="inserted")
+    for w in ep.status()["workers"]:
+        os.kill(w["pid"], signal.SIGKILL)
+    wait_for(lambda: all(w["state"] == "running" and w["restarts"] == 1 for w in ep.status()["workers"]),
+             60, message="both replaced")
+    wait_for(lambda: total(ep) == 2000, 60, message="shards recovered from the log")
+    res = eng.recall("wal-a", vecs[:100], k=1)
+    assert (res.ids[:, 0] == ids[:100]).mean() >= 0.98 and res.complete
+    snap = eng.inst.metrics.snapshot()
+    assert readout.block(eng.inst.metrics, snap, "wal_records_recovered_total").sum() >= 2
+    assert readout.block(eng.inst.metrics, snap, "wal_appends_total").sum() >= 2
+
+
+def test_stop_and_start_again_keeps_every_vector(tmp_path):
+    first = EngineProcess(tmp_path, fsync="interval")
+    try:
+        first.start()
+        eng = first.engine()
+        ids, vecs = batch(1500, 4)
+        observe_all(eng, "keep-me", ids, vecs)
+        wait_for(lambda: total(first) == 1500, 60, message="inserted")
+        assert first.terminate(60) == 0
+    finally:
+        first.cleanup()
+    second = EngineProcess(tmp_path)
+    second.name, second.data_dir = first.name, first.data_dir
+    second.args = first.args
+    try:
+        second.start()
+        assert second.status()["spaces"]["keep-me"]["vectors"] == 1500
+        res = second.engine().recall("keep-me", vecs[:50], k=1)
+        assert (res.ids[:, 0] == ids[:50]).mean() >= 0.98
+        assert "recovered" in second.log()
+    finally:
+        second.terminate(60)
+        second.cleanup()
+
+
+def test_corrupt_log_tail_is_reported_and_the_rest_recovered(tmp_path):
+    first = EngineProcess(tmp_path, workers=1)
+    try:
+        first.start()
+        observe_all(first.engine(), "damaged", *batch(300, 5))
+        wait_for(lambda: total(first) == 300, 60, message="inserted")
+        assert first.terminate(60) == 0
+    finally:
+        first.cleanup()
+    with open(wal_path(first.data_dir, 0), "ab") as fh:
+        fh.write(b"\x57\x41\x4c\x31" + os.urandom(64))  # a record header and garbage: a torn append
+    second = EngineProcess(tmp_path, workers=1)
+    second.name, second.data_dir, second.args = first.name, first.data_dir, first.args
+    try:
+        second.start()
+        assert second.status()["spaces"]["damaged"]["vectors"] == 300
+        assert "torn or corrupt tail" in second.log()
+        eng = second.engine()
+        dropped = readout.block(eng.inst.metrics, eng.inst.metrics.snapshot(), "wal_bytes_dropped_total")
+        assert dropped.sum() == 68
+    finally:
+        second.terminate(60)
+        second.cleanup()
+
+
+def test_other_worker_count_on_the_same_data_dir_is_refused(tmp_path):
+    first = EngineProcess(tmp_path)
+    try:
+        first.start()
+        assert first.terminate(60) == 0
+    finally:
+        first.cleanup()
+    out = subprocess.run([sys.executable, "-m", "engine", "run", "--name", first.name, "--data-dir",
+                          first.data_dir, "--workers", "1", "--dim", str(DIM)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "holds write-ahead logs of an engine with 2 workers" in out.stderr
+    assert "--workers 2" in out.stderr
