@@ -16,7 +16,7 @@ import numpy as np
 from engine.errors import ConfigError, InstanceRunning
 from engine.instance import H_SUP_PID, PARAMS_BYTES, pid_alive, read_params, required_bytes
 from shm.errors import LayoutError, SegmentMissing
-from shm.segment import Segment, object_name, remove_instance_objects
+from shm.segment import Segment, instance_objects, object_name
 
 log = logging.getLogger("engram.supervisor")
 
@@ -48,8 +48,8 @@ def instance_params(cfg, slots: int, cpus: list[int | None]) -> dict:
     return p
 
 
-def check_name_free(name: str) -> None:
-    """Refuse if a live instance uses ``name``; remove a dead one's leftovers."""
+def check_name_free(name: str) -> bool:
+    """Refuse if a live instance uses ``name``; True if a dead one left objects behind."""
     try:
         seg = Segment.attach(object_name(name, "ctl"))
     except SegmentMissing:
@@ -65,9 +65,7 @@ def check_name_free(name: str) -> None:
         if pid and pid != os.getpid() and pid_alive(pid):
             raise InstanceRunning(f"an engram instance named {name!r} is already running "
                                   f"(supervisor pid {pid}); stop it or choose another --name")
-    removed = remove_instance_objects(name)
-    if removed:
-        log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), name)
+    return bool(instance_objects(name))
 
 
 def check_bindable(addr: str) -> None:
@@ -86,10 +84,17 @@ def check_bindable(addr: str) -> None:
 
 def check_shm_room(params: dict, shm_dir: str = "/dev/shm") -> None:
     """Fail before creating anything if /dev/shm cannot hold the instance:
-    tmpfs allocates on first touch, so an overfull one would SIGBUS a worker."""
+    tmpfs allocates on first touch, so an overfull one would SIGBUS a worker.
+    A dead run's segments of the same name are about to be removed: they count as free."""
     need = required_bytes(params)
     st = os.statvfs(shm_dir)
-    free = st.f_bavail * st.f_frsize
+    reclaimable = 0
+    for _, obj in instance_objects(params["name"], shm_dir):
+        try:
+            reclaimable += os.stat(os.path.join(shm_dir, obj.lstrip("/"))).st_blocks * 512
+        except OSError:
+            pass
+    free = st.f_bavail * st.f_frsize + reclaimable
     if need > free:
         raise ConfigError(f"this configuration needs {need / 2**20:.0f} MiB of shared memory but {shm_dir} "
                           f"has {free / 2**20:.0f} MiB free; lower --capacity-* or --dim, or enlarge "

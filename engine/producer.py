@@ -234,4 +234,11 @@ def connect(name: str = "engram") -> Engine:
         raise NotRunning(f"no running engram instance named {name!r} on this host") from None
     except LayoutError as exc:
         raise NotRunning(f"instance {name!r} is not ready: {exc}") from None
+    pid = int(inst.hdr[H_SUP_PID])
+    if not pid_alive(pid):
+        inst.close()
+        # Shared memory outlives a killed supervisor; the next start of the
+        # name carries its queued observations over and removes it.
+        raise NotRunning(f"instance {name!r} is not running (shared memory of a dead run, supervisor "
+                         f"pid {pid}, is still there; the next start of {name!r} takes it over)")
     return Engine(inst)

@@ -24,7 +24,7 @@ import os
 import signal
 import time
 
-from engine import pressure
+from engine import pressure, salvage
 from engine.children import Child, RestartPolicy
 from engine.signals import SignalQueue
 from engine.errors import InstanceRunning
@@ -35,6 +35,7 @@ from engine.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_ST
 from engine.preflight import (check_bindable, check_name_free, check_shm_room, check_wal_manifest,
                               instance_params, plan_cpus)
 from shm.lock import InstanceLock
+from shm.segment import remove_instance_objects
 
 log = logging.getLogger("engram.supervisor")
 
@@ -74,12 +75,18 @@ class Supervisor:
             holder = self.lock.holder_pid()
             raise InstanceRunning(f"data directory {os.path.abspath(cfg.data_dir)} is in use by another "
                                   f"engram instance (pid {holder})")
-        check_name_free(cfg.name)
+        stale = check_name_free(cfg.name)
         params = instance_params(cfg, n, cpus)
         check_shm_room(params)
         check_bindable(cfg.metrics_addr)
         check_wal_manifest(params["data_dir"], params)
+        leftovers = []
+        if stale:
+            leftovers = salvage.collect(cfg.name, n, cfg.dim)
+            removed = remove_instance_objects(cfg.name)
+            log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), cfg.name)
         self.inst = Instance.create(params)
+        salvage.restore(self.inst, leftovers)
         hdr = self.inst.hdr
         hdr[H_SUP_PID] = os.getpid()
         hdr[H_STARTED] = int(time.time())

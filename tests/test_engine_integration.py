@@ -392,3 +392,13 @@ def test_killed_supervisor_takes_its_workers_and_producers_are_refused(engine_fa
     wait_for(lambda: all(gone(p) for p in workers), 30, message="workers died with their supervisor")
     with pytest.raises(NotRunning, match="is gone"):
         eng.observe("orphaned", [1], np.ones((1, DIM), np.float32))
+
+
+def test_status_of_a_killed_instance_says_not_running(engine_factory):
+    ep = engine_factory()
+    os.killpg(ep.proc.pid, signal.SIGKILL)
+    ep.proc.wait(30)
+    out = subprocess.run([sys.executable, "-m", "engine", "status", "--name", ep.name],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "is not running" in out.stderr and "dead run" in out.stderr

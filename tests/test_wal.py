@@ -171,3 +171,98 @@ def test_other_worker_count_on_the_same_data_dir_is_refused(tmp_path):
     assert out.returncode == 2
     assert "holds write-ahead logs of an engine with 2 workers" in out.stderr
     assert "--workers 2" in out.stderr
+
+
+def test_chaos_random_worker_killed_every_second_loses_and_duplicates_nothing(engine_factory):
+    """30,000 observations over 4 spaces while a random worker is killed every
+    second: afterwards each space holds exactly the accepted ids, each its own top-1."""
+    import random
+    import threading
+    import time
+    ep = engine_factory(fsync="interval", flap_restarts=1000, steal_threshold=200)
+    eng = ep.engine()
+    spaces = ["chaos-0", "chaos-1", "chaos-2", "chaos-3"]
+    rng = np.random.default_rng(77)
+    vecs = rng.standard_normal((30000, DIM)).astype(np.float32)
+    stop = threading.Event()
+    kills = []
+
+    def killer():
+        r = random.Random(7)
+        while not stop.wait(1.0):
+            alive = [w["pid"] for w in ep.status()["workers"] if w["state"] == "running" and w["pid"]]
+            if alive:
+                pid = r.choice(alive)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+                except ProcessLookupError:
+                    pass
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        started = time.monotonic()
+        for k in range(0, 30000, 250):  # about 3,000/s: the stream spans ~10 kills
+            observe_all(eng, spaces[(k // 250) % 4], np.arange(k, k + 250), vecs[k:k + 250], timeout=120)
+            time.sleep(max(0.0, started + (k + 250) / 3000 - time.monotonic()))
+    finally:
+        stop.set()
+        t.join(10)
+    assert len(kills) >= 8
+    wait_for(lambda: all(w["state"] == "running" for w in ep.status()["workers"]), 60, message="all running")
+    wait_for(lambda: total(ep) == 30000, 120, message="every accepted observation inserted")
+    st = ep.status()
+    for i, space in enumerate(spaces):
+        mine = np.concatenate([np.arange(k, k + 250) for k in range(i * 250, 30000, 1000)])
+        assert st["spaces"][space]["vectors"] == len(mine) == 7500
+        res = eng.recall(space, vecs[mine], k=1)
+        assert res.complete
+        assert (res.ids[:, 0] == mine).mean() >= 0.99  # each its own top-1 (HNSW is approximate)
+        assert np.isin(res.ids[:, 0], mine).all()  # nothing from another space
+
+
+def test_killed_process_group_loses_no_acknowledged_observation(tmp_path):
+    """kill -9 of supervisor, workers and exporter at once, with observations
+    queued and some claimed in flight: the next start carries them over from
+    the dead run's shared memory, replays the logs, and has every one, once."""
+    from engine.instance import LANE_INDEX
+    from engine.routing import home_slot
+    first = EngineProcess(tmp_path, fsync="always", steal_threshold=100000)
+    try:
+        first.start()
+        eng = first.engine()
+        ids, vecs = batch(1300, 8)
+        observe_all(eng, "survivor", ids[:300], vecs[:300])
+        wait_for(lambda: total(first) == 300, 60, message="first part inserted (and logged)")
+        pids = [w["pid"] for w in first.status()["workers"]]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        assert eng.observe("survivor", ids[300:], vecs[300:]).accepted == 1000
+        slot = home_slot("survivor", 2)
+        ring = eng.inst.ring(slot, LANE_INDEX["normal"])
+        claims = ring.claim_many(400, 200, slot)  # in flight in the worker's name when all died
+        assert sum(c.count for c in claims) == 400
+        os.killpg(first.proc.pid, signal.SIGKILL)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        first.proc.wait(30)
+        eng.close()
+        first._engine = None
+    finally:
+        if first.proc.poll() is None:
+            first.cleanup()
+    second = EngineProcess(tmp_path, fsync="always", steal_threshold=100000)
+    second.name, second.data_dir, second.args = first.name, first.data_dir, first.args
+    try:
+        second.start()
+        wait_for(lambda: total(second) == 1300, 60, message="every acknowledged observation back")
+        assert "carried over 1000 acknowledged observation(s)" in second.log()
+        wait_for(lambda: all(w["state"] == "running" for w in second.status()["workers"]), 60,
+                 message="both slots running again")
+        res = second.engine().recall("survivor", vecs, k=1)
+        assert res.complete
+        assert (res.ids[:, 0] == ids).mean() >= 0.99
+    finally:
+        second.terminate(60)
+        second.cleanup()
+        first.cleanup()

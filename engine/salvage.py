@@ -1,0 +1,118 @@
+"""Carry acknowledged observations over from a previous run that was killed.
+
+If a supervisor dies without a graceful stop (``kill -9`` of the process
+group, an OOM kill), its shared memory outlives it: the rings still hold
+every acknowledged observation that was not yet committed. The next start of
+the same instance name reads them out before removing the dead run's
+segments, and puts them back (``restore``) once the new rings exist:
+
+* records still waiting (never claimed) go back into the ring of the same
+  (slot, lane): nobody had inserted them;
+* records a worker had claimed go back into that worker's slot, *claimed by
+  that slot*, so its new worker processes them after replaying its log and
+  no other worker can steal them. The same id inserted twice into one shard
+  is an update, so a batch that was also logged before the crash is not
+  duplicated;
+* records of committed claims are skipped: they are in their slot's log.
+
+Only a run of the same shape (worker count, dimension) is carried over; the
+data-dir manifest already refuses any other. The old segment is untrusted
+input: every counter is bounds-checked by the ring code, and a layout error
+drops the carry-over with a warning instead of failing the start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.instance import LANES, Instance
+from engine.spaces import SpaceRegistry
+from shm.errors import LayoutError, SegmentMissing
+from shm.ring import CLAIMED, COMMITTED
+
+log = logging.getLogger("engram.supervisor")
+
+
+@dataclass
+class Leftover:
+    slot: int
+    lane: int
+    claimed_by: int | None  # the slot that had claimed them, or None if waiting
+    space: str
+    ids: np.ndarray
+    vectors: np.ndarray
+
+
+def collect(name: str, slots: int, dim: int) -> list[Leftover]:
+    """Copy the uncommitted records out of a dead run's rings (empty if none)."""
+    try:
+        old = Instance.attach(name)
+    except (SegmentMissing, LayoutError) as exc:
+        log.warning("dead run of %r left shared memory that cannot be read (%s); its queued "
+                    "observations are dropped", name, exc)
+        return []
+    out: list[Leftover] = []
+    try:
+        if old.slots != slots or old.dim != dim:
+            queued = sum(old.queued_by_lane())
+            if queued:
+                log.warning("dead run of %r had %d worker(s) at dim %d; %d queued observation(s) "
+                            "cannot be carried over", name, old.slots, old.dim, queued)
+            return []
+        names = old.space_names()
+        for ring in old.rings:
+            slot, lane = divmod(ring.ring_id, len(LANES))
+            with old.locks.hold(ring._lock_index):
+                head, claimed, tail = ring._counters()
+                table = ring._claims
+                owner = {}
+                for e in np.flatnonzero((table[:, 3] == CLAIMED) | (table[:, 3] == COMMITTED)):
+                    start, count = int(table[e, 0]), int(table[e, 1])
+                    for p in range(max(start, tail), min(start + count, claimed)):
+                        owner[p] = int(table[e, 2]) if int(table[e, 3]) == CLAIMED else -1
+                for p in range(tail, head):
+                    who = owner.get(p, None if p >= claimed else -1)
+                    if who == -1:
+                        continue  # committed: in the claimer's log
+                    i = p % ring.capacity
+                    space = names.get(int(ring.spaces[i]))
+                    if not space or (who is not None and not 0 <= who < slots):
+                        continue
+                    out.append(Leftover(slot, lane, who, space, ring.ids[i:i + 1].copy(),
+                                        ring.vectors[i:i + 1].copy()))
+    except LayoutError as exc:
+        log.warning("dead run of %r: corrupt ring (%s); its queued observations are dropped", name, exc)
+        return []
+    finally:
+        old.close()
+    return out
+
+
+def restore(inst: Instance, leftovers: list[Leftover]) -> int:
+    """Put carried-over records into the new rings; returns how many were restored."""
+    spaces = SpaceRegistry(inst)
+    restored = 0
+    groups: dict[tuple, list[Leftover]] = {}
+    for item in leftovers:
+        target = item.claimed_by if item.claimed_by is not None else item.slot
+        groups.setdefault((target, item.lane, item.claimed_by is not None, item.space), []).append(item)
+    # Per ring, claimed groups first: claim_many takes the oldest pending records.
+    for (target, lane, claimed, space) in sorted(groups, key=lambda k: (k[0], k[1], not k[2])):
+        items = groups[(target, lane, claimed, space)]
+        idx = spaces.register(space)
+        ids = np.concatenate([x.ids for x in items])
+        vectors = np.concatenate([x.vectors for x in items])
+        ring = inst.ring(target, lane)
+        n = ring.enqueue(ids, vectors, idx, time.monotonic())
+        if claimed and n:
+            ring.claim_many(n, n, target)  # still the slot's claim: not stealable
+        restored += n
+        if n < len(ids):
+            log.error("could not carry over %d observation(s) of %r: ring full", len(ids) - n, space)
+    if restored:
+        log.warning("carried over %d acknowledged observation(s) left queued by a dead run", restored)
+    return restored
