@@ -28,6 +28,7 @@ COMMANDS = {
     "load": "Synthetic load with a progress line: rate, duration, spaces, priority mix.",
     "recall": "Quick k-NN recall from the shell.",
     "stop": "Graceful stop: drain, then exit.",
+    "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
 }
 
 
@@ -131,7 +132,25 @@ def cmd_load(cfg) -> int:
     return run_load(cfg)
 
 
-HANDLERS = {"run": cmd_run, "status": cmd_status, "load": cmd_load, "recall": cmd_recall, "stop": cmd_stop}
+def cmd_deadletter(cfg) -> int:
+    from engine import deadletter
+    records = deadletter.read_all(cfg.data_dir)
+    if cfg.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "vectors"} for r in records]))
+        return 0
+    if not records:
+        print(f"no dead-lettered batches in {cfg.data_dir}")
+        return 0
+    for r in records:
+        ids = r.get("ids", [])
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("time", 0)))
+        print(f"{when}  slot {r.get('slot')}  {len(ids)} observation(s) of {', '.join(r.get('spaces', []))}"
+              f"  ids {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}  reason: {r.get('reason')}")
+    return 0
+
+
+HANDLERS = {"run": cmd_run, "status": cmd_status, "load": cmd_load, "recall": cmd_recall, "stop": cmd_stop,
+            "deadletter": cmd_deadletter}
 
 
 def main(argv: list[str] | None = None) -> int:

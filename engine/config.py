@@ -131,7 +131,8 @@ ALL = ("run", "status", "load", "recall", "stop")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("name", _name, "engram", "Instance name; names its shared memory.", "NAME", commands=ALL),
-    Setting("data-dir", str, "./engram-data", "Data directory (lock file, later WAL and snapshots).", "DIR"),
+    Setting("data-dir", str, "./engram-data", "Data directory (lock, write-ahead logs, dead letters).", "DIR",
+            commands=("run", "deadletter")),
     Setting("workers", _workers, "auto", "Worker processes: a number, or auto = usable CPUs x workers-per-core.", "N|auto"),
     Setting("workers-per-core", _positive_float, 1.0, "Workers per usable CPU when --workers auto.", "X"),
     Setting("cpus", _cpus, None, "CPUs to pin workers to (default: this process's affinity).", "LIST"),
@@ -304,7 +305,7 @@ SETTINGS = SETTINGS + (
             commands=("recall",)),
     Setting("ef", _optional_positive_int, None, "HNSW ef for this query (default --ef-search).", "EF",
             commands=("recall",)),
-    Setting("json", _bool, False, "Print JSON.", flag_only=True, commands=("status", "recall")),
+    Setting("json", _bool, False, "Print JSON.", flag_only=True, commands=("status", "recall", "deadletter")),
     Setting("interval", _positive_float, 1.0, "Seconds between the two metric samples behind rates.",
             "S", commands=("status",)),
     Setting("timeout", _positive_float, 120.0, "Seconds to wait for the instance to stop.", "S",

@@ -16,10 +16,17 @@ M = max spaces)::
     0       preamble: magic, layout version
     64      params   u8[16384]  JSON of the instance parameters; supervisor, once
     16448   hdr      i64[16]    H_* below
-    16576   slot_sup i64[S, 8]  per slot, written by the supervisor only (SUP_*)
+    16576   slot_sup i64[S, 12] per slot, written by the supervisor only (SUP_*)
     ...     slot_live f64[S, 8] per slot, written by that slot's worker only (LIVE_*)
     ...     space_names u8[M, 64]  registered space names; producers, under lock 0
     ...     shard_counts i64[S, M] vectors in HNSW per (slot, space); the slot's worker
+
+Poison batches: a worker writes the claim it is working on into
+``slot_live[LIVE_CLAIM_RING, LIVE_CLAIM_START]`` (-1 when none); when it dies,
+the supervisor copies that claim into ``slot_sup[SUP_CRASH_RING,
+SUP_CRASH_START]`` and counts consecutive deaths on the same claim in
+``SUP_CRASH_COUNT``; the next worker of the slot dead-letters a claim that
+has killed two workers instead of processing it a third time.
 
 ``hdr`` cells and their single writer: H_SUP_PID, H_READY, H_ADMISSION_CLOSED,
 H_DRAINING, H_STOP, H_STARTED: supervisor. H_BP_STATE, H_BP_CHANGED_MS (unix
@@ -55,8 +62,9 @@ CLAIM_SLOTS = 128
 
 H_PARAMS_LEN, H_SUP_PID, H_READY, H_ADMISSION_CLOSED, H_DRAINING, H_STOP, H_BP_STATE, H_SPACES, \
     H_STARTED, H_BP_CHANGED_MS, H_EXPORTER_PID, H_EXPORTER_PORT = range(12)
-SUP_PID, SUP_STATE, SUP_RESTARTS, SUP_CPU, SUP_PARKED_UNTIL, SUP_STARTED_AT = range(6)
-LIVE_HEARTBEAT, LIVE_SLEEPING, LIVE_PID, LIVE_READY = range(4)
+SUP_PID, SUP_STATE, SUP_RESTARTS, SUP_CPU, SUP_PARKED_UNTIL, SUP_STARTED_AT, \
+    SUP_CRASH_RING, SUP_CRASH_START, SUP_CRASH_COUNT = range(9)
+LIVE_HEARTBEAT, LIVE_SLEEPING, LIVE_PID, LIVE_READY, LIVE_CLAIM_RING, LIVE_CLAIM_START = range(6)
 
 # Slot states, written by the supervisor into slot_sup[:, SUP_STATE].
 DOWN, STARTING, RUNNING, PARKED, STOPPED = range(5)
@@ -74,10 +82,10 @@ LOCK_QUERY_BASE = 4096
 
 
 def control_layout(slots: int, max_spaces: int) -> Layout:
-    return Layout(1, [
+    return Layout(2, [
         Field("params", "u1", (PARAMS_BYTES,)),
         Field("hdr", "i8", (16,)),
-        Field("slot_sup", "i8", (slots, 8)),
+        Field("slot_sup", "i8", (slots, 12)),
         Field("slot_live", "f8", (slots, 8)),
         Field("space_names", "u1", (max_spaces, NAME_BYTES)),
         Field("shard_counts", "i8", (slots, max_spaces)),

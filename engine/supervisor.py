@@ -29,7 +29,8 @@ from engine.children import Child, RestartPolicy
 from engine.signals import SignalQueue
 from engine.errors import InstanceRunning
 from engine.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_STARTED, H_STOP,
-                             H_SUP_PID, LIVE_HEARTBEAT, LIVE_PID, PARKED, RUNNING, STARTING,
+                             H_SUP_PID, LIVE_CLAIM_RING, LIVE_CLAIM_START, LIVE_HEARTBEAT, LIVE_PID,
+                             PARKED, RUNNING, STARTING, SUP_CRASH_COUNT, SUP_CRASH_RING, SUP_CRASH_START,
                              STOPPED, SUP_CPU, SUP_PARKED_UNTIL, SUP_PID, SUP_RESTARTS,
                              SUP_STARTED_AT, SUP_STATE, Instance)
 from engine.preflight import (check_bindable, check_name_free, check_shm_room, check_wal_manifest,
@@ -160,6 +161,8 @@ class Supervisor:
                 sup[s.index, SUP_PID] = 0
                 if stopping:
                     sup[s.index, SUP_STATE] = STOPPED
+                else:
+                    self.note_claim_in_flight(s.index)
             if not stopping:
                 log.error("%s (pid %d) exited with %s; reason %s", s.label, s.pid,
                           f"signal {-code}" if code < 0 else f"code {code}", reason)
@@ -181,6 +184,20 @@ class Supervisor:
                   "drained by the other workers", s.index, len(s.exits), self.cfg.flap_window,
                   self.cfg.park_seconds)
         self.hand_over_claims(s.index)
+
+    def note_claim_in_flight(self, slot: int) -> None:
+        """Count consecutive worker deaths on the same claim (poison-batch detection)."""
+        sup, live = self.inst.ctl["slot_sup"], self.inst.ctl["slot_live"]
+        ring, start = int(live[slot, LIVE_CLAIM_RING]), int(live[slot, LIVE_CLAIM_START])
+        if ring < 0:
+            sup[slot, SUP_CRASH_COUNT] = 0
+        elif (ring, start) == (int(sup[slot, SUP_CRASH_RING]), int(sup[slot, SUP_CRASH_START])):
+            sup[slot, SUP_CRASH_COUNT] += 1
+        else:
+            sup[slot, SUP_CRASH_RING], sup[slot, SUP_CRASH_START], sup[slot, SUP_CRASH_COUNT] = ring, start, 1
+        if ring >= 0:
+            log.error("worker slot %d died while processing claim at ring %d position %d (%d time(s) in a row)",
+                      slot, ring, start, int(sup[slot, SUP_CRASH_COUNT]))
 
     def hand_over_claims(self, slot: int) -> None:
         """Give a parked slot's open claims to a running slot (processed when it is idle)."""

@@ -26,9 +26,10 @@ import time
 
 import numpy as np
 
-from engine import child
-from engine.instance import (H_STOP, LANES, LIVE_HEARTBEAT, LIVE_PID, LIVE_READY, LIVE_SLEEPING,
-                             Instance)
+from engine import child, deadletter
+from engine.instance import (H_STOP, LANES, LIVE_CLAIM_RING, LIVE_CLAIM_START, LIVE_HEARTBEAT,
+                             LIVE_PID, LIVE_READY, LIVE_SLEEPING, SUP_CRASH_COUNT, SUP_CRASH_RING,
+                             SUP_CRASH_START, Instance)
 from engine.query import serve_pending
 from engine.scheduler import BatchSizer, LaneScheduler
 from engine.shards import ResizeError, ShardSet
@@ -48,6 +49,10 @@ UTILIZATION_WINDOW_S = 1.0
 # a recall waits about this long, not a whole --batch-budget-ms batch.
 QUERY_CHECK_S = 0.005
 MAX_STEAL_CLAIMS = 32
+POISON_AFTER_DEATHS = 2
+# Test hook: a worker whose batch contains this id exits as if it crashed
+# (tests/test_wal.py injects a poison batch with it). Unset in production.
+CRASH_ON_ID = os.environ.get("ENGRAM_TEST_CRASH_ON_ID")
 
 
 class Worker:
@@ -78,6 +83,7 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------
     def start(self, recover_from: str | None = None) -> None:
         """Publish empty shards, replay the slot's write-ahead log into them, go live."""
+        self.live[LIVE_CLAIM_RING] = -1
         self.counts[:] = 0
         for space in self.inst.space_names():
             self.metrics.set("index_vectors", 0, memory_space=space)
@@ -206,15 +212,29 @@ class Worker:
         ring = self.inst.rings[claim.ring]
         priority = LANES[claim.ring % len(LANES)]
         ids, spaces, times, vectors = ring.view(claim)
+        positions = None
+        suspect, poison = self.suspect(claim)
+        if suspect:
+            # A worker died on this claim: go one record at a time so the next
+            # death names the record; a record that killed two is set aside.
+            positions = np.arange(claim.start, claim.start + claim.count)
+            if poison is not None:
+                k = poison - claim.start
+                self.dead_letter(claim, poison, ids[k:k + 1], spaces[k:k + 1], vectors[k:k + 1])
+                keep = positions != poison
+                ids, spaces, times, vectors, positions = (ids[keep], spaces[keep], times[keep], vectors[keep],
+                                                          positions[keep])
+        self.live[LIVE_CLAIM_RING], self.live[LIVE_CLAIM_START] = claim.ring, claim.start
         started = time.monotonic()
         t0, q0 = time.perf_counter(), self.query_s
-        first = int(spaces[0])
-        if (spaces == first).all():
-            groups = [(first, slice(None))]
+        if len(ids) == 0:
+            groups = []
+        elif (spaces == spaces[0]).all():
+            groups = [(int(spaces[0]), slice(None))]
         else:
             groups = [(int(sp), spaces == sp) for sp in np.unique(spaces)]
         for space, sel in groups:
-            self._insert(space, ids[sel], vectors[sel])
+            self._insert(space, ids[sel], vectors[sel], None if positions is None else positions[sel])
         self.sizer.record(claim.count, time.perf_counter() - t0 - (self.query_s - q0))
         done = time.monotonic()
         m = self.metrics
@@ -223,7 +243,8 @@ class Worker:
             m.inc("observations_total", len(waited), memory_space=space, priority=priority)
             m.observe_many("observation_latency_seconds", done - waited, memory_space=space)
             m.set("index_vectors", float(self.counts[space]), memory_space=space)
-        m.observe_many("queue_wait_time_seconds", started - times, priority=priority)
+        if len(times):
+            m.observe_many("queue_wait_time_seconds", started - times, priority=priority)
         m.inc("batches_processed_total", worker_id=self.slot)
         m.observe("batch_size", claim.count, worker_id=self.slot)
         if self.wal is not None:
@@ -231,6 +252,27 @@ class Worker:
             for space, sel in groups:
                 self._log(space, ids[sel], vectors[sel])
         ring.commit(claim)
+        self.live[LIVE_CLAIM_RING] = -1
+
+    def suspect(self, claim: Claim) -> tuple[bool, int | None]:
+        """(a worker died inside this claim, the position that killed two workers or None)."""
+        sup = self.inst.ctl["slot_sup"][self.slot]
+        ring, pos, deaths = int(sup[SUP_CRASH_RING]), int(sup[SUP_CRASH_START]), int(sup[SUP_CRASH_COUNT])
+        if deaths < 1 or ring != claim.ring or not claim.start <= pos < claim.start + claim.count:
+            return False, None
+        return True, (pos if deaths >= POISON_AFTER_DEATHS else None)
+
+    def dead_letter(self, claim: Claim, position: int, ids, spaces, vectors) -> None:
+        """Set a record that killed two workers aside in <data-dir>/deadletter/ instead of a third try."""
+        path = deadletter.append(self.inst.params["data_dir"], self.slot, {
+            "time": time.time(), "slot": self.slot, "ring": claim.ring, "position": position,
+            "reason": f"the worker of slot {self.slot} died {POISON_AFTER_DEATHS} times inserting this "
+                      f"observation",
+            "spaces": sorted({self.inst.space_name(int(s)) for s in np.unique(spaces)}),
+            "ids": [int(i) for i in ids], "vectors": np.asarray(vectors).tolist()})
+        self.metrics.inc("deadletter_batches_total", worker_id=self.slot)
+        log.error("slot %d: observation %s at ring %d position %d killed %d workers; moved to %s",
+                  self.slot, [int(i) for i in ids], claim.ring, position, POISON_AFTER_DEATHS, path)
 
     def _log(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> None:
         try:
@@ -247,17 +289,25 @@ class Worker:
             self.metrics.observe("wal_fsync_seconds", synced)
             self.metrics.set("wal_size_bytes", float(self.wal.size()), worker_id=self.slot)
 
-    def _insert(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def _insert(self, space: int, ids: np.ndarray, vectors: np.ndarray, positions=None) -> None:
+        """Insert into the space's shard in ~5 ms slices (queries answered between),
+        or one record at a time, published in ``LIVE_CLAIM_START``, for a suspect claim."""
         if not 0 <= space < len(self.counts):
             self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="other")
             raise ValueError(f"ring record names space {space}, outside [0, {len(self.counts)})")
         per_item = self.sizer.seconds_per_item
         step = max(1, int(QUERY_CHECK_S / per_item)) if per_item else len(ids)
+        if positions is not None:
+            step = 1
         try:
             for lo in range(0, len(ids), step):
                 if lo:
                     self.heartbeat()
                     self.answer_queries()
+                if positions is not None:
+                    self.live[LIVE_CLAIM_START] = positions[lo]
+                if CRASH_ON_ID is not None and int(CRASH_ON_ID) in ids[lo:lo + step]:
+                    os._exit(70)  # test hook: behave like a batch that crashes its worker
                 self.counts[space] = self.shards.insert(space, ids[lo:lo + step], vectors[lo:lo + step])
         except ResizeError:
             self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="resize_error")

@@ -146,6 +146,8 @@ CATALOG: tuple[Metric, ...] = (
        _WORKER),
     _m("wal_bytes_dropped_total", COUNTER,
        "Bytes of torn or corrupt write-ahead log tail cut off at recovery.", _WORKER),
+    _m("deadletter_batches_total", COUNTER,
+       "Batches set aside in the dead-letter file after killing a worker twice.", _WORKER),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOG}

@@ -37,6 +37,7 @@ EXPECTED = {
     "wal_size_bytes": ("gauge", ("worker_id",), ()),
     "wal_records_recovered_total": ("counter", ("worker_id",), ()),
     "wal_bytes_dropped_total": ("counter", ("worker_id",), ()),
+    "deadletter_batches_total": ("counter", ("worker_id",), ()),
 }
 
 

@@ -266,3 +266,49 @@ def test_killed_process_group_loses_no_acknowledged_observation(tmp_path):
         second.terminate(60)
         second.cleanup()
         first.cleanup()
+
+
+def test_poison_batch_is_dead_lettered_after_two_crashes(tmp_path):
+    """A record that makes its worker die (test hook) is found and set aside in
+    the dead-letter file after it killed two workers; everything else is
+    inserted and the engine keeps serving."""
+    import json as _json
+    ep = EngineProcess(tmp_path, steal_threshold=100000)
+    env_before = os.environ.get("ENGRAM_TEST_CRASH_ON_ID")
+    os.environ["ENGRAM_TEST_CRASH_ON_ID"] = "777"
+    try:
+        ep.start()  # the hook reaches the engine through its environment
+    finally:
+        if env_before is None:
+            del os.environ["ENGRAM_TEST_CRASH_ON_ID"]
+        else:
+            os.environ["ENGRAM_TEST_CRASH_ON_ID"] = env_before
+    try:
+        eng = ep.engine()
+        good_ids, good_vecs = batch(400, 9, 1000)
+        observe_all(eng, "healthy", good_ids, good_vecs)
+        poison_ids, poison_vecs = batch(50, 10, 750)  # ids 750..799 include 777
+        assert eng.observe("poisoned", poison_ids, poison_vecs).accepted == 50
+        wait_for(lambda: len(__import__("engine.deadletter", fromlist=["x"]).read_all(ep.data_dir)) == 1, 60,
+                 message="poison batch dead-lettered")
+        wait_for(lambda: all(w["state"] == "running" for w in ep.status()["workers"]), 60, message="serving")
+        st = ep.status()
+        assert st["spaces"]["healthy"]["vectors"] == 400
+        assert st["spaces"]["poisoned"]["vectors"] == 49  # only the poison itself is set aside
+        # One death on the batch, then two on the record once processed one by one.
+        assert sum(w["restarts"] for w in st["workers"]) == 3
+        snap = eng.inst.metrics.snapshot()
+        assert readout.block(eng.inst.metrics, snap, "deadletter_batches_total").sum() == 1
+        out = subprocess.run([sys.executable, "-m", "engine", "deadletter", "--data-dir", ep.data_dir, "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        (record,) = _json.loads(out.stdout)
+        assert record["ids"] == [777] and record["spaces"] == ["poisoned"]
+        assert "died 2 times" in record["reason"]
+        assert "moved to" in ep.log()
+        more_ids, more_vecs = batch(100, 11, 5000)
+        observe_all(eng, "healthy", more_ids, more_vecs)  # still serving
+        wait_for(lambda: total(ep) == 549, 60, message="more inserted after the poison")
+    finally:
+        ep.terminate(60)
+        ep.cleanup()
