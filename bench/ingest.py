@@ -98,6 +98,17 @@ def usable_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
+
+def write_result(result: dict, bench: str, workers: int, out: str | None = None) -> str:
+    """Write a bench's JSON to ``out`` or bench/results/<bench>-<host>-w<W>.json."""
+    path = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                               f"{bench}-{socket.gethostname()}-w{workers}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"wrote {path}")
+    return path
+
 def machine_info() -> dict:
     model = ""
     try:

@@ -26,8 +26,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -124,12 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                              "pairs": args.pairs, "routing": "balanced", "stealing": "off"},
               "runs": runs, "median": med, "throughput_on_over_off": ratio,
               "worker_cpu_on_over_off": cpu_ratio}
-    path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                    f"metrics_e2e-{socket.gethostname()}-w{args.workers}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print(f"wrote {path}")
+    ingest.write_result(result, "metrics_e2e", args.workers, args.out)
     return 0
 
 

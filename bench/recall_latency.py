@@ -20,8 +20,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import socket  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -108,11 +106,7 @@ def main(argv: list[str] | None = None) -> int:
               "engine": {"p50_s": e50, "p99_s": e99, "queries": len(lat), "inserted_during": inserted},
               "hnswlib": {"p50_s": p50, "p99_s": p99, "vectors": largest},
               "ratio_p50": e50 / p50, "ratio_p99": e99 / p99}
-    path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                    f"recall_latency-{socket.gethostname()}-w{args.workers}.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print(f"wrote {path}")
+    ingest.write_result(result, "recall_latency", args.workers, args.out)
     return 0
 
 
