@@ -32,7 +32,6 @@ import numpy as np
 from engine.instance import LANES, Instance
 from engine.spaces import SpaceRegistry
 from shm.errors import LayoutError, SegmentMissing
-from shm.ring import CLAIMED, COMMITTED
 
 log = logging.getLogger("engram.supervisor")
 
@@ -66,24 +65,16 @@ def collect(name: str, slots: int, dim: int) -> list[Leftover]:
         names = old.space_names()
         for ring in old.rings:
             slot, lane = divmod(ring.ring_id, len(LANES))
-            with old.locks.hold(ring._lock_index):
-                head, claimed, tail = ring._counters()
-                table = ring._claims
-                owner = {}
-                for e in np.flatnonzero((table[:, 3] == CLAIMED) | (table[:, 3] == COMMITTED)):
-                    start, count = int(table[e, 0]), int(table[e, 1])
-                    for p in range(max(start, tail), min(start + count, claimed)):
-                        owner[p] = int(table[e, 2]) if int(table[e, 3]) == CLAIMED else -1
-                for p in range(tail, head):
-                    who = owner.get(p, None if p >= claimed else -1)
-                    if who == -1:
-                        continue  # committed: in the claimer's log
-                    i = p % ring.capacity
-                    space = names.get(int(ring.spaces[i]))
-                    if not space or (who is not None and not 0 <= who < slots):
-                        continue
-                    out.append(Leftover(slot, lane, who, space, ring.ids[i:i + 1].copy(),
-                                        ring.vectors[i:i + 1].copy()))
+            where, owner = ring.uncommitted()
+            spaces = ring.spaces[where]
+            for claimer in np.unique(owner):
+                for space in np.unique(spaces[owner == claimer]):
+                    name_of = names.get(int(space))
+                    if not name_of or not -1 <= claimer < slots:
+                        continue  # untrusted bytes: an unknown space or slot is dropped
+                    sel = where[(owner == claimer) & (spaces == space)]
+                    out.append(Leftover(slot, lane, None if claimer < 0 else int(claimer), name_of,
+                                        ring.ids[sel].copy(), ring.vectors[sel].copy()))
     except LayoutError as exc:
         log.warning("dead run of %r: corrupt ring (%s); its queued observations are dropped", name, exc)
         return []

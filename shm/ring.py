@@ -270,6 +270,24 @@ class Ring:
         e = s + claim.count
         return self.ids[s:e], self.spaces[s:e], self.times[s:e], self.vectors[s:e]
 
+    def uncommitted(self) -> tuple[np.ndarray, np.ndarray]:
+        """Records not yet committed, as (slot index of each, claimer of each or
+        -1 if never claimed). Records of claims already committed (waiting only
+        for ``tail`` to pass) are left out. For carrying over a dead run."""
+        with self._lock.hold(self._lock_index):
+            head, claimed, tail = self._counters()
+            n = head - tail
+            owner = np.full(n, -1, np.int64)
+            keep = np.ones(n, bool)
+            keep[: claimed - tail] = False  # claimed range: kept only where an open claim covers it
+            for e in np.flatnonzero(self._claims[:, 3] == CLAIMED):
+                start, count, claimer = (int(x) for x in self._claims[e, :3])
+                lo, hi = max(start, tail) - tail, min(start + count, claimed) - tail
+                if lo < hi:
+                    owner[lo:hi], keep[lo:hi] = claimer, True
+            slots = (np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)).astype(np.int64)
+            return slots[keep], owner[keep]
+
     def scan(self, space: int) -> tuple[np.ndarray, np.ndarray]:
         """Copies of (ids, vectors) of every uncommitted record of ``space``."""
         with self._lock.hold(self._lock_index):

@@ -746,3 +746,17 @@ def test_instance_objects_find_and_remove(names, tmp_path):
     # gone for posix_ipc too, not just from the directory listing
     with pytest.raises(posix_ipc.ExistentialError):
         posix_ipc.SharedMemory(seg_name)
+
+
+def test_uncommitted_lists_waiting_and_open_claims_but_not_committed_ones(lockfile):
+    ring, _, _ = make_ring(lockfile, capacity=8, claim_slots=4)
+    fill(ring, 1, 6)                       # positions 0..5
+    a = ring.claim(2, claimer=3)           # 0,1 stay claimed by 3
+    b = ring.claim(2, claimer=5)           # 2,3 committed out of order: left out
+    ring.commit(b)
+    slots, owner = ring.uncommitted()      # 4,5 never claimed
+    assert slots.tolist() == [0, 1, 4, 5]
+    assert owner.tolist() == [3, 3, -1, -1]
+    ring.commit(a)
+    slots, owner = ring.uncommitted()
+    assert slots.tolist() == [4, 5] and owner.tolist() == [-1, -1]
