@@ -297,6 +297,11 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def read_supervisor_pid(buf) -> int:
+    """The supervisor pid of a control block whose parameters ``read_params`` accepted."""
+    return int(np.frombuffer(buf, np.int64, 16, 64 + PARAMS_BYTES)[H_SUP_PID])
+
+
 def read_params(buf) -> dict:
     """Read and bounds-check the JSON parameters at the start of a control block."""
     if len(buf) < 64 + PARAMS_BYTES + 128:

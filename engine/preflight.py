@@ -11,10 +11,9 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
 
 from engine.errors import ConfigError, InstanceRunning
-from engine.instance import H_SUP_PID, PARAMS_BYTES, pid_alive, read_params, required_bytes
+from engine.instance import pid_alive, read_params, read_supervisor_pid, required_bytes
 from shm.errors import LayoutError, SegmentMissing
 from shm.segment import Segment, instance_objects, object_name
 
@@ -57,7 +56,7 @@ def check_name_free(name: str) -> bool:
     if seg is not None:
         try:
             read_params(seg.buf)
-            pid = int(np.frombuffer(seg.buf, np.int64, 16, 64 + PARAMS_BYTES)[H_SUP_PID])
+            pid = read_supervisor_pid(seg.buf)
         except LayoutError:
             pid = 0
         finally:

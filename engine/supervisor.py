@@ -240,7 +240,8 @@ class Supervisor:
                 self.spawn(s)
 
     def spawn(self, s: Child) -> None:
-        inherited = [fd for fd in (self.lock._fd if self.lock else None, *self.signals.fds) if fd is not None]
+        inherited = [fd for fd in (self.lock.fileno() if self.lock else None, *self.signals.fds)
+                     if fd is not None]
         if s.kind == "worker":
             from engine import worker
             target, args = worker.main, (s.index, self.cfg.name, s.cpu, inherited, os.getpid())

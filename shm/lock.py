@@ -113,6 +113,10 @@ class InstanceLock:
         self._fd = fd
         return True
 
+    def fileno(self) -> int | None:
+        """The held descriptor (forked children close it), or None."""
+        return self._fd
+
     def holder_pid(self) -> int | None:
         try:
             with open(self.path) as fh:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import EngineProcess, observe_all, wait_for
+from engine import deadletter
 from engine.wal import WalWriter, replay, wal_path
 from metrics import readout
 
@@ -289,8 +290,7 @@ def test_poison_batch_is_dead_lettered_after_two_crashes(tmp_path):
         observe_all(eng, "healthy", good_ids, good_vecs)
         poison_ids, poison_vecs = batch(50, 10, 750)  # ids 750..799 include 777
         assert eng.observe("poisoned", poison_ids, poison_vecs).accepted == 50
-        wait_for(lambda: len(__import__("engine.deadletter", fromlist=["x"]).read_all(ep.data_dir)) == 1, 60,
-                 message="poison batch dead-lettered")
+        wait_for(lambda: len(deadletter.read_all(ep.data_dir)) == 1, 60, message="poison batch dead-lettered")
         wait_for(lambda: all(w["state"] == "running" for w in ep.status()["workers"]), 60, message="serving")
         st = ep.status()
         assert st["spaces"]["healthy"]["vectors"] == 400
