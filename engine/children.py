@@ -4,7 +4,8 @@ Policy (``RestartPolicy.on_exit``), per child: each unexpected exit is
 remembered for ``flap_window`` seconds. The child restarts after
 ``0.1 s × 2^(exits in window − 1)``, at most ``backoff_max``. A worker that
 exits ``flap_restarts`` times within the window is parked for
-``park_seconds`` instead (the exporter is never parked: it only backs off).
+``park_seconds`` instead (the exporter and the gateway are never parked:
+they only back off).
 Pure bookkeeping on injected times, so it is tested without processes.
 """
 
@@ -18,7 +19,7 @@ FIRST_BACKOFF_S = 0.1
 
 @dataclass
 class Child:
-    index: int             # worker slot, or -1 for the exporter
+    index: int             # worker slot, or -1 for the exporter and the gateway
     cpu: int | None
     kind: str = "worker"
     proc: object = None

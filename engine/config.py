@@ -83,6 +83,14 @@ def _addr(v: Any) -> str:
     return s
 
 
+def _addr_or_off(v: Any) -> str:
+    return "off" if str(v).strip().lower() == "off" else _addr(v)
+
+
+def _optional_path(v: Any) -> str | None:
+    return None if v is None or str(v) == "" else str(v)
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -167,6 +175,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("no-metrics", _bool, False, "Record no metrics (the exporter serves zeros); only for measuring "
             "what recording costs.", flag_only=True),
     Setting("metrics-addr", _addr, "127.0.0.1:9090", "Exporter bind address (Prometheus /metrics, health).", "HOST:PORT"),
+    Setting("grpc-addr", _addr_or_off, "127.0.0.1:50051", "Gateway bind address (gRPC), or off for no "
+            "gateway.", "HOST:PORT|off"),
+    Setting("max-sessions", _positive_int, 256, "Most streaming sessions open at once (gateway).", "N"),
+    Setting("session-idle-timeout", _positive_float, 300.0, "Seconds without a message after which a "
+            "session expires.", "S"),
+    Setting("auth-token-file", _optional_path, None, "File holding the bearer token gRPC callers must "
+            "send (default: no authentication).", "FILE"),
+    Setting("tls-cert", _optional_path, None, "PEM certificate chain for gRPC over TLS (with --tls-key).",
+            "FILE"),
+    Setting("tls-key", _optional_path, None, "PEM private key for gRPC over TLS (with --tls-cert).", "FILE"),
+    Setting("grpc-max-message-bytes", _positive_int, 64 << 20, "Largest gRPC message the gateway "
+            "accepts or sends.", "BYTES"),
     Setting("log-level", _choice("debug", "info", "warning", "error"), "info", "Log level.", "LEVEL"),
 )
 
@@ -251,6 +271,8 @@ def resolve(args: argparse.Namespace | None, command: str, env: dict[str, str] |
 
 
 def _cross_check(v: dict[str, Any]) -> None:
+    if "tls_cert" in v and (v["tls_cert"] is None) != (v["tls_key"] is None):
+        raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
     if "batch_min" in v and v["batch_min"] > v["batch_max"]:
         raise ConfigError(f"--batch-min={v['batch_min']} is larger than --batch-max={v['batch_max']}")
 

@@ -15,6 +15,7 @@ import time
 from engine import admission, child
 from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_SUP_PID,
                              LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_STATE, Instance, pid_alive)
+from engine.sessions import SessionTable
 from metrics.collector import ArrayCollector
 from metrics.exporter import serve
 
@@ -30,6 +31,7 @@ def live_gauges(inst: Instance) -> dict:
         "queue_capacity": [({"priority": lane}, float(capacity[i])) for i, lane in enumerate(LANES)],
         "queue_memory_bytes": [({}, float(inst.ring_bytes()))],
         "backpressure_state": [({}, float(state))],
+        "active_sessions": [({}, float(SessionTable(inst.ctl["sessions"]).count()))],
     }
 
 

@@ -20,6 +20,8 @@ M = max spaces)::
     ...     slot_live f64[S, 8] per slot, written by that slot's worker only (LIVE_*)
     ...     space_names u8[M, 64]  registered space names; producers, under lock 0
     ...     shard_counts i64[S, M] vectors in HNSW per (slot, space); the slot's worker
+    ...     sessions i64[X, 8]    gateway session table (engine.sessions, X =
+                                  --max-sessions); the gateway only
 
 Poison batches: a worker writes the claim it is working on into
 ``slot_live[LIVE_CLAIM_RING, LIVE_CLAIM_START]`` (-1 when none); when it dies,
@@ -33,7 +35,8 @@ H_DRAINING, H_STOP, H_STARTED: supervisor. H_BP_STATE, H_BP_CHANGED_MS (unix
 ms of the last transition): any producer or the supervisor, under control
 lock 0. H_SPACES: producers under lock 0, written after the name it
 publishes. H_EXPORTER_PID, H_EXPORTER_PORT: the exporter (its bound port, so
-``--metrics-addr`` may name port 0).
+``--metrics-addr`` may name port 0). H_GATEWAY_PID, H_GATEWAY_PORT,
+H_SESSIONS: the gateway (pid, bound gRPC port, open sessions).
 
 The metric array (``/engram.<n>.metrics``, ``metrics.array.MetricArray``)
 has one row per writer: supervisor, gateway, exporter, each worker slot,
@@ -61,7 +64,8 @@ NAME_BYTES = 64
 CLAIM_SLOTS = 128
 
 H_PARAMS_LEN, H_SUP_PID, H_READY, H_ADMISSION_CLOSED, H_DRAINING, H_STOP, H_BP_STATE, H_SPACES, \
-    H_STARTED, H_BP_CHANGED_MS, H_EXPORTER_PID, H_EXPORTER_PORT = range(12)
+    H_STARTED, H_BP_CHANGED_MS, H_EXPORTER_PID, H_EXPORTER_PORT, H_GATEWAY_PID, H_GATEWAY_PORT, \
+    H_SESSIONS = range(15)
 SUP_PID, SUP_STATE, SUP_RESTARTS, SUP_CPU, SUP_PARKED_UNTIL, SUP_STARTED_AT, \
     SUP_CRASH_RING, SUP_CRASH_START, SUP_CRASH_COUNT = range(9)
 LIVE_HEARTBEAT, LIVE_SLEEPING, LIVE_PID, LIVE_READY, LIVE_CLAIM_RING, LIVE_CLAIM_START = range(6)
@@ -81,14 +85,15 @@ LOCK_RING_BASE = 64
 LOCK_QUERY_BASE = 4096
 
 
-def control_layout(slots: int, max_spaces: int) -> Layout:
-    return Layout(2, [
+def control_layout(slots: int, max_spaces: int, max_sessions: int) -> Layout:
+    return Layout(3, [
         Field("params", "u1", (PARAMS_BYTES,)),
         Field("hdr", "i8", (16,)),
         Field("slot_sup", "i8", (slots, 12)),
         Field("slot_live", "f8", (slots, 8)),
         Field("space_names", "u1", (max_spaces, NAME_BYTES)),
         Field("shard_counts", "i8", (slots, max_spaces)),
+        Field("sessions", "i8", (max_sessions, 8)),
     ])
 
 
@@ -125,7 +130,7 @@ def ring_id(slot: int, lane: int) -> int:
 
 def required_bytes(p: dict) -> int:
     """Shared memory an instance with parameters ``p`` needs, all segments together."""
-    return (control_layout(p["slots"], p["max_spaces"]).size + ring_offsets(p)[1]
+    return (control_layout(p["slots"], p["max_spaces"], p["max_sessions"]).size + ring_offsets(p)[1]
             + query_layout(p).size + MetricArray.nbytes(p["slots"], p["max_spaces"]))
 
 
@@ -190,7 +195,7 @@ class Instance:
 
     def _build(self, create: bool) -> None:
         p = self.params
-        layout = control_layout(p["slots"], p["max_spaces"])
+        layout = control_layout(p["slots"], p["max_spaces"], p["max_sessions"])
         ctl = self._segment("ctl", layout.size, create)
         if create:
             blob = json.dumps(p).encode()

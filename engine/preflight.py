@@ -67,8 +67,8 @@ def check_name_free(name: str) -> bool:
     return bool(instance_objects(name))
 
 
-def check_bindable(addr: str) -> None:
-    """Fail at start, not in an exporter restart loop, if --metrics-addr cannot be bound."""
+def check_bindable(addr: str, flag: str) -> None:
+    """Fail at start, not in a child's restart loop, if ``addr`` cannot be bound."""
     import socket
     from metrics.exporter import parse_addr
     host, port = parse_addr(addr)
@@ -78,7 +78,22 @@ def check_bindable(addr: str) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"--metrics-addr={addr!r}: cannot listen there: {exc.strerror}") from None
+            raise ConfigError(f"{flag}={addr!r}: cannot listen there: {exc.strerror}") from None
+
+
+def check_gateway_files(cfg) -> None:
+    """The token and TLS files the gateway will read exist, are readable and not empty."""
+    for flag, path in (("--auth-token-file", cfg.auth_token_file), ("--tls-cert", cfg.tls_cert),
+                       ("--tls-key", cfg.tls_key)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                empty = not fh.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"{flag}={path!r}: {exc.strerror}") from None
+        if empty:
+            raise ConfigError(f"{flag}={path!r}: the file is empty")
 
 
 def check_shm_room(params: dict, shm_dir: str = "/dev/shm") -> None:

@@ -42,7 +42,9 @@ class Ack:
 
 
 class Engine:
-    def __init__(self, inst: Instance):
+    def __init__(self, inst: Instance, writer=None):
+        """``writer``: record metrics into this writer (the gateway's own
+        row) instead of a leased producer row."""
         self.inst = inst
         self.params = inst.params
         self.dim = inst.dim
@@ -50,6 +52,7 @@ class Engine:
         self.spaces = SpaceRegistry(inst)
         self.queries = QueryClient(inst)
         self._lease: ProducerRowLease | None = None
+        self._writer = writer
         self._metrics_lock = threading.Lock()  # a row has one writer: serialise threads
 
     # -- metrics -----------------------------------------------------------
@@ -58,11 +61,14 @@ class Engine:
         if self.params["no_metrics"]:
             return
         with self._metrics_lock:
+            if self._writer is not None:
+                fn(self._writer)
+                return
             if self._lease is None:
                 self._lease = ProducerRowLease(self.inst.metrics, self.inst.metrics_lock_path)
             fn(self._lease.writer)
 
-    def _rejected(self, space: int | None, reason: str, n: int) -> None:
+    def count_rejected(self, space: int | None, reason: str, n: int) -> None:
         # Unknown or invalid space names count under `_other`: a rejection
         # never registers a space (bounded label cardinality).
         idx = self.params["max_spaces"] if space is None else space
@@ -80,6 +86,13 @@ class Engine:
     def observe(self, space: str, ids, vectors, priority: str = "normal") -> Ack:
         """Queue observations of one space; see ``Ack``. Bad input raises
         InvalidInput and is counted as rejected with reason invalid_input."""
+        return self.observe_into(space, ids, vectors, priority)
+
+    def observe_into(self, space: str, ids, vectors, priority: str = "normal",
+                     journal: tuple[int, int] | None = None, on_publish=None) -> Ack:
+        """``observe``; with ``journal``, the batch goes into one ring only and
+        ``on_publish(n)`` runs atomically with its publication (the gateway
+        advances a session's sequence with it; see shm.ring)."""
         p = self.params
         try:
             space = validation.space_name(space)
@@ -88,30 +101,34 @@ class Engine:
             vectors = validation.vectors(vectors, len(ids), self.dim, self.metric)
         except InvalidInput:
             known = self.spaces.lookup(space) if isinstance(space, str) else None
-            self._rejected(known, "invalid_input", _batch_len(ids))
+            self.count_rejected(known, "invalid_input", _batch_len(ids))
             raise
         n = len(ids)
         self._check_alive()
         state = self.backpressure()
         state_name = admission.STATES[state]
         if self.inst.hdr[H_ADMISSION_CLOSED]:
-            self._rejected(self.spaces.lookup(space), "over_capacity", n)
+            self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name, "engine is shutting down")
         if not admission.admits(priority, state):
-            self._rejected(self.spaces.lookup(space), "over_capacity", n)
+            self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name,
                        f"{priority} priority refused while backpressure is {state_name}")
         try:
             idx = self.spaces.register(space)
         except InvalidInput:
-            self._rejected(None, "invalid_input", n)
+            self.count_rejected(None, "invalid_input", n)
             raise
-        written = self._enqueue(space, idx, ids, vectors, LANE_INDEX[priority])
+        lane = LANE_INDEX[priority]
+        if journal is None:
+            written = self._enqueue(space, idx, ids, vectors, lane)
+        else:
+            written = self._enqueue_one_ring(space, idx, ids, vectors, lane, journal, on_publish)
         # The ack carries the state after this batch: what the next one meets.
         state_name = admission.STATES[self.backpressure()]
         if written == n:
             return Ack(n, {}, state_name)
-        self._rejected(idx, "over_capacity", n - written)
+        self.count_rejected(idx, "over_capacity", n - written)
         return Ack(written, {"over_capacity": n - written}, state_name,
                    f"{priority} lane full: {n - written} of {n} rejected")
 
@@ -137,6 +154,21 @@ class Engine:
             if written == len(ids):
                 break
         return written
+
+    def _enqueue_one_ring(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int,
+                          journal: tuple[int, int], on_publish) -> int:
+        """Into the first ring in spill order with room for the whole batch,
+        else the one with the most room (a leading part goes in)."""
+        inst = self.inst
+        rings = [inst.ring(s, lane) for s in range(inst.slots)]
+        free = [r.capacity - r.queued() for r in rings]
+        order = spill_order(home_slot(space, inst.slots), free)
+        fits = [s for s in order if free[s] >= len(ids)]
+        slot = fits[0] if fits else max(order, key=lambda s: free[s])
+        n = rings[slot].enqueue(ids, vectors, idx, time.monotonic(), journal=journal, on_publish=on_publish)
+        if n:
+            self._wake(slot, rings[slot].depth())
+        return n
 
     def _wake(self, slot: int, depth: int) -> None:
         live = self.inst.ctl["slot_live"]

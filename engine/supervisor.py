@@ -33,7 +33,7 @@ from engine.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_ST
                              PARKED, RUNNING, STARTING, SUP_CRASH_COUNT, SUP_CRASH_RING, SUP_CRASH_START,
                              STOPPED, SUP_CPU, SUP_PARKED_UNTIL, SUP_PID, SUP_RESTARTS,
                              SUP_STARTED_AT, SUP_STATE, Instance)
-from engine.preflight import (check_bindable, check_name_free, check_shm_room, check_wal_manifest,
+from engine.preflight import (check_bindable, check_gateway_files, check_name_free, check_shm_room, check_wal_manifest,
                               instance_params, plan_cpus)
 from shm.lock import InstanceLock
 from shm.segment import remove_instance_objects
@@ -55,6 +55,7 @@ class Supervisor:
         self.lock: InstanceLock | None = None
         self.slots: list[Child] = []
         self.exporter = Child(-1, None, kind="exporter")
+        self.gateway = Child(-1, None, kind="gateway") if cfg.grpc_addr != "off" else None
         self.policy = RestartPolicy(cfg.flap_restarts, cfg.flap_window, cfg.park_seconds,
                                     cfg.restart_backoff_max)
         self.metrics = None
@@ -79,7 +80,10 @@ class Supervisor:
         stale = check_name_free(cfg.name)
         params = instance_params(cfg, n, cpus)
         check_shm_room(params)
-        check_bindable(cfg.metrics_addr)
+        check_bindable(cfg.metrics_addr, "--metrics-addr")
+        if cfg.grpc_addr != "off":
+            check_bindable(cfg.grpc_addr, "--grpc-addr")
+            check_gateway_files(cfg)
         check_wal_manifest(params["data_dir"], params)
         leftovers = []
         if stale:
@@ -146,7 +150,7 @@ class Supervisor:
         self.draining_since = self.clock()
 
     def children(self) -> list[Child]:
-        return self.slots + [self.exporter]
+        return self.slots + [c for c in (self.exporter, self.gateway) if c is not None]
 
     def reap(self) -> None:
         now = self.clock()
@@ -245,6 +249,9 @@ class Supervisor:
         if s.kind == "worker":
             from engine import worker
             target, args = worker.main, (s.index, self.cfg.name, s.cpu, inherited, os.getpid())
+        elif s.kind == "gateway":
+            from engine import gateway
+            target, args = gateway.main, (self.cfg.name, inherited, os.getpid())
         else:
             from engine import exporter
             target, args = exporter.main, (self.cfg.name, self.cfg.metrics_addr, inherited, os.getpid())

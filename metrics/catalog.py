@@ -46,6 +46,7 @@ DOMAINS: dict[str, tuple[str, ...] | None] = {
     "level": ("normal", "warning", "critical", "overloaded"),
     "error_type": ("insert_error", "resize_error", "wal_error", "other"),
     "restart_reason": ("crash", "hung", "signal"),
+    "event": ("opened", "resumed", "closed", "expired"),
     WORKER_ID: None,
     MEMORY_SPACE: None,
 }
@@ -124,7 +125,10 @@ CATALOG: tuple[Metric, ...] = (
        _WORKER, agg=MAX),
     _m("worker_up", GAUGE, "1 if the worker of the slot is alive and heartbeating.", _WORKER,
        agg=MAX),
-    _m("active_sessions", GAUGE, "Open streaming sessions."),
+    _m("active_sessions", GAUGE, "Open gateway sessions (the session table in shared memory).",
+       source=LIVE),
+    _m("sessions_total", COUNTER, "Gateway session events: opened, resumed after a reconnect, closed "
+       "by the client, expired idle.", ("event",)),
     _m("index_vectors", GAUGE, "Vectors held in the HNSW shards of a memory space.", _SPACE),
     # -- latencies and sizes --------------------------------------------------
     _m("observation_latency_seconds", HISTOGRAM,

@@ -27,7 +27,12 @@ Layout of one ring inside a segment, starting at ``offset`` (64-byte aligned)::
     32   8               dim       u64   creator, once
     40   8               claim_slots u64 creator, once (K)
     48   16              reserved
-    64   32*K            claim table: K entries of
+    64   40              publish journal (``enqueue(journal=...)``):
+                           state u64 (0 none, 1 open, 2 published,
+                           3 aborted), old_head u64, new_head u64,
+                           tag_a u64, tag_b u64
+    104  24              reserved
+    128  32*K            claim table: K entries of
                            start u64, count u64, claimer i64, state i64
                            (state 0 free, 1 claimed, 2 committed)
     ...  8*C  (align 64) ids       u64[C]
@@ -40,6 +45,16 @@ Concurrency contract: every mutation happens under the ring's byte lock in a
 counters without the lock and may be slightly stale; they are for decisions
 that are re-checked under the lock. The mapping is untrusted: counters and
 claim entries are bounds-checked and a violation raises ``LayoutError``.
+
+Publish journal: a producer that must record, atomically with the records,
+that it published them (the gateway's session sequence numbers) passes
+``journal=(tag_a, tag_b)`` and ``on_publish``. Under the lock it writes the
+journal *open* with the head it is about to publish, publishes, runs
+``on_publish`` and clears the journal. A later lock holder that finds the
+journal still open knows its writer died inside that window and settles it
+before ``head`` can move again: *published* if ``head`` equals the journal's
+``new_head``, else *aborted*. ``take_journal`` hands a settled journal to
+whoever repairs the tagged state, and clears it.
 """
 
 from __future__ import annotations
@@ -51,9 +66,10 @@ import numpy as np
 from shm.errors import LayoutError
 from shm.lock import LockFile
 
-HEADER_BYTES = 64
+HEADER_BYTES = 128
 CLAIM_BYTES = 32
 FREE, CLAIMED, COMMITTED = 0, 1, 2
+J_NONE, J_OPEN, J_PUBLISHED, J_ABORTED = 0, 1, 2, 3
 
 
 def _align(n: int, a: int = 64) -> int:
@@ -95,6 +111,7 @@ class Ring:
         self._lock = lock
         self._lock_index = lock_index
         self._hdr = np.frombuffer(buf, np.uint64, 8, offset)
+        self._journal = np.frombuffer(buf, np.uint64, 5, offset + 64)
         self._claims = np.frombuffer(buf, np.int64, 4 * claim_slots, offset + HEADER_BYTES).reshape(
             claim_slots, 4)
         o = _align(offset + HEADER_BYTES + CLAIM_BYTES * claim_slots)
@@ -110,6 +127,7 @@ class Ring:
             self._hdr[3] = capacity
             self._hdr[4] = dim
             self._hdr[5] = claim_slots
+            self._journal[:] = 0
             self._claims[:] = 0
         elif (int(self._hdr[3]), int(self._hdr[4]), int(self._hdr[5])) != (capacity, dim, claim_slots):
             raise LayoutError(
@@ -145,10 +163,16 @@ class Ring:
                 f"ring {self.ring_id}: corrupt counters head={head} claimed={claimed} tail={tail}")
         return head, claimed, tail
 
-    def enqueue(self, ids: np.ndarray, vectors: np.ndarray, space: int, now: float) -> int:
-        """Append as many leading records as fit; returns how many were written."""
+    def enqueue(self, ids: np.ndarray, vectors: np.ndarray, space: int, now: float,
+                journal: tuple[int, int] | None = None, on_publish=None) -> int:
+        """Append as many leading records as fit; returns how many were written.
+
+        With ``journal=(tag_a, tag_b)``, ``on_publish(n)`` runs under the lock
+        right after the records are published, inside the journal's open
+        window (see the module docstring)."""
         n = len(ids)
         with self._lock.hold(self._lock_index):
+            self._settle_journal()
             head, _, tail = self._counters()
             n = min(n, self.capacity - (head - tail))
             if n <= 0:
@@ -162,9 +186,38 @@ class Ring:
                 self.times[slot:slot + m] = now
                 self.vectors[slot:slot + m] = vectors[done:done + m]
                 done += m
+            if journal is not None:
+                self._journal[1:] = (head, head + n, journal[0], journal[1])
+                self._journal[0] = J_OPEN
             # Publish after the data (the lock release is the fence).
             self._hdr[0] = head + n
+            if journal is not None:
+                if on_publish is not None:
+                    on_publish(n)
+                self._journal[0] = J_NONE
         return n
+
+    def _settle_journal(self) -> None:
+        """Decide a journal left open by a writer that died (lock held)."""
+        if int(self._journal[0]) == J_OPEN:
+            published = int(self._hdr[0]) == int(self._journal[2])
+            self._journal[0] = J_PUBLISHED if published else J_ABORTED
+
+    def take_journal(self) -> tuple[bool, int, int, int] | None:
+        """A journal its writer did not close, settled and cleared:
+        (published, records published, tag_a, tag_b), or None."""
+        with self._lock.hold(self._lock_index):
+            self._settle_journal()
+            state = int(self._journal[0])
+            if state == J_NONE:
+                return None
+            old_head, new_head, a, b = (int(x) for x in self._journal[1:])
+            self._journal[0] = J_NONE
+            if state not in (J_PUBLISHED, J_ABORTED) or not 0 <= new_head - old_head <= self.capacity:
+                raise LayoutError(f"ring {self.ring_id}: corrupt publish journal state={state} "
+                                  f"old_head={old_head} new_head={new_head}")
+            published = state == J_PUBLISHED
+            return published, (new_head - old_head) if published else 0, a, b
 
     def claim(self, max_items: int, claimer: int) -> Claim | None:
         """Claim up to ``max_items`` pending records (never wrapping)."""

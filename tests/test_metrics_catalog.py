@@ -22,6 +22,7 @@ EXPECTED = {
     "worker_utilization_ratio": ("gauge", ("worker_id",), ()),
     "worker_up": ("gauge", ("worker_id",), ()),
     "active_sessions": ("gauge", (), ()),
+    "sessions_total": ("counter", ("event",), ()),
     "backpressure_state": ("gauge", (), ()),
     "queue_memory_bytes": ("gauge", (), ()),
     "index_vectors": ("gauge", ("memory_space",), ()),
@@ -48,7 +49,8 @@ def test_catalog_matches_design():
 
 def test_live_gauges_are_the_queue_gauges():
     live = {m.name for m in cat.CATALOG if m.source == cat.LIVE}
-    assert live == {"queue_depth", "queue_capacity", "queue_memory_bytes", "backpressure_state"}
+    assert live == {"queue_depth", "queue_capacity", "queue_memory_bytes", "backpressure_state",
+                    "active_sessions"}
 
 
 def test_label_domains():
@@ -58,6 +60,7 @@ def test_label_domains():
     assert cat.DOMAINS["level"] == ("normal", "warning", "critical", "overloaded")
     assert cat.DOMAINS["error_type"] == ("insert_error", "resize_error", "wal_error", "other")
     assert cat.DOMAINS["restart_reason"] == ("crash", "hung", "signal")
+    assert cat.DOMAINS["event"] == ("opened", "resumed", "closed", "expired")
     assert cat.BY_NAME["worker_restarts_total"].domain_of("reason") == "restart_reason"
     assert cat.BY_NAME["observations_rejected_total"].domain_of("reason") == "rejection_reason"
 
