@@ -205,3 +205,43 @@ def test_docs_table_lists_every_setting():
     table = config.render_markdown()
     for s in config.SETTINGS:
         assert f"`{s.flag}`" in table and s.env in table
+
+
+# ---------------------------------------------------------------- drain rate and retry-after
+def test_retry_after_from_drain_rate():
+    from engine import admission
+    from engine.drain import MAX_RETRY_S, MIN_RETRY_S, UNKNOWN_RATE_RETRY_S, retry_after_s
+    cap = 10_000
+    # below critical and nothing refused: no hint
+    assert retry_after_s(admission.WARNING, "normal", 6000, cap, 1000.0) == 0.0
+    # critical: normal is admitted but told how long until critical is left (0.70)
+    assert retry_after_s(admission.CRITICAL, "normal", 8500, cap, 1000.0) == pytest.approx(1.5)
+    # low is refused from critical: same level, critical left below 0.70
+    assert retry_after_s(admission.CRITICAL, "low", 9000, cap, 1000.0) == pytest.approx(2.0)
+    # overloaded refuses normal until it is left below 0.85
+    assert retry_after_s(admission.OVERLOADED, "normal", 9600, cap, 1000.0) == pytest.approx(1.1)
+    assert retry_after_s(admission.OVERLOADED, "normal", 9600, cap, 0.0) == UNKNOWN_RATE_RETRY_S
+    assert retry_after_s(admission.OVERLOADED, "normal", 9600, cap, 1e9) == MIN_RETRY_S
+    assert retry_after_s(admission.OVERLOADED, "normal", 9600, cap, 1e-3) == MAX_RETRY_S
+    # a full high lane below critical: the rejected part at the drain rate
+    assert retry_after_s(admission.NORMAL, "high", 100, cap, 100.0, lane_rejected=50) == pytest.approx(0.5)
+
+
+def test_drain_meter_follows_committed_positions():
+    from engine.drain import DrainMeter
+
+    class FakeRing:
+        tail = 0
+
+    rings, now = [FakeRing(), FakeRing()], [0.0]
+    meter = DrainMeter(rings, clock=lambda: now[0])
+    for _ in range(40):  # 1000 committed per second, split over two rings
+        now[0] += 0.1
+        rings[0].tail += 60
+        rings[1].tail += 40
+        meter.sample()
+    assert meter.rate == pytest.approx(1000.0, rel=0.01)
+    for _ in range(60):  # nothing drains: the rate decays toward 0
+        now[0] += 0.1
+        meter.sample()
+    assert meter.rate < 100.0
