@@ -166,7 +166,7 @@ class EngineRun:
                      "--metric", METRIC, "--hnsw-m", str(M), "--ef-construction", str(EF_CONSTRUCTION),
                      "--capacity-normal", str(self.capacity_normal),
                      "--capacity-high", str(16 * workers), "--capacity-low", str(16 * workers),
-                     "--metrics-addr", "127.0.0.1:0", "--log-level", "warning", *extra]
+                     "--metrics-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--log-level", "warning", *extra]
         self.proc: subprocess.Popen | None = None
         self.eng = None
         self._log = None

@@ -126,7 +126,7 @@ def test_three_clients_concurrently_all_inserted_spaces_isolated(engine_factory)
 
 
 def test_sequence_and_input_errors_are_answered_and_the_stream_goes_on(engine_factory):
-    ep = engine_factory(max_batch_size=100)
+    ep = engine_factory(max_batch_size=100, grpc_max_message_bytes=65536)
     stub = pb_grpc.EngramStub(grpc.insecure_channel(target(ep)))
     raw = RawStream(stub)
     try:
@@ -201,6 +201,14 @@ def test_sequence_and_input_errors_are_answered_and_the_stream_goes_on(engine_fa
     with pytest.raises(grpc.RpcError) as info:
         stub.Recall(pb.RecallRequest(space="errors", queries=vectors(1, 1).tobytes(), k=100_000))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    r = RawStream(stub)
+    r.send(init=pb.Init(space="errors"))
+    r.reply("ready")
+    r.send(batch=pb.Batch(first_sequence=7, ids=b"\0" * 8, vectors=b"\0" * 70_000))  # > 64 KiB message
+    with pytest.raises(grpc.RpcError) as info:
+        r.reply("ack")
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    r.close()
     # the engine and the gateway still serve
     with Client(target(ep)) as c:
         assert c.observe("errors", [100], vectors(1, 9)).accepted == 1

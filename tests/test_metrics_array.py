@@ -135,9 +135,9 @@ def test_writer_inc_set_observe_and_errors():
     w.inc("worker_restarts_total", worker_id=1, reason="hung")
     w.inc("worker_restarts_total", 2, worker_id=1, reason="hung")
     assert w.value("worker_restarts_total", worker_id=1, reason="hung") == 3
-    w.set("active_sessions", 4)
-    w.inc("active_sessions", -1)  # gauges go both ways
-    assert w.value("active_sessions") == 3
+    w.set("wal_size_bytes", 4, worker_id=1)
+    w.inc("wal_size_bytes", -1, worker_id=1)  # gauges go both ways
+    assert w.value("wal_size_bytes", worker_id=1) == 3
     with pytest.raises(RecordError, match="only goes up"):
         w.inc("worker_restarts_total", -1, worker_id=1, reason="hung")
     with pytest.raises(RecordError, match="only goes up"):
@@ -145,7 +145,7 @@ def test_writer_inc_set_observe_and_errors():
     with pytest.raises(RecordError, match="set"):
         w.set("worker_restarts_total", 5, worker_id=1, reason="hung")
     with pytest.raises(RecordError, match="observe"):
-        w.observe("active_sessions", 1.0)
+        w.observe("wal_size_bytes", 1.0, worker_id=1)
     with pytest.raises(RecordError, match="inc"):
         w.inc("batch_size", worker_id=0)
     with pytest.raises(UnknownMetric, match="made_up_total"):
