@@ -13,7 +13,8 @@ import os
 import time
 
 from engine import admission, child
-from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_SUP_PID,
+from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_GATEWAY_PID,
+                             H_GATEWAY_PORT, H_SUP_PID,
                              LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_STATE, Instance, pid_alive)
 from engine.sessions import SessionTable
 from metrics.collector import ArrayCollector
@@ -86,6 +87,14 @@ class Health:
                                 "draining for shutdown" if draining else
                                 ("running" if sup_ok else "supervisor process is gone"))
         exporter = {"status": "up", "reason": f"pid {os.getpid()}", "since": self.started}
+        components = {"supervisor": supervisor, "workers": workers, "queues": queues, "exporter": exporter}
+        if inst.params["grpc_addr"] != "off":
+            # Not part of readiness: local producers and recall do not need it.
+            gw_pid = int(hdr[H_GATEWAY_PID])
+            components["gateway"] = self._mark(
+                "gateway", "up" if pid_alive(gw_pid) else "down",
+                f"pid {gw_pid}, gRPC port {int(hdr[H_GATEWAY_PORT])}" if pid_alive(gw_pid) else
+                "gateway process is gone (the supervisor restarts it)")
         # Ready: supervisor up, every worker heartbeating, not overloaded
         # (critical still admits high and normal work, so it stays ready).
         reasons = [c["reason"] for c in (supervisor, workers) if c["status"] != "up"]
@@ -95,8 +104,7 @@ class Health:
             "live": sup_ok,
             "ready": not reasons,
             "reason": "; ".join(reasons) if reasons else "ready",
-            "components": {"supervisor": supervisor, "workers": workers, "queues": queues,
-                           "exporter": exporter},
+            "components": components,
         }
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from engine import admission
-from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PORT, H_READY, H_STARTED,
-                             H_SUP_PID, LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_CPU, SUP_PID,
-                             SUP_RESTARTS, SUP_STATE, Instance)
+from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PORT, H_GATEWAY_PID, H_GATEWAY_PORT,
+                             H_READY, H_STARTED, H_SUP_PID, LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_CPU,
+                             SUP_PID, SUP_RESTARTS, SUP_STATE, Instance, pid_alive)
+from engine.sessions import SessionTable
 from metrics import readout
 
 LATENCY_QUANTILES = (0.5, 0.99, 0.999)
@@ -95,8 +96,18 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
         "pressure": round(inst.pressure(), 4),
         "spaces": spaces,
         "metrics_port": int(hdr[H_EXPORTER_PORT]) or None,
+        "gateway": gateway_status(inst),
         "throughput": throughput(inst, interval),
     }
+
+
+def gateway_status(inst: Instance) -> dict | None:
+    """pid (None while it restarts), bound port and open sessions; None with --grpc-addr off."""
+    if inst.params["grpc_addr"] == "off":
+        return None
+    pid = int(inst.hdr[H_GATEWAY_PID])
+    return {"pid": pid if pid_alive(pid) else None, "port": int(inst.hdr[H_GATEWAY_PORT]) or None,
+            "sessions": SessionTable(inst.ctl["sessions"]).count()}
 
 
 def _ms(seconds) -> str:
@@ -106,7 +117,11 @@ def _ms(seconds) -> str:
 def render(st: dict) -> str:
     lines = [f"instance {st['name']}  supervisor pid {st['pid']}  {st['state']}  "
              f"dim {st['dim']} {st['metric']}  backpressure {st['backpressure']} "
-             f"(pressure {st['pressure']:.1%})", ""]
+             f"(pressure {st['pressure']:.1%})"]
+    gw = st.get("gateway")
+    if gw is not None:
+        lines.append(f"gateway pid {gw['pid'] or 'down'}  port {gw['port'] or '-'}  sessions {gw['sessions']}")
+    lines.append("")
     lines.append(f"{'slot':>4}  {'pid':>8}  {'cpus':<6}  {'state':<9}  {'restarts':>8}  {'heartbeat':>9}")
     for w in st["workers"]:
         cpus = ",".join(map(str, w["cpus"])) or "-"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import signal
@@ -322,6 +323,10 @@ def test_gateway_kill_9_client_resumes_without_loss_or_duplicate(engine_factory)
     assert "restarted" in ep.log()
     st = ep.engine().status()
     assert st["throughput"]["observations_total"] == n
+    assert st["gateway"]["pid"] not in killed and st["gateway"]["port"] == port
+    health = json.loads(urllib.request.urlopen(
+        f"http://127.0.0.1:{int(inst.hdr[H_EXPORTER_PORT])}/api/v1/system/health", timeout=10).read())
+    assert health["components"]["gateway"]["status"] == "up"
 
 
 def test_recall_over_grpc_equals_local_recall(engine_factory):
