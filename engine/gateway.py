@@ -60,21 +60,33 @@ _END = object()
 
 
 class _Reader:
-    """Moves a call's request iterator into a queue, on its own thread."""
+    """Moves a call's request iterator into a bounded queue, on its own thread
+    (bounded: a client cannot make the gateway buffer more than a few messages)."""
 
     def __init__(self, requests):
-        self.q: queue.Queue = queue.Queue(maxsize=64)
+        self.q: queue.Queue = queue.Queue(maxsize=8)
+        self._stopped = threading.Event()
         self._t = threading.Thread(target=self._run, args=(requests,), daemon=True,
                                    name="engram-gateway-reader")
         self._t.start()
 
+    def _put(self, item) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self.q.put(item, timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _run(self, requests) -> None:
         try:
             for msg in requests:
-                self.q.put(msg)
+                if not self._put(msg):
+                    return
         except Exception:  # the client went away: a cancelled call raises here
             pass
-        self.q.put(_END)
+        self._put(_END)
 
     def get(self, timeout: float):
         """The next message, _END when the client is done, None on timeout."""
@@ -82,6 +94,9 @@ class _Reader:
             return self.q.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 class Gateway(pb_grpc.EngramServicer):
@@ -123,11 +138,15 @@ class Gateway(pb_grpc.EngramServicer):
     # -- ObserveStream ----------------------------------------------------------
     def ObserveStream(self, request_iterator, context):
         reader = _Reader(request_iterator)
-        first = reader.get(INIT_TIMEOUT_S)
-        if first is None or first is _END or first.WhichOneof("kind") != "init":
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          "the first message of ObserveStream must be init (space, priority)")
-        row, space, priority, resumed = self._open(first.init, context)
+        try:
+            first = reader.get(INIT_TIMEOUT_S)
+            if first is None or first is _END or first.WhichOneof("kind") != "init":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "the first message of ObserveStream must be init (space, priority)")
+            row, space, priority, resumed = self._open(first.init, context)
+        except BaseException:
+            reader.stop()
+            raise
         token = object()
         with self.table_lock:
             self.attached[row] = token  # a resumed session moves to this stream
@@ -167,6 +186,7 @@ class Gateway(pb_grpc.EngramServicer):
                     last_status = now
                     yield pb.ServerMessage(status=self._status(priority, *now))
         finally:
+            reader.stop()
             with self.table_lock:
                 if self.attached.get(row) is token:
                     del self.attached[row]
