@@ -164,11 +164,10 @@ def _backoff(attempt: int) -> float:
     return min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** attempt)
 
 
-# -- blocking ------------------------------------------------------------------------
-class Session:
-    """A numbered stream of batches of one space (``Client.stream``)."""
+class _SessionState:
+    """What a session knows, whichever transport carries it."""
 
-    def __init__(self, client: "Client", space: str, priority: str, client_buffer: int = 1):
+    def __init__(self, client, space: str, priority: str, client_buffer: int = 1):
         self.client = client
         self.space = space
         self.priority = priority
@@ -179,23 +178,71 @@ class Session:
         self.backpressure = "normal"
         self.paused = False
         self.retry_after = 0.0
-        self._out: queue.Queue | None = None
         self._call = None
+
+    def _init_message(self) -> pb.ClientMessage:
+        return pb.ClientMessage(init=pb.Init(space=self.space, priority=wire.PRIORITY_TO_PB[self.priority],
+                                             client_buffer=self.client_buffer,
+                                             resume_session_id=self.session_id))
+
+    def _take_ready(self, msg) -> None:
+        if msg is grpc.aio.EOF or msg.WhichOneof("kind") != "ready":
+            raise GatewayError(grpc.StatusCode.INTERNAL, "the gateway did not answer init with ready")
+        r = msg.ready
+        self.session_id, self.next_sequence, self.limits = r.session_id, r.next_sequence, r.limits
+        self.backpressure = wire.state_name(r.backpressure)
+
+    def _take(self, msg, kind: str):
+        """The payload if ``msg`` is of ``kind``; status pushes are taken in (None)."""
+        got = msg.WhichOneof("kind")
+        if got == "status":
+            st = msg.status
+            self.backpressure, self.paused = wire.state_name(st.backpressure), st.paused
+            self.retry_after = st.retry_after_ms / 1000.0
+        return getattr(msg, kind) if got == kind else None
+
+    def _sending(self, ids, vectors, first_sequence: int | None) -> tuple["_Sending", float]:
+        """The send's state, and how long to wait first (a paused session)."""
+        first = self.next_sequence if first_sequence is None else first_sequence
+        st = _sending(ids, vectors, first, time.monotonic() + self.client.retry_timeout)
+        wait = min(self.retry_after, self.client.retry_timeout) if self.paused else 0.0
+        return st, wait
+
+    def _close_message(self, drain: bool, timeout: float) -> pb.ClientMessage:
+        return pb.ClientMessage(close=pb.Close(drain=drain, drain_timeout_s=timeout))
+
+
+class _ClientConfig:
+    """Channel settings shared by Client and AsyncClient."""
+
+    def __init__(self, target: str, token: str | None, tls_root_cert, retry_timeout: float, timeout: float,
+                 max_message_bytes: int, channels):
+        creds = _credentials(tls_root_cert)
+        opts = _options(max_message_bytes)
+        self._channel = (channels.secure_channel(target, creds, opts) if creds else
+                         channels.insecure_channel(target, opts))
+        self._stub = pb_grpc.EngramStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.retry_timeout = retry_timeout
+        self.timeout = timeout
+        self._sessions: dict = {}
+
+
+# -- blocking ------------------------------------------------------------------------
+class Session(_SessionState):
+    """A numbered stream of batches of one space (``Client.stream``)."""
+
+    def __init__(self, client: "Client", space: str, priority: str, client_buffer: int = 1):
+        super().__init__(client, space, priority, client_buffer)
+        self._out: queue.Queue | None = None
         self._lock = threading.Lock()
 
     # -- connection --------------------------------------------------------------
     def _open(self) -> None:
         out: queue.Queue = queue.Queue()
         call = self.client._stub.ObserveStream(iter(out.get, None), metadata=self.client._metadata)
-        out.put(pb.ClientMessage(init=pb.Init(space=self.space, priority=wire.PRIORITY_TO_PB[self.priority],
-                                              client_buffer=self.client_buffer,
-                                              resume_session_id=self.session_id)))
-        msg = next(call)
-        if msg.WhichOneof("kind") != "ready":
-            raise GatewayError(grpc.StatusCode.INTERNAL, f"expected ready, got {msg.WhichOneof('kind')}")
-        r = msg.ready
-        self.session_id, self.next_sequence, self.limits = r.session_id, r.next_sequence, r.limits
-        self.backpressure = wire.state_name(r.backpressure)
+        out.put(self._init_message())
+        self._take_ready(next(call))
         self._out, self._call = out, call
 
     def _drop(self) -> None:
@@ -208,13 +255,9 @@ class Session:
     def _reply(self, kind: str):
         """The next reply of ``kind``; status pushes on the way are taken in."""
         for msg in self._call:
-            got = msg.WhichOneof("kind")
-            if got == "status":
-                s = msg.status
-                self.backpressure, self.paused = wire.state_name(s.backpressure), s.paused
-                self.retry_after = s.retry_after_ms / 1000.0
-            elif got == kind:
-                return getattr(msg, kind)
+            got = self._take(msg, kind)
+            if got is not None:
+                return got
         raise GatewayError(grpc.StatusCode.UNAVAILABLE, "the gateway ended the stream")
 
     def _exchange(self, message: pb.ClientMessage, kind: str, deadline: float, on_reconnect=None):
@@ -238,10 +281,8 @@ class Session:
     def send(self, ids, vectors, first_sequence: int | None = None) -> Ack:
         """Queue one batch; numbered from ``next_sequence`` unless ``first_sequence`` is given."""
         with self._lock:
-            first = self.next_sequence if first_sequence is None else first_sequence
-            st = _sending(ids, vectors, first, time.monotonic() + self.client.retry_timeout)
-            if self.paused and self.retry_after:
-                time.sleep(min(self.retry_after, self.client.retry_timeout))
+            st, wait = self._sending(ids, vectors, first_sequence)
+            time.sleep(wait)
 
             def resend():
                 st.resent = True
@@ -261,8 +302,8 @@ class Session:
             if self._call is None and self.session_id == 0:
                 return None
             try:
-                closed = self._exchange(pb.ClientMessage(close=pb.Close(drain=drain, drain_timeout_s=timeout)),
-                                        "closed", time.monotonic() + self.client.retry_timeout)
+                closed = self._exchange(self._close_message(drain, timeout), "closed",
+                                        time.monotonic() + self.client.retry_timeout)
             finally:
                 self._drop()
             self.session_id = 0
@@ -293,22 +334,14 @@ class Session:
             self._drop()
 
 
-class Client:
+class Client(_ClientConfig):
     """Blocking client. ``target`` is HOST:PORT; ``token`` the bearer token when
     the gateway runs with --auth-token-file; ``tls_root_cert`` (PEM bytes or a
     path) switches to TLS."""
 
     def __init__(self, target: str, token: str | None = None, *, tls_root_cert=None,
                  retry_timeout: float = 30.0, timeout: float = 30.0, max_message_bytes: int = 64 << 20):
-        creds = _credentials(tls_root_cert)
-        opts = _options(max_message_bytes)
-        self._channel = (grpc.secure_channel(target, creds, opts) if creds else
-                         grpc.insecure_channel(target, opts))
-        self._stub = pb_grpc.EngramStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.retry_timeout = retry_timeout
-        self.timeout = timeout
-        self._sessions: dict[tuple[str, str], Session] = {}
+        super().__init__(target, token, tls_root_cert, retry_timeout, timeout, max_message_bytes, grpc)
         self._lock = threading.Lock()
 
     def _unary(self, method, request):
@@ -356,34 +389,17 @@ class Client:
 
 
 # -- asyncio -------------------------------------------------------------------------
-class AsyncSession:
+class AsyncSession(_SessionState):
     """``Session`` with coroutines (``AsyncClient.stream``); use ``async with``."""
 
     def __init__(self, client: "AsyncClient", space: str, priority: str, client_buffer: int = 1):
-        self.client = client
-        self.space = space
-        self.priority = priority
-        self.client_buffer = client_buffer
-        self.session_id = 0
-        self.next_sequence = 1
-        self.limits: pb.Limits | None = None
-        self.backpressure = "normal"
-        self.paused = False
-        self.retry_after = 0.0
-        self._call = None
+        super().__init__(client, space, priority, client_buffer)
         self._lock = asyncio.Lock()
 
     async def _open(self) -> None:
         call = self.client._stub.ObserveStream(metadata=self.client._metadata)
-        await call.write(pb.ClientMessage(init=pb.Init(
-            space=self.space, priority=wire.PRIORITY_TO_PB[self.priority], client_buffer=self.client_buffer,
-            resume_session_id=self.session_id)))
-        msg = await call.read()
-        if msg is grpc.aio.EOF or msg.WhichOneof("kind") != "ready":
-            raise GatewayError(grpc.StatusCode.INTERNAL, "expected ready")
-        r = msg.ready
-        self.session_id, self.next_sequence, self.limits = r.session_id, r.next_sequence, r.limits
-        self.backpressure = wire.state_name(r.backpressure)
+        await call.write(self._init_message())
+        self._take_ready(await call.read())
         self._call = call
 
     def _drop(self) -> None:
@@ -396,13 +412,9 @@ class AsyncSession:
             msg = await self._call.read()
             if msg is grpc.aio.EOF:
                 raise GatewayError(grpc.StatusCode.UNAVAILABLE, "the gateway ended the stream")
-            got = msg.WhichOneof("kind")
-            if got == "status":
-                s = msg.status
-                self.backpressure, self.paused = wire.state_name(s.backpressure), s.paused
-                self.retry_after = s.retry_after_ms / 1000.0
-            elif got == kind:
-                return getattr(msg, kind)
+            got = self._take(msg, kind)
+            if got is not None:
+                return got
 
     async def _exchange(self, message, kind: str, deadline: float, on_reconnect=None):
         attempt = 0
@@ -423,10 +435,8 @@ class AsyncSession:
 
     async def send(self, ids, vectors, first_sequence: int | None = None) -> Ack:
         async with self._lock:
-            first = self.next_sequence if first_sequence is None else first_sequence
-            st = _sending(ids, vectors, first, time.monotonic() + self.client.retry_timeout)
-            if self.paused and self.retry_after:
-                await asyncio.sleep(min(self.retry_after, self.client.retry_timeout))
+            st, wait = self._sending(ids, vectors, first_sequence)
+            await asyncio.sleep(wait)
 
             def resend():
                 st.resent = True
@@ -445,9 +455,8 @@ class AsyncSession:
             if self._call is None and self.session_id == 0:
                 return None
             try:
-                closed = await self._exchange(
-                    pb.ClientMessage(close=pb.Close(drain=drain, drain_timeout_s=timeout)), "closed",
-                    time.monotonic() + self.client.retry_timeout)
+                closed = await self._exchange(self._close_message(drain, timeout), "closed",
+                                              time.monotonic() + self.client.retry_timeout)
             finally:
                 self._drop()
             self.session_id = 0
@@ -473,20 +482,12 @@ class AsyncSession:
             self._drop()
 
 
-class AsyncClient:
+class AsyncClient(_ClientConfig):
     """``Client`` for asyncio: the same methods, as coroutines."""
 
     def __init__(self, target: str, token: str | None = None, *, tls_root_cert=None,
                  retry_timeout: float = 30.0, timeout: float = 30.0, max_message_bytes: int = 64 << 20):
-        creds = _credentials(tls_root_cert)
-        opts = _options(max_message_bytes)
-        self._channel = (grpc.aio.secure_channel(target, creds, opts) if creds else
-                         grpc.aio.insecure_channel(target, opts))
-        self._stub = pb_grpc.EngramStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.retry_timeout = retry_timeout
-        self.timeout = timeout
-        self._sessions: dict[tuple[str, str], AsyncSession] = {}
+        super().__init__(target, token, tls_root_cert, retry_timeout, timeout, max_message_bytes, grpc.aio)
 
     async def _unary(self, method, request):
         deadline, attempt = time.monotonic() + self.retry_timeout, 0
