@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from engine import admission, child
+from engine import admission, child, pressure
 from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_SUP_PID,
                              LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_STATE, Instance, pid_alive)
 from metrics.collector import ArrayCollector
@@ -83,10 +83,13 @@ class Health:
         supervisor = self._mark("supervisor", "up" if sup_ok and not draining else "down",
                                 "draining for shutdown" if draining else
                                 ("running" if sup_ok else "supervisor process is gone"))
+        blocked = pressure.unwritable(inst)
+        storage = self._mark("storage", "down" if blocked else "up",
+                             blocked or "write-ahead logs writable")
         exporter = {"status": "up", "reason": f"pid {os.getpid()}", "since": self.started}
         # Ready: supervisor up, every worker heartbeating, not overloaded
         # (critical still admits high and normal work, so it stays ready).
-        reasons = [c["reason"] for c in (supervisor, workers) if c["status"] != "up"]
+        reasons = [c["reason"] for c in (supervisor, workers, storage) if c["status"] != "up"]
         if queues["status"] == "down":
             reasons.append(queues["reason"])
         return {
@@ -94,7 +97,7 @@ class Health:
             "ready": not reasons,
             "reason": "; ".join(reasons) if reasons else "ready",
             "components": {"supervisor": supervisor, "workers": workers, "queues": queues,
-                           "exporter": exporter},
+                           "storage": storage, "exporter": exporter},
         }
 
 

@@ -14,28 +14,41 @@ high → normal → low (``LaneScheduler``), then stealing from the most loaded
 other ring (depth above ``--steal-threshold``, or any depth when its owner is
 absent). Stolen records go into this slot's own shard for their space.
 
+Durability (``start(durable=True)``): the slot's shards are rebuilt from its
+newest good snapshot and the log after it (``engine.recovery``), inserted
+batches are appended to the log before their claim is committed, and
+snapshots are taken in a forked child between batches
+(``engine.snapshotter``). A failed append (disk full, file-size limit)
+leaves the claim uncommitted and the slot *blocked*: the log is cut back to
+its last complete record, ``slot_live[LIVE_UNWRITABLE]`` stops admission,
+recall queries are still answered, and the append is retried every
+``UNWRITABLE_RETRY_S`` until it succeeds; then the claim is committed.
+
 Set up after the fork (STYLE §3): pinning, signals, attaching to shared
 memory happen in ``main``, never in the parent.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from engine import child, deadletter
+from engine import child, deadletter, recovery
 from engine.instance import (H_STOP, LANES, LIVE_CLAIM_RING, LIVE_CLAIM_START, LIVE_HEARTBEAT,
-                             LIVE_PID, LIVE_READY, LIVE_SLEEPING, SUP_CRASH_COUNT, SUP_CRASH_RING,
-                             SUP_CRASH_START, Instance)
+                             LIVE_PID, LIVE_READY, LIVE_SLEEPING, LIVE_UNWRITABLE, SUP_CRASH_COUNT,
+                             SUP_CRASH_RING, SUP_CRASH_START, Instance)
 from engine.query import serve_pending
 from engine.scheduler import BatchSizer, LaneScheduler
 from engine.shards import ResizeError, ShardSet
+from engine.snapshotter import Snapshotter
 from engine.spaces import SpaceRegistry
-from engine.wal import WalWriter, wal_path
-from engine.wal import replay as wal_replay
+from engine.walgen import WalLog
 from metrics.writer import MetricWriter, NullWriter
 from shm.ring import Claim
 
@@ -53,11 +66,21 @@ POISON_AFTER_DEATHS = 2
 # Test hook: a worker whose batch contains this id exits as if it crashed
 # (tests/test_wal.py injects a poison batch with it). Unset in production.
 CRASH_ON_ID = os.environ.get("ENGRAM_TEST_CRASH_ON_ID")
+UNWRITABLE_RETRY_S = 0.5
+
+
+@dataclass
+class Blocked:
+    """A claim inserted but not yet logged because the log could not be written."""
+    claim: Claim
+    todo: list  # [(space, ids, vectors)] still to append, views into the claimed ring range
+    since: float
+    retry_at: float
 
 
 class Worker:
     def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic,
-                 wal: WalWriter | None = None):
+                 wal: WalLog | None = None):
         p = inst.params
         self.inst = inst
         self.slot = slot
@@ -76,50 +99,57 @@ class Worker:
         self.next_orphan_check = 0.0
         self.metrics = NullWriter() if p["no_metrics"] else \
             MetricWriter(inst.metrics, inst.metrics.row_map.worker(slot))
+        self.snapshots: Snapshotter | None = None
+        self.blocked: Blocked | None = None
         self.busy_s = 0.0
         self.query_s = 0.0  # time answering queries inside batches (kept out of batch sizing)
         self.window_start = clock()
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, recover_from: str | None = None) -> None:
-        """Publish empty shards, replay the slot's write-ahead log into them, go live."""
+    def start(self, durable: bool = False) -> None:
+        """Publish empty shards; with ``durable``, rebuild them from the data
+        directory and open the log; then go live."""
         self.live[LIVE_CLAIM_RING] = -1
+        self.live[LIVE_UNWRITABLE] = 0
         self.counts[:] = 0
         for space in self.inst.space_names():
             self.metrics.set("index_vectors", 0, memory_space=space)
-        if recover_from is not None:
-            self.recover(recover_from)
+        self.metrics.set("data_dir_unwritable", 0, worker_id=self.slot)
+        if durable:
+            self.open_durable()
         self.heartbeat()
         self.live[LIVE_READY] = 1
         # Written last: the supervisor sees the slot running once this pid shows.
         self.live[LIVE_PID] = os.getpid()
 
-    def recover(self, path: str) -> None:
-        started = last_log = time.monotonic()
+    def open_durable(self) -> None:
+        """Recover the shards (snapshot + log), open the log, set up snapshots."""
+        p = self.inst.params
+        meta = {"slot": self.slot, "dim": p["dim"], "metric": p["metric"]}
 
-        def apply(name: str, ids: np.ndarray, vectors: np.ndarray) -> None:
-            space = self.spaces.register(name)
-            self.counts[space] = self.shards.insert(space, ids, vectors)
+        def publish(space: int, count: int) -> None:
+            self.counts[space] = count
 
-        def progress(stats) -> None:
-            nonlocal last_log
-            self.heartbeat()  # a long replay is not a hung worker
-            if time.monotonic() - last_log >= 5.0:
-                last_log = time.monotonic()
-                log.info("slot %d: replaying write-ahead log: %d batches, %d vectors so far",
-                         self.slot, stats.records, stats.vectors)
-
-        stats = wal_replay(path, apply, progress)
+        rec = recovery.recover(p["data_dir"], self.slot, meta, self.shards, self.spaces.register, publish,
+                               self.metrics, self.heartbeat)
         for space in np.flatnonzero(self.counts):
             self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
-        self.metrics.inc("wal_records_recovered_total", stats.records, worker_id=self.slot)
-        if stats.dropped_bytes:
-            self.metrics.inc("wal_bytes_dropped_total", stats.dropped_bytes, worker_id=self.slot)
-            log.warning("slot %d: write-ahead log had a torn or corrupt tail: %d bytes cut off after %d "
-                        "good batches", self.slot, stats.dropped_bytes, stats.records)
-        if stats.records:
-            log.info("slot %d: recovered %d vectors from %d batches in %.1fs", self.slot, stats.vectors,
-                     stats.records, time.monotonic() - started)
+        self.wal = WalLog(p["data_dir"], self.slot, p["fsync"], rec.first_generation)
+        cpus = {c for c in (p.get("slot_cpus") or []) if c is not None and c >= 0} or None
+        self.snapshots = Snapshotter(p["data_dir"], self.slot, self.shards, self.inst.space_name, self.wal,
+                                     rec.entries, meta, self.metrics, p["snapshot_interval"],
+                                     p["snapshot_wal_bytes"], rec.uncovered_bytes, cpus)
+        self.metrics.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
+
+    def finish(self) -> None:
+        """Graceful stop: log a blocked claim if the disk allows, then a final snapshot."""
+        if self.blocked is not None:
+            self.retry_blocked()
+        if self.blocked is not None:
+            log.error("slot %d: stopping with %d observation(s) inserted but not logged (data directory "
+                      "unwritable); they stay uncommitted", self.slot, self.blocked.claim.count)
+        elif self.snapshots is not None:
+            self.snapshots.final()
 
     def heartbeat(self) -> None:
         self.live[LIVE_HEARTBEAT] = self.clock()
@@ -131,6 +161,10 @@ class Worker:
         """One iteration; returns True if it did any work."""
         self.heartbeat()
         self.report_utilization()
+        if self.blocked is not None:
+            return self.step_blocked()
+        if self.snapshots is not None:
+            self.snapshots.poll()  # between batches: reap a finished child, start one if due
         t0 = self.clock()
         answered = self.answer_queries()
         claim = self.next_claim()
@@ -249,8 +283,8 @@ class Worker:
         m.observe("batch_size", claim.count, worker_id=self.slot)
         if self.wal is not None:
             # Logged before the commit: from here a crash loses nothing (DESIGN §6).
-            for space, sel in groups:
-                self._log(space, ids[sel], vectors[sel])
+            if not self.log_batches(claim, [(space, ids[sel], vectors[sel]) for space, sel in groups]):
+                return  # blocked: committed by retry_blocked once the log takes it
         ring.commit(claim)
         self.live[LIVE_CLAIM_RING] = -1
 
@@ -274,15 +308,60 @@ class Worker:
         log.error("slot %d: observation %s at ring %d position %d killed %d workers; moved to %s",
                   self.slot, [int(i) for i in ids], claim.ring, position, POISON_AFTER_DEATHS, path)
 
-    def _log(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> None:
-        try:
-            nbytes, synced = self.wal.append(self.inst.space_name(space), ids, vectors)
-        except OSError:
-            self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="wal_error")
-            raise
-        self.metrics.inc("wal_appends_total", worker_id=self.slot)
-        self.metrics.inc("wal_bytes_total", nbytes, worker_id=self.slot)
-        self._record_sync(synced)
+    def log_batches(self, claim: Claim, todo: list) -> bool:
+        """Append each (space, ids, vectors) of ``todo``, removing it once logged.
+        False if an append failed: the slot is then blocked on this claim."""
+        while todo:
+            space, ids, vectors = todo[0]
+            try:
+                nbytes, synced = self.wal.append(self.inst.space_name(space), ids, vectors)
+            except OSError as exc:
+                self.block(claim, todo, exc)
+                return False
+            todo.pop(0)
+            self.metrics.inc("wal_appends_total", worker_id=self.slot)
+            self.metrics.inc("wal_bytes_total", nbytes, worker_id=self.slot)
+            if self.snapshots is not None:
+                self.snapshots.appended(nbytes)
+            self._record_sync(synced)
+        return True
+
+    def block(self, claim: Claim, todo: list, exc: OSError) -> None:
+        now = self.clock()
+        if self.blocked is not None:
+            self.blocked.retry_at = now + UNWRITABLE_RETRY_S
+            self.live[LIVE_UNWRITABLE] = exc.errno or errno.EIO
+            return
+        self.blocked = Blocked(claim, todo, now, now + UNWRITABLE_RETRY_S)
+        # The insert is done: a death from here on is not this claim's fault (poison detection).
+        self.live[LIVE_CLAIM_RING] = -1
+        self.live[LIVE_UNWRITABLE] = exc.errno or errno.EIO
+        self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="wal_error")
+        self.metrics.set("data_dir_unwritable", 1, worker_id=self.slot)
+        log.error("slot %d: cannot write the write-ahead log (%s); admission stops until it can, recall "
+                  "keeps working, retrying every %.1fs", self.slot, exc, UNWRITABLE_RETRY_S)
+
+    def retry_blocked(self) -> bool:
+        b = self.blocked
+        if not self.log_batches(b.claim, b.todo):
+            return False
+        self.inst.rings[b.claim.ring].commit(b.claim)
+        self.blocked = None
+        self.live[LIVE_UNWRITABLE] = 0
+        self.metrics.set("data_dir_unwritable", 0, worker_id=self.slot)
+        log.warning("slot %d: write-ahead log writable again after %.1fs; admission resumes", self.slot,
+                    self.clock() - b.since)
+        return True
+
+    def step_blocked(self) -> bool:
+        """One iteration while blocked: answer queries, retry the append when due."""
+        answered = self.answer_queries()
+        now = self.clock()
+        if now >= self.blocked.retry_at:
+            return self.retry_blocked() or bool(answered)
+        if not answered and self.inst.wake[self.slot].wait(min(IDLE_WAIT_S, self.blocked.retry_at - now)):
+            self.inst.wake[self.slot].drain()  # a recall query (producers are refused meanwhile)
+        return bool(answered)
 
     def _record_sync(self, synced: float | None) -> None:
         if synced is not None:
@@ -318,7 +397,10 @@ class Worker:
 
     def sleep(self) -> None:
         if self.wal is not None:
-            self._record_sync(self.wal.tick())
+            try:
+                self._record_sync(self.wal.tick())
+            except OSError as exc:  # data stays unsynced (dirty): the next tick or append tries again
+                log.warning("slot %d: write-ahead log sync failed: %s", self.slot, exc)
         self.live[LIVE_SLEEPING] = 1
         # Re-check after raising the flag: a producer that enqueued before it
         # saw the flag did not post (closes the lost-wake-up window).
@@ -340,23 +422,28 @@ def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
          supervisor_pid: int = 0) -> None:
     """Entry point in the forked child."""
     child.prepare(inherited, supervisor_pid)
+    # A file-size limit (RLIMIT_FSIZE) must fail the write with EFBIG, which
+    # the worker handles like a full disk, not kill it with SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     pin(cpu)
     inst = Instance.attach(name)
     p = inst.params
     shards = ShardSet(p["dim"], p["metric"], p["hnsw_m"], p["ef_construction"], p["ef_search"],
                       p["shard_initial_capacity"])
-    path = wal_path(p["data_dir"], slot)
-    wal = None
+    worker = None
     try:
         worker = Worker(inst, slot, shards)
-        worker.start(recover_from=path)
-        wal = worker.wal = WalWriter(path, p["fsync"])
+        worker.start(durable=True)
         while not worker.stopping():
             worker.step()
+        worker.finish()
     except Exception:
         log.exception("worker slot %d (pid %d) failed", slot, os.getpid())
         raise
     finally:
-        if wal is not None:
-            wal.close()
+        if worker is not None:
+            if worker.snapshots is not None:
+                worker.snapshots.abort()
+            if worker.wal is not None:
+                worker.wal.close()
         inst.close()
