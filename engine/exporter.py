@@ -12,7 +12,8 @@ import logging
 import os
 import time
 
-from engine import admission, child, pressure
+from engine import admission, child
+from engine.pressure import unwritable
 from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_SUP_PID,
                              LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_STATE, Instance, pid_alive)
 from metrics.collector import ArrayCollector
@@ -83,7 +84,7 @@ class Health:
         supervisor = self._mark("supervisor", "up" if sup_ok and not draining else "down",
                                 "draining for shutdown" if draining else
                                 ("running" if sup_ok else "supervisor process is gone"))
-        blocked = pressure.unwritable(inst)
+        blocked = unwritable(inst)
         storage = self._mark("storage", "down" if blocked else "up",
                              blocked or "write-ahead logs writable")
         exporter = {"status": "up", "reason": f"pid {os.getpid()}", "since": self.started}

@@ -85,7 +85,11 @@ def snapshot_name(gen: int) -> str:
 def write_json_atomic(path: str, obj) -> None:
     """Replace ``path`` with ``obj`` as JSON so a crash leaves the old or the new file."""
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.unlink(tmp)  # a torn leftover of a crash: start over, owner-only
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         data = json.dumps(obj, indent=1).encode()
         view = memoryview(data)
