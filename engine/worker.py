@@ -14,15 +14,11 @@ high → normal → low (``LaneScheduler``), then stealing from the most loaded
 other ring (depth above ``--steal-threshold``, or any depth when its owner is
 absent). Stolen records go into this slot's own shard for their space.
 
-Durability (``start(durable=True)``): the slot's shards are rebuilt from its
-newest good snapshot and the log after it (``engine.recovery``), inserted
-batches are appended to the log before their claim is committed, and
-snapshots are taken in a forked child between batches
-(``engine.snapshotter``). A failed append (disk full, file-size limit)
-leaves the claim uncommitted and the slot *blocked*: the log is cut back to
-its last complete record, ``slot_live[LIVE_UNWRITABLE]`` stops admission,
-recall queries are still answered, and the append is retried every
-``UNWRITABLE_RETRY_S`` until it succeeds; then the claim is committed.
+Durability (``start(durable=True)``, ``engine.durable.SlotStore``): shards
+rebuilt from the newest good snapshot and the log after it, each batch
+logged before its claim is committed, snapshots forked between batches.
+While the log cannot be written (disk full) the worker only answers recall
+queries and lets the store retry the append (``step_blocked``).
 
 Set up after the fork (STYLE §3): pinning, signals, attaching to shared
 memory happen in ``main``, never in the parent.
@@ -30,25 +26,22 @@ memory happen in ``main``, never in the parent.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from engine import child, deadletter, recovery
+from engine import child, deadletter
+from engine.durable import SlotStore
 from engine.instance import (H_STOP, LANES, LIVE_CLAIM_RING, LIVE_CLAIM_START, LIVE_HEARTBEAT,
                              LIVE_PID, LIVE_READY, LIVE_SLEEPING, LIVE_UNWRITABLE, SUP_CRASH_COUNT,
                              SUP_CRASH_RING, SUP_CRASH_START, Instance)
 from engine.query import serve_pending
 from engine.scheduler import BatchSizer, LaneScheduler
 from engine.shards import ResizeError, ShardSet
-from engine.snapshotter import Snapshotter
 from engine.spaces import SpaceRegistry
-from engine.walgen import WalLog
 from metrics.writer import MetricWriter, NullWriter
 from shm.ring import Claim
 
@@ -66,27 +59,13 @@ POISON_AFTER_DEATHS = 2
 # Test hook: a worker whose batch contains this id exits as if it crashed
 # (tests/test_wal.py injects a poison batch with it). Unset in production.
 CRASH_ON_ID = os.environ.get("ENGRAM_TEST_CRASH_ON_ID")
-UNWRITABLE_RETRY_S = 0.5
-
-
-@dataclass
-class Blocked:
-    """A claim inserted but not yet logged because the log could not be written."""
-    claim: Claim
-    todo: list  # [(space, ids, vectors)] still to append, views into the claimed ring range
-    since: float
-    retry_at: float
-
-
 class Worker:
-    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic,
-                 wal: WalLog | None = None):
+    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic):
         p = inst.params
         self.inst = inst
         self.slot = slot
         self.shards = shards
         self.clock = clock
-        self.wal = wal
         self.spaces = SpaceRegistry(inst)
         self.lanes = LaneScheduler()
         self.sizer = BatchSizer(p["batch_min"], p["batch_max"], p["batch_budget_ms"] / 1000.0)
@@ -99,8 +78,7 @@ class Worker:
         self.next_orphan_check = 0.0
         self.metrics = NullWriter() if p["no_metrics"] else \
             MetricWriter(inst.metrics, inst.metrics.row_map.worker(slot))
-        self.snapshots: Snapshotter | None = None
-        self.blocked: Blocked | None = None
+        self.store: SlotStore | None = None  # the log and snapshots (start(durable=True))
         self.busy_s = 0.0
         self.query_s = 0.0  # time answering queries inside batches (kept out of batch sizing)
         self.window_start = clock()
@@ -116,40 +94,16 @@ class Worker:
             self.metrics.set("index_vectors", 0, memory_space=space)
         self.metrics.set("data_dir_unwritable", 0, worker_id=self.slot)
         if durable:
-            self.open_durable()
+            def publish(space: int, count: int) -> None:
+                self.counts[space] = count
+            self.store = SlotStore(self.inst, self.slot, self.shards, self.spaces, self.metrics, self.clock)
+            self.store.open(publish, self.heartbeat)
+            for space in np.flatnonzero(self.counts):
+                self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
         self.heartbeat()
         self.live[LIVE_READY] = 1
         # Written last: the supervisor sees the slot running once this pid shows.
         self.live[LIVE_PID] = os.getpid()
-
-    def open_durable(self) -> None:
-        """Recover the shards (snapshot + log), open the log, set up snapshots."""
-        p = self.inst.params
-        meta = {"slot": self.slot, "dim": p["dim"], "metric": p["metric"]}
-
-        def publish(space: int, count: int) -> None:
-            self.counts[space] = count
-
-        rec = recovery.recover(p["data_dir"], self.slot, meta, self.shards, self.spaces.register, publish,
-                               self.metrics, self.heartbeat)
-        for space in np.flatnonzero(self.counts):
-            self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
-        self.wal = WalLog(p["data_dir"], self.slot, p["fsync"], rec.first_generation)
-        cpus = {c for c in (p.get("slot_cpus") or []) if c is not None and c >= 0} or None
-        self.snapshots = Snapshotter(p["data_dir"], self.slot, self.shards, self.inst.space_name, self.wal,
-                                     rec.entries, meta, self.metrics, p["snapshot_interval"],
-                                     p["snapshot_wal_bytes"], rec.uncovered_bytes, cpus)
-        self.metrics.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
-
-    def finish(self) -> None:
-        """Graceful stop: log a blocked claim if the disk allows, then a final snapshot."""
-        if self.blocked is not None:
-            self.retry_blocked()
-        if self.blocked is not None:
-            log.error("slot %d: stopping with %d observation(s) inserted but not logged (data directory "
-                      "unwritable); they stay uncommitted", self.slot, self.blocked.claim.count)
-        elif self.snapshots is not None:
-            self.snapshots.final()
 
     def heartbeat(self) -> None:
         self.live[LIVE_HEARTBEAT] = self.clock()
@@ -161,10 +115,10 @@ class Worker:
         """One iteration; returns True if it did any work."""
         self.heartbeat()
         self.report_utilization()
-        if self.blocked is not None:
-            return self.step_blocked()
-        if self.snapshots is not None:
-            self.snapshots.poll()  # between batches: reap a finished child, start one if due
+        if self.store is not None:
+            if self.store.blocked is not None:
+                return self.step_blocked()
+            self.store.snapshots.poll()  # between batches: reap a finished child, start one if due
         t0 = self.clock()
         answered = self.answer_queries()
         claim = self.next_claim()
@@ -281,10 +235,10 @@ class Worker:
             m.observe_many("queue_wait_time_seconds", started - times, priority=priority)
         m.inc("batches_processed_total", worker_id=self.slot)
         m.observe("batch_size", claim.count, worker_id=self.slot)
-        if self.wal is not None:
+        if self.store is not None:
             # Logged before the commit: from here a crash loses nothing (DESIGN §6).
-            if not self.log_batches(claim, [(space, ids[sel], vectors[sel]) for space, sel in groups]):
-                return  # blocked: committed by retry_blocked once the log takes it
+            if not self.store.log(claim, [(space, ids[sel], vectors[sel]) for space, sel in groups]):
+                return  # blocked: the store commits it once the log takes it
         ring.commit(claim)
         self.live[LIVE_CLAIM_RING] = -1
 
@@ -308,65 +262,16 @@ class Worker:
         log.error("slot %d: observation %s at ring %d position %d killed %d workers; moved to %s",
                   self.slot, [int(i) for i in ids], claim.ring, position, POISON_AFTER_DEATHS, path)
 
-    def log_batches(self, claim: Claim, todo: list) -> bool:
-        """Append each (space, ids, vectors) of ``todo``, removing it once logged.
-        False if an append failed: the slot is then blocked on this claim."""
-        while todo:
-            space, ids, vectors = todo[0]
-            try:
-                nbytes, synced = self.wal.append(self.inst.space_name(space), ids, vectors)
-            except OSError as exc:
-                self.block(claim, todo, exc)
-                return False
-            todo.pop(0)
-            self.metrics.inc("wal_appends_total", worker_id=self.slot)
-            self.metrics.inc("wal_bytes_total", nbytes, worker_id=self.slot)
-            if self.snapshots is not None:
-                self.snapshots.appended(nbytes)
-            self._record_sync(synced)
-        return True
-
-    def block(self, claim: Claim, todo: list, exc: OSError) -> None:
-        now = self.clock()
-        if self.blocked is not None:
-            self.blocked.retry_at = now + UNWRITABLE_RETRY_S
-            self.live[LIVE_UNWRITABLE] = exc.errno or errno.EIO
-            return
-        self.blocked = Blocked(claim, todo, now, now + UNWRITABLE_RETRY_S)
-        # The insert is done: a death from here on is not this claim's fault (poison detection).
-        self.live[LIVE_CLAIM_RING] = -1
-        self.live[LIVE_UNWRITABLE] = exc.errno or errno.EIO
-        self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="wal_error")
-        self.metrics.set("data_dir_unwritable", 1, worker_id=self.slot)
-        log.error("slot %d: cannot write the write-ahead log (%s); admission stops until it can, recall "
-                  "keeps working, retrying every %.1fs", self.slot, exc, UNWRITABLE_RETRY_S)
-
-    def retry_blocked(self) -> bool:
-        b = self.blocked
-        if not self.log_batches(b.claim, b.todo):
-            return False
-        self.inst.rings[b.claim.ring].commit(b.claim)
-        self.blocked = None
-        self.live[LIVE_UNWRITABLE] = 0
-        self.metrics.set("data_dir_unwritable", 0, worker_id=self.slot)
-        log.warning("slot %d: write-ahead log writable again after %.1fs; admission resumes", self.slot,
-                    self.clock() - b.since)
-        return True
-
     def step_blocked(self) -> bool:
-        """One iteration while blocked: answer queries, retry the append when due."""
+        """One iteration while the log cannot be written: answer queries, retry when due."""
         answered = self.answer_queries()
         now = self.clock()
-        if now >= self.blocked.retry_at:
-            return self.retry_blocked() or bool(answered)
-        if not answered and self.inst.wake[self.slot].wait(min(IDLE_WAIT_S, self.blocked.retry_at - now)):
+        retry_at = self.store.blocked.retry_at
+        if now >= retry_at:
+            return self.store.retry() or bool(answered)
+        if not answered and self.inst.wake[self.slot].wait(min(IDLE_WAIT_S, retry_at - now)):
             self.inst.wake[self.slot].drain()  # a recall query (producers are refused meanwhile)
         return bool(answered)
-
-    def _record_sync(self, synced: float | None) -> None:
-        if synced is not None:
-            self.metrics.observe("wal_fsync_seconds", synced)
-            self.metrics.set("wal_size_bytes", float(self.wal.size()), worker_id=self.slot)
 
     def _insert(self, space: int, ids: np.ndarray, vectors: np.ndarray, positions=None) -> None:
         """Insert into the space's shard in ~5 ms slices (queries answered between),
@@ -396,11 +301,8 @@ class Worker:
             raise
 
     def sleep(self) -> None:
-        if self.wal is not None:
-            try:
-                self._record_sync(self.wal.tick())
-            except OSError as exc:  # data stays unsynced (dirty): the next tick or append tries again
-                log.warning("slot %d: write-ahead log sync failed: %s", self.slot, exc)
+        if self.store is not None:
+            self.store.idle()
         self.live[LIVE_SLEEPING] = 1
         # Re-check after raising the flag: a producer that enqueued before it
         # saw the flag did not post (closes the lost-wake-up window).
@@ -436,14 +338,11 @@ def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
         worker.start(durable=True)
         while not worker.stopping():
             worker.step()
-        worker.finish()
+        worker.store.finish()
     except Exception:
         log.exception("worker slot %d (pid %d) failed", slot, os.getpid())
         raise
     finally:
-        if worker is not None:
-            if worker.snapshots is not None:
-                worker.snapshots.abort()
-            if worker.wal is not None:
-                worker.wal.close()
+        if worker is not None and worker.store is not None:
+            worker.store.close()
         inst.close()
