@@ -47,13 +47,15 @@ class Blocked:
 
 
 class SlotStore:
-    def __init__(self, inst: Instance, slot: int, shards, spaces, metrics, clock=time.monotonic):
+    def __init__(self, inst: Instance, slot: int, shards, spaces, metrics, clock=time.monotonic,
+                 snapshot_cpus: set[int] | None = None):
         self.inst = inst
         self.slot = slot
         self.shards = shards
         self.spaces = spaces
         self.metrics = metrics
         self.clock = clock
+        self.snapshot_cpus = snapshot_cpus  # where the snapshot child may run (None: where the worker runs)
         self.live = inst.ctl["slot_live"][slot]
         self.wal: WalLog | None = None
         self.snapshots: Snapshotter | None = None
@@ -66,11 +68,10 @@ class SlotStore:
         rec = recovery.recover(p["data_dir"], self.slot, meta, self.shards, self.spaces.register, publish,
                                self.metrics, heartbeat)
         self.wal = WalLog(p["data_dir"], self.slot, p["fsync"], rec.first_generation)
-        # The snapshot child may run on any of the engine's CPUs, not only this worker's.
-        cpus = {c for c in (p.get("slot_cpus") or []) if c is not None and c >= 0} or None
         self.snapshots = Snapshotter(p["data_dir"], self.slot, self.shards, self.inst.space_name, self.wal,
                                      rec.entries, meta, self.metrics, p["snapshot_interval"],
-                                     p["snapshot_wal_bytes"], rec.uncovered_bytes, cpus, self.clock)
+                                     p["snapshot_wal_bytes"], rec.uncovered_bytes, self.snapshot_cpus,
+                                     self.clock)
         self.metrics.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
 
     # -- appending ------------------------------------------------------------------

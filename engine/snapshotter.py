@@ -9,9 +9,11 @@ have passed with something new logged, the worker:
 2. ``os.fork()``s. The child sees the shards as they were at the fork
    (copy-on-write, as Redis BGSAVE) and writes ``snapshots/slot-<i>/gen-<g>``
    (``engine.snapshots.write``), reports through a pipe and ``os._exit``s.
-   It never touches shared memory or the metric row (metrics/writer.py),
-   dies with the worker (parent-death signal), and runs at a lower CPU
-   priority on any of the engine's CPUs so the workers keep theirs;
+   It first syncs the closed log generation and the log directory (kept off
+   the insert path). It never touches shared memory or the metric row
+   (metrics/writer.py), dies with the worker (parent-death signal), and runs
+   at a lower CPU priority on any CPU the supervisor may use, so the workers
+   keep theirs;
 3. keeps inserting; each ``poll`` reaps the child with ``WNOHANG``. On
    success it records the snapshot in the manifest, then deletes what the
    retention rule (``engine.snapshots.retain``) no longer needs: older
@@ -127,6 +129,8 @@ class Snapshotter:
             if self.cpus:
                 os.sched_setaffinity(0, self.cpus)
             os.nice(CHILD_NICE)
+            # The rotation left these syncs to this process, off the insert path.
+            self.wal.sync_closed(gen - 1)
             entry = snapshots.write(self.sdir, gen, shards, self.meta,
                                     (lambda tmp: time.sleep(PAUSE_S)) if PAUSE_S else None)
             report, code = entry.__dict__, 0
@@ -163,6 +167,10 @@ class Snapshotter:
         self.uncovered += self.pending
         self.pending = 0
         shutil.rmtree(os.path.join(self.sdir, f"tmp-{gen}-{pid}"), ignore_errors=True)
+        try:
+            self.wal.sync_closed(gen - 1)  # the child may have died before it could
+        except OSError:
+            pass
         if os.WIFSIGNALED(status):
             why = f"the snapshot process was killed by signal {os.WTERMSIG(status)}"
         else:
@@ -216,6 +224,7 @@ class Snapshotter:
         try:
             gen = self.wal.rotate()
             self.pending, self.uncovered = self.uncovered, 0
+            self.wal.sync_closed(gen - 1)
             entry = snapshots.write(self.sdir, gen, self.shards.named(self.name_of), self.meta)
         except (OSError, snapshots.SnapshotError) as exc:
             self.uncovered += self.pending

@@ -82,28 +82,45 @@ class WalLog:
         self.writer = self._open(gen)
         self._older = self._older_bytes()
 
-    def _open(self, gen: int) -> WalWriter:
+    def _open(self, gen: int, sync_dir: bool = True) -> WalWriter:
         writer = WalWriter(generation_path(self.data_dir, self.slot, gen), self.fsync_policy, self.clock)
-        try:
-            fsync_dir(wal_dir(self.data_dir))  # the new file's name is durable too
-        except OSError:
-            writer.close()
-            raise
+        if sync_dir:
+            try:
+                fsync_dir(wal_dir(self.data_dir))  # the new file's name is durable too
+            except OSError:
+                writer.close()
+                raise
         return writer
 
     def rotate(self) -> int:
-        """Close the current generation (synced) and start the next; returns its number.
-        On an error (disk full) the current generation stays the one appended to."""
-        new = self._open(self.generation + 1)
+        """Close the current generation and start the next; returns its number.
+        On an error (disk full) the current generation stays the one appended to.
+
+        Nothing is synced here unless the policy is ``always`` (rotation happens
+        on the insert path, right before a snapshot fork): the caller makes the
+        closed generation and the directory durable off that path
+        (``sync_closed``, run by the snapshot child)."""
+        new = self._open(self.generation + 1, sync_dir=self.fsync_policy == "always")
         old, self.writer = self.writer, new
         self.generation += 1
         self._older = self._older_bytes()
         try:
-            # Whatever the policy synced so far, a generation a snapshot covers is synced whole.
-            old.close(sync=old.fsync_policy != "never")
+            old.close()
         except OSError:
-            pass  # its records stay until a snapshot covers them; nothing depends on this sync
+            pass  # its records stay until a snapshot covers them
         return self.generation
+
+    def sync_closed(self, gen: int) -> None:
+        """Sync generation ``gen`` (closed by ``rotate``) and the log directory.
+        Safe from a forked child: it opens its own descriptors."""
+        if self.fsync_policy == "never":
+            return
+        fd = os.open(generation_path(self.data_dir, self.slot, gen), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(wal_dir(self.data_dir))
 
     def remove_below(self, gen: int) -> list[str]:
         """Delete the generations < ``gen`` (covered by a kept snapshot)."""

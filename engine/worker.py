@@ -84,7 +84,7 @@ class Worker:
         self.window_start = clock()
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, durable: bool = False) -> None:
+    def start(self, durable: bool = False, snapshot_cpus: set[int] | None = None) -> None:
         """Publish empty shards; with ``durable``, rebuild them from the data
         directory and open the log; then go live."""
         self.live[LIVE_CLAIM_RING] = -1
@@ -96,7 +96,8 @@ class Worker:
         if durable:
             def publish(space: int, count: int) -> None:
                 self.counts[space] = count
-            self.store = SlotStore(self.inst, self.slot, self.shards, self.spaces, self.metrics, self.clock)
+            self.store = SlotStore(self.inst, self.slot, self.shards, self.spaces, self.metrics, self.clock,
+                                   snapshot_cpus)
             self.store.open(publish, self.heartbeat)
             for space in np.flatnonzero(self.counts):
                 self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
@@ -327,6 +328,9 @@ def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
     # A file-size limit (RLIMIT_FSIZE) must fail the write with EFBIG, which
     # the worker handles like a full disk, not kill it with SIGXFSZ.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # Before pinning: the supervisor's CPUs, where a snapshot child may run
+    # so that it need not take its time from this worker's CPU alone.
+    usable = os.sched_getaffinity(0)
     pin(cpu)
     inst = Instance.attach(name)
     p = inst.params
@@ -335,7 +339,7 @@ def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
     worker = None
     try:
         worker = Worker(inst, slot, shards)
-        worker.start(durable=True)
+        worker.start(durable=True, snapshot_cpus=usable)
         while not worker.stopping():
             worker.step()
         worker.store.finish()
