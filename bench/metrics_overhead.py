@@ -120,7 +120,7 @@ def bench_record(repeats: int) -> dict:
         mp_files = os.listdir(_MULTIPROC_DIR)
         assert mp_files, "prometheus_client is not in multiprocess mode"
     finally:
-        del w
+        w = None  # drop the writer's view of the array before closing it
         arr.close()
         arr.unlink()
     o, t = statistics.median(ours_s), statistics.median(theirs_s)

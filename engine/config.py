@@ -38,6 +38,13 @@ def _non_negative_int(v: Any) -> int:
     return n
 
 
+def _non_negative_float(v: Any) -> float:
+    x = float(v)
+    if not x >= 0:
+        raise ValueError("must be >= 0")
+    return x
+
+
 def _positive_float(v: Any) -> float:
     x = float(v)
     if not x > 0:
@@ -172,6 +179,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fsync", _choice("always", "interval", "never"), "interval",
             "Write-ahead log sync: always (every batch), interval (at most ~1 s of inserted data at risk "
             "on power loss), never (left to the kernel).", "POLICY"),
+    Setting("snapshot-interval", _non_negative_float, 600.0,
+            "Seconds after which a worker snapshots its shards if anything was logged since its last "
+            "snapshot (0: no time trigger).", "S"),
+    Setting("snapshot-wal-bytes", _non_negative_int, 256 * 2**20,
+            "Bytes of write-ahead log not covered by a snapshot after which a worker snapshots its "
+            "shards (0: no size trigger). With both triggers 0, only a graceful stop snapshots.", "N"),
     Setting("no-metrics", _bool, False, "Record no metrics (the exporter serves zeros); only for measuring "
             "what recording costs.", flag_only=True),
     Setting("metrics-addr", _addr, "127.0.0.1:9090", "Exporter bind address (Prometheus /metrics, health).", "HOST:PORT"),

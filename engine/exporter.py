@@ -16,6 +16,7 @@ from engine import admission, child
 from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_GATEWAY_PID,
                              H_GATEWAY_PORT, H_SUP_PID,
                              LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_STATE, Instance, pid_alive)
+from engine.pressure import unwritable
 from engine.sessions import SessionTable
 from metrics.collector import ArrayCollector
 from metrics.exporter import serve
@@ -86,8 +87,12 @@ class Health:
         supervisor = self._mark("supervisor", "up" if sup_ok and not draining else "down",
                                 "draining for shutdown" if draining else
                                 ("running" if sup_ok else "supervisor process is gone"))
+        blocked = unwritable(inst)
+        storage = self._mark("storage", "down" if blocked else "up",
+                             blocked or "write-ahead logs writable")
         exporter = {"status": "up", "reason": f"pid {os.getpid()}", "since": self.started}
-        components = {"supervisor": supervisor, "workers": workers, "queues": queues, "exporter": exporter}
+        components = {"supervisor": supervisor, "workers": workers, "queues": queues, "storage": storage,
+                      "exporter": exporter}
         if inst.params["grpc_addr"] != "off":
             # Not part of readiness: local producers and recall do not need it.
             gw_pid = int(hdr[H_GATEWAY_PID])
@@ -97,7 +102,7 @@ class Health:
                 "gateway process is gone (the supervisor restarts it)")
         # Ready: supervisor up, every worker heartbeating, not overloaded
         # (critical still admits high and normal work, so it stays ready).
-        reasons = [c["reason"] for c in (supervisor, workers) if c["status"] != "up"]
+        reasons = [c["reason"] for c in (supervisor, workers, storage) if c["status"] != "up"]
         if queues["status"] == "down":
             reasons.append(queues["reason"])
         return {

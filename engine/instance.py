@@ -30,6 +30,13 @@ SUP_CRASH_START]`` and counts consecutive deaths on the same claim in
 ``SUP_CRASH_COUNT``; the next worker of the slot dead-letters a claim that
 has killed two workers instead of processing it a third time.
 
+Unwritable data directory: a worker whose write-ahead log append fails
+(disk full, file-size limit, I/O error) writes the errno into
+``slot_live[LIVE_UNWRITABLE]`` (0 when it can write) and retries; producers
+refuse every observation while any running slot shows one
+(``engine.pressure.unwritable``). Column 6 was unused before, so the
+layout (and its version) is unchanged; column 7 is still unused.
+
 ``hdr`` cells and their single writer: H_SUP_PID, H_READY, H_ADMISSION_CLOSED,
 H_DRAINING, H_STOP, H_STARTED: supervisor. H_BP_STATE, H_BP_CHANGED_MS (unix
 ms of the last transition): any producer or the supervisor, under control
@@ -68,7 +75,8 @@ H_PARAMS_LEN, H_SUP_PID, H_READY, H_ADMISSION_CLOSED, H_DRAINING, H_STOP, H_BP_S
     H_SESSIONS = range(15)
 SUP_PID, SUP_STATE, SUP_RESTARTS, SUP_CPU, SUP_PARKED_UNTIL, SUP_STARTED_AT, \
     SUP_CRASH_RING, SUP_CRASH_START, SUP_CRASH_COUNT = range(9)
-LIVE_HEARTBEAT, LIVE_SLEEPING, LIVE_PID, LIVE_READY, LIVE_CLAIM_RING, LIVE_CLAIM_START = range(6)
+LIVE_HEARTBEAT, LIVE_SLEEPING, LIVE_PID, LIVE_READY, LIVE_CLAIM_RING, LIVE_CLAIM_START, \
+    LIVE_UNWRITABLE = range(7)
 
 # Slot states, written by the supervisor into slot_sup[:, SUP_STATE].
 DOWN, STARTING, RUNNING, PARKED, STOPPED = range(5)

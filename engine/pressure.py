@@ -1,7 +1,11 @@
 """Moves the shared backpressure state along with the pressure seen now.
 
 Called by every producer before admission and by the supervisor on each tick
-(so the state also falls back when no producer is active). The state word
+(so the state also falls back when no producer is active). While any running
+worker cannot write its data directory (``unwritable``), the state is held at
+``overloaded`` whatever the pressure, and producers refuse every priority
+with the message ``unwritable`` returns: an accepted observation could not
+be logged. The state word
 ``hdr[H_BP_STATE]`` changes only under control lock 0; ``on_change`` is
 called with (old, new) by the process that made a transition, exactly once
 per transition.
@@ -9,10 +13,35 @@ per transition.
 
 from __future__ import annotations
 
-from engine import admission
+import errno
+import os
 import time
 
-from engine.instance import H_BP_CHANGED_MS, H_BP_STATE, LOCK_CONTROL, Instance
+from engine import admission
+from engine.instance import (H_BP_CHANGED_MS, H_BP_STATE, LIVE_UNWRITABLE, LOCK_CONTROL, RUNNING, SUP_STATE,
+                             Instance)
+
+
+def unwritable(inst: Instance) -> str:
+    """'' or why admission is stopped: the running slots whose worker cannot
+    write its write-ahead log (``slot_live[LIVE_UNWRITABLE]`` = errno)."""
+    flags = inst.ctl["slot_live"][:, LIVE_UNWRITABLE]
+    if not flags.any():
+        return ""
+    states = inst.ctl["slot_sup"][:, SUP_STATE]
+    bad = [(s, int(flags[s])) for s in range(inst.slots) if flags[s] > 0 and states[s] == RUNNING]
+    if not bad:
+        return ""
+    causes = ", ".join(f"slot {s}: {errno.errorcode.get(e, e)} ({os.strerror(e) if 0 < e < 4096 else '?'})"
+                       for s, e in bad)
+    return (f"data directory {inst.params['data_dir']} is not writable ({causes}); admission is stopped "
+            f"until the write-ahead log can be written again (free disk space)")
+
+
+def _target(inst: Instance, current: int) -> int:
+    if unwritable(inst):
+        return admission.OVERLOADED
+    return admission.next_state(current, inst.pressure())
 
 
 def refresh(inst: Instance, on_change=None) -> int:
@@ -20,14 +49,14 @@ def refresh(inst: Instance, on_change=None) -> int:
     current = int(hdr[H_BP_STATE])
     if not 0 <= current < len(admission.STATES):
         current = admission.NORMAL  # corrupt word: start over from normal
-    new = admission.next_state(current, inst.pressure())
+    new = _target(inst, current)
     if new == current:
         return current
     with inst.locks.hold(LOCK_CONTROL):
         current = int(hdr[H_BP_STATE])
         if not 0 <= current < len(admission.STATES):
             current = admission.NORMAL
-        new = admission.next_state(current, inst.pressure())
+        new = _target(inst, current)
         if new != current:
             hdr[H_BP_STATE] = new
             hdr[H_BP_CHANGED_MS] = int(time.time() * 1000)

@@ -110,10 +110,10 @@ class Engine:
         if self.inst.hdr[H_ADMISSION_CLOSED]:
             self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name, "engine is shutting down")
-        if not admission.admits(priority, state):
+        if (blocked := pressure.unwritable(self.inst)) or not admission.admits(priority, state):
             self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name,
-                       f"{priority} priority refused while backpressure is {state_name}")
+                       blocked or f"{priority} priority refused while backpressure is {state_name}")
         try:
             idx = self.spaces.register(space)
         except InvalidInput:

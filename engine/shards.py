@@ -4,6 +4,7 @@ Single owner: the worker process of the slot; hnswlib is not safe for a
 search concurrent with an insert on one index, and the worker never does
 both at once (it answers queries between insert slices, DESIGN §5). Capacity grows
 by doubling with ``resize_index``. ``num_threads=1``: one core per worker.
+Indexes loaded from a snapshot are adopted as they are (``adopt``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ class ShardSet:
         index.set_num_threads(1)
         index.set_ef(self.ef_search)
         return index
+
+    def adopt(self, space: int, index: hnswlib.Index) -> int:
+        """Take over an index loaded from a snapshot (``load_index`` keeps its
+        capacity, M and ef_construction, not ef or threads); returns its count."""
+        index.set_num_threads(1)
+        index.set_ef(self.ef_search)
+        self.shards[space] = index
+        self._ef[space] = self.ef_search
+        return index.get_current_count()
+
+    def named(self, name_of) -> list[tuple[str, hnswlib.Index]]:
+        """[(space name, index)] of every shard, for a snapshot."""
+        return [(name_of(space), index) for space, index in sorted(self.shards.items())]
 
     def insert(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> int:
         """Insert a batch of one space; returns the shard's new element count."""

@@ -1,8 +1,8 @@
 """Write-ahead log of one worker slot: every batch it inserted, replayable.
 
-File: ``<data-dir>/wal/slot-<i>.log``, append-only, written by the worker of
-slot i only (one writer; the supervisor's data-dir lock keeps a second
-instance out). A worker appends a batch after inserting it into its shard and
+Files: ``<data-dir>/wal/slot-<i>.<g>.log``, one per *generation* g
+(``engine.walgen``), append-only, written by the worker of slot i only (one
+writer; the supervisor's data-dir lock keeps a second instance out). A worker appends a batch after inserting it into its shard and
 before committing its claim, so at any crash the batch is either in the log
 (replayed by the next worker of the slot) or still claimed in its ring
 (processed again by that worker). Replaying a batch that was also processed
@@ -51,10 +51,6 @@ class Replayed:
     records: int = 0
     vectors: int = 0
     dropped_bytes: int = 0
-
-
-def wal_path(data_dir: str, slot: int) -> str:
-    return os.path.join(data_dir, "wal", f"slot-{slot}.log")
 
 
 def encode_parts(space: str, ids: np.ndarray, vectors: np.ndarray) -> list:
@@ -126,25 +122,46 @@ class WalWriter:
         self.fsync_policy = fsync
         self.clock = clock
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.end = os.fstat(self.fd).st_size  # end of the last complete record
+        self.torn = False  # a failed append left bytes after ``end`` not yet cut off
         self.last_sync = clock()
         self.dirty = False
 
     def append(self, space: str, ids: np.ndarray, vectors: np.ndarray) -> tuple[int, float | None]:
-        """Append one batch; returns (bytes written, fsync seconds or None)."""
+        """Append one batch; returns (bytes written, fsync seconds or None).
+
+        Raises OSError (ENOSPC, EFBIG, EIO) with the file cut back to its
+        size before the call, so a failed append leaves no torn record in
+        front of later good ones; the caller retries the same batch."""
+        if self.torn:
+            self._cut()
         parts = encode_parts(space, ids, vectors)
         total = sum(len(p) for p in parts)
-        # raises OSError (ENOSPC, EIO): the caller fails the batch
-        written = os.writev(self.fd, parts)
-        if written < total:  # a short write (rare on regular files): finish it byte-wise
-            rest = memoryview(b"".join(bytes(p) for p in parts))[written:]
-            while rest:
-                rest = rest[os.write(self.fd, rest):]
-        self.dirty = True
-        synced = None
-        if self.fsync_policy == "always" or (
-                self.fsync_policy == "interval" and self.clock() - self.last_sync >= SYNC_INTERVAL_S):
-            synced = self.sync()
+        try:
+            written = os.writev(self.fd, parts)
+            if written < total:  # a short write (disk or file-size limit): finish or fail byte-wise
+                rest = memoryview(b"".join(bytes(p) for p in parts))[written:]
+                while rest:
+                    rest = rest[os.write(self.fd, rest):]
+            self.dirty = True
+            synced = None
+            if self.fsync_policy == "always" or (
+                    self.fsync_policy == "interval" and self.clock() - self.last_sync >= SYNC_INTERVAL_S):
+                synced = self.sync()
+        except OSError:
+            self.torn = True
+            try:
+                self._cut()
+            except OSError:
+                pass  # cut again before the next append (``torn`` stays set)
+            raise
+        self.end += total
         return total, synced
+
+    def _cut(self) -> None:
+        """Truncate what a failed append left after the last complete record."""
+        os.ftruncate(self.fd, self.end)
+        self.torn = False
 
     def sync(self) -> float | None:
         if not self.dirty:
@@ -162,11 +179,16 @@ class WalWriter:
         return None
 
     def size(self) -> int:
-        return os.fstat(self.fd).st_size
+        return self.end
 
-    def close(self) -> None:
+    def close(self, sync: bool = False) -> None:
+        """Sync (unless the policy is ``never``; always with ``sync``) and close."""
         if self.fd >= 0:
-            if self.fsync_policy != "never" and self.dirty:
-                os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+            try:
+                if self.torn:
+                    self._cut()
+                if sync or self.fsync_policy != "never" and self.dirty:
+                    os.fsync(self.fd)
+            finally:
+                os.close(self.fd)
+                self.fd = -1

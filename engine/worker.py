@@ -14,6 +14,12 @@ high → normal → low (``LaneScheduler``), then stealing from the most loaded
 other ring (depth above ``--steal-threshold``, or any depth when its owner is
 absent). Stolen records go into this slot's own shard for their space.
 
+Durability (``start(durable=True)``, ``engine.durable.SlotStore``): shards
+rebuilt from the newest good snapshot and the log after it, each batch
+logged before its claim is committed, snapshots forked between batches.
+While the log cannot be written (disk full) the worker only answers recall
+queries and lets the store retry the append (``step_blocked``).
+
 Set up after the fork (STYLE §3): pinning, signals, attaching to shared
 memory happen in ``main``, never in the parent.
 """
@@ -22,20 +28,20 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 
 import numpy as np
 
 from engine import child, deadletter
+from engine.durable import SlotStore
 from engine.instance import (H_STOP, LANES, LIVE_CLAIM_RING, LIVE_CLAIM_START, LIVE_HEARTBEAT,
-                             LIVE_PID, LIVE_READY, LIVE_SLEEPING, SUP_CRASH_COUNT, SUP_CRASH_RING,
-                             SUP_CRASH_START, Instance)
+                             LIVE_PID, LIVE_READY, LIVE_SLEEPING, LIVE_UNWRITABLE, SUP_CRASH_COUNT,
+                             SUP_CRASH_RING, SUP_CRASH_START, Instance)
 from engine.query import serve_pending
 from engine.scheduler import BatchSizer, LaneScheduler
 from engine.shards import ResizeError, ShardSet
 from engine.spaces import SpaceRegistry
-from engine.wal import WalWriter, wal_path
-from engine.wal import replay as wal_replay
 from metrics.writer import MetricWriter, NullWriter
 from shm.ring import Claim
 
@@ -53,17 +59,13 @@ POISON_AFTER_DEATHS = 2
 # Test hook: a worker whose batch contains this id exits as if it crashed
 # (tests/test_wal.py injects a poison batch with it). Unset in production.
 CRASH_ON_ID = os.environ.get("ENGRAM_TEST_CRASH_ON_ID")
-
-
 class Worker:
-    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic,
-                 wal: WalWriter | None = None):
+    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic):
         p = inst.params
         self.inst = inst
         self.slot = slot
         self.shards = shards
         self.clock = clock
-        self.wal = wal
         self.spaces = SpaceRegistry(inst)
         self.lanes = LaneScheduler()
         self.sizer = BatchSizer(p["batch_min"], p["batch_max"], p["batch_budget_ms"] / 1000.0)
@@ -76,50 +78,33 @@ class Worker:
         self.next_orphan_check = 0.0
         self.metrics = NullWriter() if p["no_metrics"] else \
             MetricWriter(inst.metrics, inst.metrics.row_map.worker(slot))
+        self.store: SlotStore | None = None  # the log and snapshots (start(durable=True))
         self.busy_s = 0.0
         self.query_s = 0.0  # time answering queries inside batches (kept out of batch sizing)
         self.window_start = clock()
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, recover_from: str | None = None) -> None:
-        """Publish empty shards, replay the slot's write-ahead log into them, go live."""
+    def start(self, durable: bool = False, snapshot_cpus: set[int] | None = None) -> None:
+        """Publish empty shards; with ``durable``, rebuild them from the data
+        directory and open the log; then go live."""
         self.live[LIVE_CLAIM_RING] = -1
+        self.live[LIVE_UNWRITABLE] = 0
         self.counts[:] = 0
         for space in self.inst.space_names():
             self.metrics.set("index_vectors", 0, memory_space=space)
-        if recover_from is not None:
-            self.recover(recover_from)
+        self.metrics.set("data_dir_unwritable", 0, worker_id=self.slot)
+        if durable:
+            def publish(space: int, count: int) -> None:
+                self.counts[space] = count
+            self.store = SlotStore(self.inst, self.slot, self.shards, self.spaces, self.metrics, self.clock,
+                                   snapshot_cpus)
+            self.store.open(publish, self.heartbeat)
+            for space in np.flatnonzero(self.counts):
+                self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
         self.heartbeat()
         self.live[LIVE_READY] = 1
         # Written last: the supervisor sees the slot running once this pid shows.
         self.live[LIVE_PID] = os.getpid()
-
-    def recover(self, path: str) -> None:
-        started = last_log = time.monotonic()
-
-        def apply(name: str, ids: np.ndarray, vectors: np.ndarray) -> None:
-            space = self.spaces.register(name)
-            self.counts[space] = self.shards.insert(space, ids, vectors)
-
-        def progress(stats) -> None:
-            nonlocal last_log
-            self.heartbeat()  # a long replay is not a hung worker
-            if time.monotonic() - last_log >= 5.0:
-                last_log = time.monotonic()
-                log.info("slot %d: replaying write-ahead log: %d batches, %d vectors so far",
-                         self.slot, stats.records, stats.vectors)
-
-        stats = wal_replay(path, apply, progress)
-        for space in np.flatnonzero(self.counts):
-            self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
-        self.metrics.inc("wal_records_recovered_total", stats.records, worker_id=self.slot)
-        if stats.dropped_bytes:
-            self.metrics.inc("wal_bytes_dropped_total", stats.dropped_bytes, worker_id=self.slot)
-            log.warning("slot %d: write-ahead log had a torn or corrupt tail: %d bytes cut off after %d "
-                        "good batches", self.slot, stats.dropped_bytes, stats.records)
-        if stats.records:
-            log.info("slot %d: recovered %d vectors from %d batches in %.1fs", self.slot, stats.vectors,
-                     stats.records, time.monotonic() - started)
 
     def heartbeat(self) -> None:
         self.live[LIVE_HEARTBEAT] = self.clock()
@@ -131,6 +116,10 @@ class Worker:
         """One iteration; returns True if it did any work."""
         self.heartbeat()
         self.report_utilization()
+        if self.store is not None:
+            if self.store.blocked is not None:
+                return self.step_blocked()
+            self.store.snapshots.poll()  # between batches: reap a finished child, start one if due
         t0 = self.clock()
         answered = self.answer_queries()
         claim = self.next_claim()
@@ -247,10 +236,10 @@ class Worker:
             m.observe_many("queue_wait_time_seconds", started - times, priority=priority)
         m.inc("batches_processed_total", worker_id=self.slot)
         m.observe("batch_size", claim.count, worker_id=self.slot)
-        if self.wal is not None:
+        if self.store is not None:
             # Logged before the commit: from here a crash loses nothing (DESIGN §6).
-            for space, sel in groups:
-                self._log(space, ids[sel], vectors[sel])
+            if not self.store.log(claim, [(space, ids[sel], vectors[sel]) for space, sel in groups]):
+                return  # blocked: the store commits it once the log takes it
         ring.commit(claim)
         self.live[LIVE_CLAIM_RING] = -1
 
@@ -274,20 +263,16 @@ class Worker:
         log.error("slot %d: observation %s at ring %d position %d killed %d workers; moved to %s",
                   self.slot, [int(i) for i in ids], claim.ring, position, POISON_AFTER_DEATHS, path)
 
-    def _log(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> None:
-        try:
-            nbytes, synced = self.wal.append(self.inst.space_name(space), ids, vectors)
-        except OSError:
-            self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="wal_error")
-            raise
-        self.metrics.inc("wal_appends_total", worker_id=self.slot)
-        self.metrics.inc("wal_bytes_total", nbytes, worker_id=self.slot)
-        self._record_sync(synced)
-
-    def _record_sync(self, synced: float | None) -> None:
-        if synced is not None:
-            self.metrics.observe("wal_fsync_seconds", synced)
-            self.metrics.set("wal_size_bytes", float(self.wal.size()), worker_id=self.slot)
+    def step_blocked(self) -> bool:
+        """One iteration while the log cannot be written: answer queries, retry when due."""
+        answered = self.answer_queries()
+        now = self.clock()
+        retry_at = self.store.blocked.retry_at
+        if now >= retry_at:
+            return self.store.retry() or bool(answered)
+        if not answered and self.inst.wake[self.slot].wait(min(IDLE_WAIT_S, retry_at - now)):
+            self.inst.wake[self.slot].drain()  # a recall query (producers are refused meanwhile)
+        return bool(answered)
 
     def _insert(self, space: int, ids: np.ndarray, vectors: np.ndarray, positions=None) -> None:
         """Insert into the space's shard in ~5 ms slices (queries answered between),
@@ -317,8 +302,8 @@ class Worker:
             raise
 
     def sleep(self) -> None:
-        if self.wal is not None:
-            self._record_sync(self.wal.tick())
+        if self.store is not None:
+            self.store.idle()
         self.live[LIVE_SLEEPING] = 1
         # Re-check after raising the flag: a producer that enqueued before it
         # saw the flag did not post (closes the lost-wake-up window).
@@ -340,23 +325,28 @@ def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
          supervisor_pid: int = 0) -> None:
     """Entry point in the forked child."""
     child.prepare(inherited, supervisor_pid)
+    # A file-size limit (RLIMIT_FSIZE) must fail the write with EFBIG, which
+    # the worker handles like a full disk, not kill it with SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # Before pinning: the supervisor's CPUs, where a snapshot child may run
+    # so that it need not take its time from this worker's CPU alone.
+    usable = os.sched_getaffinity(0)
     pin(cpu)
     inst = Instance.attach(name)
     p = inst.params
     shards = ShardSet(p["dim"], p["metric"], p["hnsw_m"], p["ef_construction"], p["ef_search"],
                       p["shard_initial_capacity"])
-    path = wal_path(p["data_dir"], slot)
-    wal = None
+    worker = None
     try:
         worker = Worker(inst, slot, shards)
-        worker.start(recover_from=path)
-        wal = worker.wal = WalWriter(path, p["fsync"])
+        worker.start(durable=True, snapshot_cpus=usable)
         while not worker.stopping():
             worker.step()
+        worker.store.finish()
     except Exception:
         log.exception("worker slot %d (pid %d) failed", slot, os.getpid())
         raise
     finally:
-        if wal is not None:
-            wal.close()
+        if worker is not None and worker.store is not None:
+            worker.store.close()
         inst.close()

@@ -39,6 +39,12 @@ EXPECTED = {
     "wal_records_recovered_total": ("counter", ("worker_id",), ()),
     "wal_bytes_dropped_total": ("counter", ("worker_id",), ()),
     "deadletter_batches_total": ("counter", ("worker_id",), ()),
+    "wal_truncations_total": ("counter", ("worker_id",), ()),
+    "snapshots_total": ("counter", ("worker_id", "result"), ()),
+    "snapshot_duration_seconds": ("histogram", (), (.01, .05, .1, .5, 1, 5, 10, 30, 60, 300)),
+    "snapshot_last_success_timestamp_seconds": ("gauge", ("worker_id",), ()),
+    "snapshot_fallbacks_total": ("counter", ("worker_id",), ()),
+    "data_dir_unwritable": ("gauge", ("worker_id",), ()),
 }
 
 

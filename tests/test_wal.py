@@ -12,7 +12,8 @@ import pytest
 
 from conftest import EngineProcess, observe_all, wait_for
 from engine import deadletter
-from engine.wal import WalWriter, replay, wal_path
+from engine.wal import WalWriter, replay
+from engine.walgen import generations
 from metrics import readout
 
 DIM = 16
@@ -143,7 +144,9 @@ def test_corrupt_log_tail_is_reported_and_the_rest_recovered(tmp_path):
         assert first.terminate(60) == 0
     finally:
         first.cleanup()
-    with open(wal_path(first.data_dir, 0), "ab") as fh:
+    # The stop took a final snapshot; the newest log generation is the one replayed after it.
+    newest = generations(first.data_dir, 0)[-1][1]
+    with open(newest, "ab") as fh:
         fh.write(b"\x57\x41\x4c\x31" + os.urandom(64))  # a record header and garbage: a torn append
     second = EngineProcess(tmp_path, workers=1)
     second.name, second.data_dir, second.args = first.name, first.data_dir, first.args

@@ -1,0 +1,147 @@
+"""What makes one worker slot durable: recovery, the log before each commit,
+snapshots, and the blocked state when the data directory cannot be written.
+
+``open``: rebuild the shards (``engine.recovery``: newest good snapshot +
+the log after it), open the log at a generation above every snapshot
+(``engine.walgen.WalLog``), set up snapshots (``engine.snapshotter``).
+
+``log(claim, todo)``: append the claim's batches; the worker commits the
+claim only when this returns True. If an append fails (ENOSPC, EFBIG, EIO)
+the log has already been cut back to its last complete record (``WalWriter``),
+so no torn record precedes later good ones. The slot is then *blocked*: the
+claim stays uncommitted (its records are in the shard already, and in the
+ring, so a crash now still loses nothing), the errno goes to
+``slot_live[LIVE_UNWRITABLE]`` so producers refuse new work
+(``engine.pressure.unwritable``), the ``data_dir_unwritable`` gauge is 1,
+and ``retry`` appends the rest every ``UNWRITABLE_RETRY_S`` until it
+succeeds, then commits the claim and clears the state.
+
+Single owner: the worker of the slot.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass
+
+from engine import recovery
+from engine.instance import LIVE_CLAIM_RING, LIVE_UNWRITABLE, Instance
+from engine.snapshotter import Snapshotter
+from engine.walgen import WalLog
+from shm.ring import Claim
+
+log = logging.getLogger("engram.worker")
+
+UNWRITABLE_RETRY_S = 0.5
+
+
+@dataclass
+class Blocked:
+    """A claim inserted but not yet logged because the log could not be written."""
+    claim: Claim
+    todo: list  # [(space, ids, vectors)] still to append: views into the claimed ring range
+    since: float
+    retry_at: float
+
+
+class SlotStore:
+    def __init__(self, inst: Instance, slot: int, shards, spaces, metrics, clock=time.monotonic,
+                 snapshot_cpus: set[int] | None = None):
+        self.inst = inst
+        self.slot = slot
+        self.shards = shards
+        self.spaces = spaces
+        self.metrics = metrics
+        self.clock = clock
+        self.snapshot_cpus = snapshot_cpus  # where the snapshot child may run (None: where the worker runs)
+        self.live = inst.ctl["slot_live"][slot]
+        self.wal: WalLog | None = None
+        self.snapshots: Snapshotter | None = None
+        self.blocked: Blocked | None = None
+
+    def open(self, publish, heartbeat) -> None:
+        """Recover the shards (``publish(space, count)`` as they fill), open the log."""
+        p = self.inst.params
+        meta = {"slot": self.slot, "dim": p["dim"], "metric": p["metric"]}
+        rec = recovery.recover(p["data_dir"], self.slot, meta, self.shards, self.spaces.register, publish,
+                               self.metrics, heartbeat)
+        self.wal = WalLog(p["data_dir"], self.slot, p["fsync"], rec.first_generation)
+        self.snapshots = Snapshotter(p["data_dir"], self.slot, self.shards, self.inst.space_name, self.wal,
+                                     rec.entries, meta, self.metrics, p["snapshot_interval"],
+                                     p["snapshot_wal_bytes"], rec.uncovered_bytes, self.snapshot_cpus,
+                                     self.clock)
+        self.metrics.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
+
+    # -- appending ------------------------------------------------------------------
+    def log(self, claim: Claim, todo: list) -> bool:
+        """Append each (space, ids, vectors) of ``todo``, removing it once logged.
+        False if an append failed: the slot is then blocked on this claim."""
+        while todo:
+            space, ids, vectors = todo[0]
+            try:
+                nbytes, synced = self.wal.append(self.inst.space_name(space), ids, vectors)
+            except OSError as exc:
+                self._block(claim, todo, exc)
+                return False
+            todo.pop(0)
+            self.metrics.inc("wal_appends_total", worker_id=self.slot)
+            self.metrics.inc("wal_bytes_total", nbytes, worker_id=self.slot)
+            self.snapshots.appended(nbytes)
+            self._record_sync(synced)
+        return True
+
+    def _block(self, claim: Claim, todo: list, exc: OSError) -> None:
+        now = self.clock()
+        self.live[LIVE_UNWRITABLE] = exc.errno or errno.EIO
+        if self.blocked is not None:
+            self.blocked.retry_at = now + UNWRITABLE_RETRY_S
+            return
+        self.blocked = Blocked(claim, todo, now, now + UNWRITABLE_RETRY_S)
+        # The insert is done: a death from here on is not this claim's fault (poison detection).
+        self.live[LIVE_CLAIM_RING] = -1
+        self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="wal_error")
+        self.metrics.set("data_dir_unwritable", 1, worker_id=self.slot)
+        log.error("slot %d: cannot write the write-ahead log (%s); admission stops until it can, recall "
+                  "keeps working, retrying every %.1fs", self.slot, exc, UNWRITABLE_RETRY_S)
+
+    def retry(self) -> bool:
+        """Append what a blocked claim still lacks; on success commit it and unblock."""
+        b = self.blocked
+        if not self.log(b.claim, b.todo):
+            return False
+        self.inst.rings[b.claim.ring].commit(b.claim)
+        self.blocked = None
+        self.live[LIVE_UNWRITABLE] = 0
+        self.metrics.set("data_dir_unwritable", 0, worker_id=self.slot)
+        log.warning("slot %d: write-ahead log writable again after %.1fs; admission resumes", self.slot,
+                    self.clock() - b.since)
+        return True
+
+    def _record_sync(self, synced: float | None) -> None:
+        if synced is not None:
+            self.metrics.observe("wal_fsync_seconds", synced)
+            self.metrics.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
+
+    def idle(self) -> None:
+        """Called when the worker has nothing to do: an ``interval`` log is synced."""
+        try:
+            self._record_sync(self.wal.tick())
+        except OSError as exc:  # the data stays unsynced (dirty): the next tick or append tries again
+            log.warning("slot %d: write-ahead log sync failed: %s", self.slot, exc)
+
+    # -- stopping -------------------------------------------------------------------
+    def finish(self) -> None:
+        """Graceful stop: log a blocked claim if the disk allows, then a final snapshot."""
+        if self.blocked is not None and not self.retry():
+            log.error("slot %d: stopping with %d observation(s) inserted but not logged (data directory "
+                      "unwritable); their claim stays uncommitted", self.slot, self.blocked.claim.count)
+            return
+        self.snapshots.final()
+
+    def close(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.abort()
+        if self.wal is not None:
+            self.wal.close()

@@ -1,0 +1,142 @@
+"""Rebuilding a slot's shards at worker start: newest good snapshot + the log after it.
+
+Steps (``recover``):
+
+1. remove temp directories and unlisted snapshots (a write cut short);
+2. take the snapshots of the manifest newest first; the first whose files
+   match their checksums and load is adopted by the ``ShardSet``; a bad one
+   is logged, counted (``snapshot_fallbacks_total``), dropped from the
+   manifest and deleted, and the next older one is tried;
+3. replay the log generations the adopted snapshot does not cover (>= its
+   generation; all of them without a snapshot), in order, with progress in
+   the log. A torn or corrupt tail is cut off and counted, never fatal.
+
+A snapshot covers generations < g and the log holds every batch since, so
+replaying after it adds exactly what is missing; a batch present in both (a
+claim processed again after a crash) is an update of the same label in the
+same shard, never a second vector (hnswlib ``add_items`` on a known label).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine import snapshots
+from engine.snapshots import Entry, SnapshotError
+from engine.wal import replay
+from engine.walgen import generations
+
+log = logging.getLogger("engram.worker")
+
+PROGRESS_LOG_S = 5.0
+
+
+@dataclass
+class Recovered:
+    entries: list[Entry] = field(default_factory=list)  # good snapshots, oldest first
+    loaded: Entry | None = None
+    first_generation: int = 1  # a new log generation must be at least this
+    uncovered_bytes: int = 0  # log bytes not covered by the newest snapshot
+    records: int = 0
+    vectors: int = 0
+
+
+def _candidates(sdir: str, slot: int) -> list[Entry]:
+    try:
+        return snapshots.read_manifest(sdir)
+    except SnapshotError as exc:
+        # The manifest is written atomically, so this is outside damage: fall
+        # back to the complete snapshot directories themselves.
+        found = []
+        for name in os.listdir(sdir):
+            if name.startswith("gen-") and name[4:].isdigit():
+                found.append(Entry(int(name[4:]), name))
+        log.error("slot %d: %s; trying the snapshot directories found instead: %s", slot, exc,
+                  [e.dir for e in sorted(found, key=lambda e: e.generation)] or "none")
+        return sorted(found, key=lambda e: e.generation)
+
+
+def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, metrics,
+            heartbeat=lambda: None) -> Recovered:
+    """Load the newest good snapshot into ``shards`` and replay the log after it.
+    ``register(name) -> space index``; ``publish(space, count)`` after each change."""
+    started = time.monotonic()
+    sdir = snapshots.slot_dir(data_dir, slot)
+    out = Recovered()
+    entries = _candidates(sdir, slot) if os.path.isdir(sdir) else []
+    removed = snapshots.cleanup(sdir, entries)
+    if removed:
+        log.info("slot %d: removed %d unfinished or unlisted snapshot file(s): %s", slot, len(removed), removed)
+    bad: list[Entry] = []
+    for entry in reversed(entries):
+        path = os.path.join(sdir, entry.dir)
+        try:
+            loaded = snapshots.load(path, meta)
+        except SnapshotError as exc:
+            bad.append(entry)
+            metrics.inc("snapshot_fallbacks_total", worker_id=slot)
+            log.error("slot %d: snapshot %s is corrupt or incomplete (%s); falling back to %s", slot,
+                      entry.dir, exc, "the previous snapshot" if entry is not entries[0] else
+                      "the write-ahead log alone")
+            heartbeat()
+            continue
+        for name, index in loaded:
+            space = register(name)
+            publish(space, shards.adopt(space, index))
+        out.loaded = entry
+        log.info("slot %d: loaded snapshot %s (%d vectors) in %.1fs", slot, entry.dir,
+                 sum(i.get_current_count() for _, i in loaded), time.monotonic() - started)
+        break
+    out.entries = [e for e in entries if e not in bad]
+    if bad:
+        for e in bad:
+            shutil.rmtree(os.path.join(sdir, e.dir), ignore_errors=True)
+        snapshots.write_manifest(sdir, slot, out.entries)
+        if out.loaded is None and len(entries) >= snapshots.KEEP:
+            log.error("slot %d: no snapshot could be loaded and the log before generation %d was deleted "
+                      "when the snapshots were taken; vectors logged before it are lost", slot,
+                      entries[0].generation)
+    out.first_generation = max([e.generation for e in entries] + [1])
+    start_gen = out.loaded.generation if out.loaded is not None else 0
+    heartbeat()
+    _replay(slot, [(g, p) for g, p in generations(data_dir, slot) if g >= start_gen], register, publish,
+            shards, metrics, heartbeat, out)
+    out.uncovered_bytes = sum(os.path.getsize(p) for g, p in generations(data_dir, slot) if g >= start_gen)
+    if out.records or out.loaded is not None:
+        log.info("slot %d: recovered %d vectors (%s + %d vectors from %d logged batches) in %.1fs", slot,
+                 sum(shards.count(s) for s in shards.shards), out.loaded.dir if out.loaded else "no snapshot",
+                 out.vectors, out.records, time.monotonic() - started)
+    return out
+
+
+def _replay(slot, gens, register, publish, shards, metrics, heartbeat, out: Recovered) -> None:
+    last_log = time.monotonic()
+
+    def apply(name: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+        space = register(name)
+        publish(space, shards.insert(space, ids, vectors))
+
+    def progress(stats) -> None:
+        nonlocal last_log
+        heartbeat()  # a long replay is not a hung worker
+        if time.monotonic() - last_log >= PROGRESS_LOG_S:
+            last_log = time.monotonic()
+            log.info("slot %d: replaying write-ahead log generation %d: %d batches, %d vectors so far",
+                     slot, gen, out.records + stats.records, out.vectors + stats.vectors)
+
+    for gen, path in gens:
+        stats = replay(path, apply, progress)
+        out.records += stats.records
+        out.vectors += stats.vectors
+        metrics.inc("wal_records_recovered_total", stats.records, worker_id=slot)
+        if stats.dropped_bytes:
+            metrics.inc("wal_bytes_dropped_total", stats.dropped_bytes, worker_id=slot)
+            metrics.inc("wal_truncations_total", worker_id=slot)
+            log.warning("slot %d: write-ahead log %s had a torn or corrupt tail: %d bytes cut off after "
+                        "%d good batches", slot, os.path.basename(path), stats.dropped_bytes, stats.records)
