@@ -171,7 +171,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("query-batch", _positive_int, 16, "Query vectors per recall request slot (larger recalls are chunked).", "N"),
     Setting("shard-initial-capacity", _positive_int, 1024, "Initial HNSW shard capacity (doubles when full).", "N"),
     Setting("worker-timeout", _positive_float, 30.0, "Seconds without heartbeat before a worker is killed as hung.", "S"),
-    Setting("graceful-timeout", _positive_float, 30.0, "Seconds to drain queues on SIGTERM before stopping anyway.", "S"),
+    Setting("graceful-timeout", _positive_float, 30.0, "Seconds to drain queues on SIGTERM before stopping anyway, and again for the workers' final "
+            "snapshots.", "S"),
     Setting("restart-backoff-max", _positive_float, 10.0, "Longest delay before restarting a crashed worker.", "S"),
     Setting("flap-restarts", _positive_int, 5, "Crashes within --flap-window that park a worker slot.", "N"),
     Setting("flap-window", _positive_float, 60.0, "Window for counting crashes.", "S"),

@@ -204,15 +204,25 @@ class Supervisor:
                       slot, ring, start, int(sup[slot, SUP_CRASH_COUNT]))
 
     def hand_over_claims(self, slot: int) -> None:
-        """Give a parked slot's open claims to a running slot (processed when it is idle)."""
-        sup = self.inst.ctl["slot_sup"]
+        """Give a parked slot's open claims to a running slot (processed when it is idle).
+
+        Except the claim its last worker died inside: that one may already
+        be in the slot's shard and write-ahead log (a death between the
+        append and the commit), and another slot inserting it too would put
+        the same ids in two shards. It stays with the slot, whose next worker
+        (after the parking) replays its log and processes it again in the
+        same shard, where a second insert of an id is an update."""
+        sup, live = self.inst.ctl["slot_sup"], self.inst.ctl["slot_live"]
         heirs = [s.index for s in self.slots if s.index != slot and int(sup[s.index, SUP_STATE]) == RUNNING]
         if not heirs:
             return  # the slot's own replacement processes them when it is unparked
         heir = heirs[slot % len(heirs)]
-        moved = sum(len(r.reassign(slot, heir)) for r in self.inst.rings)
+        ring, pos = int(live[slot, LIVE_CLAIM_RING]), int(live[slot, LIVE_CLAIM_START])
+        moved = sum(len(r.reassign(slot, heir, keep=pos if r.ring_id == ring else None))
+                    for r in self.inst.rings)
         if moved:
-            log.info("handed %d open claim(s) of parked slot %d to slot %d", moved, slot, heir)
+            log.info("handed %d open claim(s) of parked slot %d to slot %d%s", moved, slot, heir,
+                     f" (the claim at ring {ring} position {pos} it died in stays with it)" if ring >= 0 else "")
 
     def kill_hung(self) -> None:
         now = self.clock()
@@ -311,7 +321,8 @@ class Supervisor:
         self.inst.hdr[H_STOP] = 1
         for sig in self.inst.wake:
             sig.post()
-        deadline = self.clock() + STOP_GRACE_S
+        # Workers write a final snapshot before they exit: as long as a drain may take.
+        deadline = self.clock() + max(STOP_GRACE_S, self.cfg.graceful_timeout)
         while self.clock() < deadline and any(s.proc is not None for s in self.slots):
             self.wait(TICK_S)
             self.reap()

@@ -305,11 +305,15 @@ class Ring:
         rows = self._claims[self._claims[:, 3] == CLAIMED]
         return {int(c) for c in rows[:, 2]}
 
-    def reassign(self, old: int, new: int) -> list[Claim]:
-        """Hand every open claim of ``old`` to ``new``; returns them."""
+    def reassign(self, old: int, new: int, keep: int | None = None) -> list[Claim]:
+        """Hand every open claim of ``old`` to ``new``, except one covering
+        position ``keep``; returns the claims handed over."""
         with self._lock.hold(self._lock_index):
             out = []
             for e in np.flatnonzero((self._claims[:, 3] == CLAIMED) & (self._claims[:, 2] == old)):
+                start, count = int(self._claims[e, 0]), int(self._claims[e, 1])
+                if keep is not None and start <= keep < start + count:
+                    continue
                 self._claims[e, 2] = new
                 out.append(Claim(self.ring_id, int(e), int(self._claims[e, 0]),
                                  int(self._claims[e, 1]), new))

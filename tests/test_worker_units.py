@@ -173,3 +173,31 @@ def test_queries_are_answered_between_slices_of_one_batch(inst):
     assert q["done"][0, 0] == 1
     assert 0 < q["cols"][0, 0] <= 1
     assert w.sizer.seconds_per_item > 0
+
+
+def test_parked_slot_keeps_the_claim_its_worker_died_in(inst):
+    """Handing a parked slot's claims to another slot must not hand over the
+    claim the dead worker may already have logged (its ids would then sit in
+    two shards); the others go."""
+    from engine.children import Child
+    from engine.instance import LIVE_CLAIM_RING, LIVE_CLAIM_START
+    from engine.supervisor import Supervisor
+    eng = Engine(inst)
+    space = next(f"space-{i}" for i in range(100) if home_slot(f"space-{i}", 2) == 0)
+    rng = np.random.default_rng(3)
+    assert eng.observe(space, np.arange(100), rng.standard_normal((100, DIM)).astype(np.float32)).accepted == 100
+    ring = inst.ring(0, LANE_INDEX["normal"])
+    claims = ring.claim_many(100, 20, claimer=0)
+    assert len(claims) == 5
+    died_in = claims[2]
+    live, sup = inst.ctl["slot_live"], inst.ctl["slot_sup"]
+    live[0, LIVE_CLAIM_RING], live[0, LIVE_CLAIM_START] = died_in.ring, died_in.start + 3
+    sup[1, SUP_STATE] = RUNNING
+    sv = Supervisor.__new__(Supervisor)
+    sv.inst, sv.slots = inst, [Child(0, None), Child(1, None)]
+    sv.hand_over_claims(0)
+    assert [c.start for c in ring.claims_of(0)] == [died_in.start]
+    assert sorted(c.start for c in ring.claims_of(1)) == sorted(c.start for c in claims if c != died_in)
+    live[0, LIVE_CLAIM_RING] = -1  # a worker that died between claims: everything goes
+    sv.hand_over_claims(0)
+    assert ring.claims_of(0) == [] and len(ring.claims_of(1)) == 5
