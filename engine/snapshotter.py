@@ -8,17 +8,21 @@ have passed with something new logged, the worker:
    every batch logged before, i.e. generations < g;
 2. ``os.fork()``s. The child sees the shards as they were at the fork
    (copy-on-write, as Redis BGSAVE) and writes ``snapshots/slot-<i>/gen-<g>``
-   (``engine.snapshots.write``), reports through a pipe and ``os._exit``s.
-   It first syncs the closed log generation and the log directory (kept off
-   the insert path). It never touches shared memory or the metric row
+   (``engine.snapshots.write``), then replaces the manifest and deletes what
+   the retention rule (``engine.snapshots.retain``) no longer needs: older
+   snapshots and log generations; it reports through a pipe and
+   ``os._exit``s. It first syncs the closed log generation and the log
+   directory. All of that is kept off the insert path: the manifest's and the
+   directories' fsyncs and the deletion of large files took 40-75 ms when the
+   worker did them. It never touches shared memory or the metric row
    (metrics/writer.py), dies with the worker (parent-death signal), and runs
    at a lower CPU priority on any CPU the supervisor may use, so the workers
    keep theirs;
-3. keeps inserting; each ``poll`` reaps the child with ``WNOHANG``. On
-   success it records the snapshot in the manifest, then deletes what the
-   retention rule (``engine.snapshots.retain``) no longer needs: older
-   snapshots and log generations. A child that failed (disk full) or was
-   killed is counted and retried later with a growing delay; never fatal.
+3. keeps inserting; each ``poll`` reaps the child with ``WNOHANG`` and takes
+   over the manifest's new contents from its report. A child that failed
+   (disk full) or was killed is counted and retried later with a growing
+   delay, never fatal; the worker then re-reads the manifest, which the child
+   may have replaced before it died.
 
 At a graceful stop (``final``) a running child is waited for, then a last
 snapshot is written in the worker itself if anything was logged since, so
@@ -133,7 +137,16 @@ class Snapshotter:
             self.wal.sync_closed(gen - 1)
             entry = snapshots.write(self.sdir, gen, shards, self.meta,
                                     (lambda tmp: time.sleep(PAUSE_S)) if PAUSE_S else None)
-            report, code = entry.__dict__, 0
+            # The bookkeeping too (its fsyncs and deletions would stall the
+            # worker): the manifest, then what retention no longer needs.
+            kept, dropped, wal_from = snapshots.retain(self.entries + [entry])
+            snapshots.write_manifest(self.sdir, self.slot, kept)
+            for old in dropped:
+                shutil.rmtree(os.path.join(self.sdir, old.dir), ignore_errors=True)
+            removed = self.wal.remove_below(wal_from) if wal_from else []
+            report = {"entry": entry.__dict__, "kept": [e.__dict__ for e in kept], "wal_from": wal_from,
+                      "dropped": len(dropped), "removed": len(removed)}
+            code = 0
         except BaseException as exc:  # reported to the worker, which counts and retries
             report = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
@@ -161,9 +174,13 @@ class Snapshotter:
             report = json.loads(raw or b"{}")
         except ValueError:
             report = {}
-        if status == 0 and "generation" in report:
-            self._succeeded(Entry(**report))
+        if status == 0 and "entry" in report:
+            self._adopt(report)
             return
+        try:  # the child may have failed after it replaced the manifest: disk is the truth
+            self.entries = snapshots.read_manifest(self.sdir)
+        except snapshots.SnapshotError:
+            pass
         self.uncovered += self.pending
         self.pending = 0
         shutil.rmtree(os.path.join(self.sdir, f"tmp-{gen}-{pid}"), ignore_errors=True)
@@ -177,7 +194,30 @@ class Snapshotter:
             why = report.get("error") or f"the snapshot process exited with {status}"
         self._failed(why)
 
+    def _adopt(self, report: dict) -> None:
+        """A child wrote a snapshot and the manifest and applied retention."""
+        entry = Entry(**report["entry"])
+        self.entries = [Entry(**e) for e in report["kept"]]
+        self._done(entry, report["wal_from"], report["dropped"], report["removed"])
+
+    def _done(self, entry: Entry, wal_from: int, dropped: int, removed: int) -> None:
+        self.pending = 0
+        self.failures, self.retry_at, self.last_done = 0, 0.0, self.clock()
+        try:  # the files are gone already: this only refreshes the log's view of them
+            removed += len(self.wal.remove_below(wal_from)) if wal_from else 0
+        except OSError as exc:
+            log.warning("slot %d: could not delete covered log files: %s", self.slot, exc)
+        m = self.metrics
+        m.inc("snapshots_total", worker_id=self.slot, result="ok")
+        m.observe("snapshot_duration_seconds", entry.seconds)
+        m.set("snapshot_last_success_timestamp_seconds", entry.created, worker_id=self.slot)
+        m.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
+        log.info("slot %d: snapshot %s: %d vectors, %.1f MiB in %.2fs; deleted %d log file(s) and %d "
+                 "older snapshot(s)", self.slot, entry.dir, entry.vectors, entry.bytes / 2**20, entry.seconds,
+                 removed, dropped)
+
     def _succeeded(self, entry: Entry) -> None:
+        """A snapshot written in this process (the final one): manifest and retention here."""
         kept, dropped, wal_from = snapshots.retain(self.entries + [entry])
         try:
             snapshots.write_manifest(self.sdir, self.slot, kept)
@@ -188,23 +228,9 @@ class Snapshotter:
             self._failed(f"could not update the snapshot manifest: {exc}")
             return
         self.entries = kept
-        self.pending = 0
-        self.failures, self.retry_at, self.last_done = 0, 0.0, self.clock()
         for old in dropped:
             shutil.rmtree(os.path.join(self.sdir, old.dir), ignore_errors=True)
-        try:
-            removed = self.wal.remove_below(wal_from) if wal_from else []
-        except OSError as exc:
-            removed = []
-            log.warning("slot %d: could not delete covered log files: %s", self.slot, exc)
-        m = self.metrics
-        m.inc("snapshots_total", worker_id=self.slot, result="ok")
-        m.observe("snapshot_duration_seconds", entry.seconds)
-        m.set("snapshot_last_success_timestamp_seconds", entry.created, worker_id=self.slot)
-        m.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
-        log.info("slot %d: snapshot %s: %d vectors, %.1f MiB in %.2fs; deleted %d log file(s) and %d "
-                 "older snapshot(s)", self.slot, entry.dir, entry.vectors, entry.bytes / 2**20, entry.seconds,
-                 len(removed), len(dropped))
+        self._done(entry, wal_from, len(dropped), 0)
 
     def _failed(self, why: str) -> None:
         self.failures += 1
