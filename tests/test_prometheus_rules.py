@@ -27,7 +27,7 @@ PROM = ROOT / "prometheus"
 RULE_FILES = ("alerts.yml", "recording.yml")
 TEST_FILES = ("tests/alerts_test.yml", "tests/recording_test.yml")
 SEVERITIES = {"warning", "critical"}
-COMPONENTS = {"queues", "workers", "ingest", "recall", "exporter", "backpressure"}
+COMPONENTS = {"queues", "workers", "ingest", "recall", "exporter", "backpressure", "durability"}
 DURATION_RE = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 TOKEN_RE = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -86,7 +86,7 @@ def test_alert_set():
             "WorkerUtilizationImbalance", "HighObservationLatency", "HighRecallLatency",
             "FrequentBackpressure", "PersistentBackpressure", "HighRejectionRate",
             "BatchInsertionFailures", "LowThroughput", "ExcessiveWorkStealing",
-            "ExporterDown"} <= set(ALERTS)
+            "ExporterDown", "DataDirUnwritable", "SnapshotFailures"} <= set(ALERTS)
 
 
 @pytest.mark.parametrize("name", sorted(ALERTS))
