@@ -423,6 +423,9 @@ TOPICS = {
     "batch failures by error_type": lambda i: _uses(i, "batch_failures_total", by=["error_type"]),
     "worker up": lambda i: _uses(i, "worker_up"),
     "worker restarts by reason": lambda i: _uses(i, "worker_restarts_total", by=["reason"]),
+    "write-ahead log size per worker": lambda i: _uses(i, "wal_size_bytes", by=["worker_id"]),
+    "snapshots by result": lambda i: _uses(i, "snapshots_total", by=["result"]),
+    "data directory unwritable": lambda i: _uses(i, "data_dir_unwritable"),
 }
 
 
