@@ -38,7 +38,7 @@ from concurrent import futures
 
 import grpc
 
-from engine import admission, child, validation, wire
+from engine import admission, child, pressure, validation, wire
 from engine.drain import DrainMeter, retry_after_s
 from engine.errors import InvalidInput, NotRunning
 from engine.instance import (H_ADMISSION_CLOSED, H_BP_STATE, H_GATEWAY_PID, H_GATEWAY_PORT, H_SUP_PID,
@@ -128,7 +128,8 @@ class Gateway(pb_grpc.EngramServicer):
     def _state(self, priority: str) -> tuple[int, bool]:
         """(backpressure state, whether ``priority`` is refused now)."""
         state = int(self.inst.hdr[H_BP_STATE])
-        refused = bool(self.inst.hdr[H_ADMISSION_CLOSED]) or not admission.admits(priority, state)
+        refused = bool(self.inst.hdr[H_ADMISSION_CLOSED]) or not admission.admits(priority, state) \
+            or bool(pressure.unwritable(self.inst))
         return state, refused
 
     def _retry_ms(self, state: int, priority: str, lane_rejected: int = 0) -> int:
@@ -229,8 +230,11 @@ class Gateway(pb_grpc.EngramServicer):
         self._event(event)
 
     def _status(self, priority: str, state: int, refused: bool) -> pb.Status:
+        blocked = pressure.unwritable(self.inst)
         if bool(self.inst.hdr[H_ADMISSION_CLOSED]):
             text = "the engine is shutting down and admits nothing"
+        elif blocked:
+            text = blocked
         elif refused:
             text = f"{priority} priority is refused while backpressure is {admission.STATES[state]}; wait"
         else:
