@@ -164,6 +164,35 @@ def _backoff(attempt: int) -> float:
     return min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** attempt)
 
 
+def _retry(call, deadline: float, on_error=lambda: None):
+    """``call(attempt)`` until it returns, retrying UNAVAILABLE with backoff
+    until ``deadline``; ``on_error`` runs after each failure."""
+    attempt = 0
+    while True:
+        try:
+            return call(attempt)
+        except grpc.RpcError as exc:
+            on_error()
+            if exc.code() not in RETRYABLE or time.monotonic() >= deadline:
+                raise _error(exc) from None
+            time.sleep(_backoff(attempt))
+            attempt += 1
+
+
+async def _aretry(call, deadline: float, on_error=lambda: None):
+    """``_retry`` for coroutines."""
+    attempt = 0
+    while True:
+        try:
+            return await call(attempt)
+        except grpc.RpcError as exc:
+            on_error()
+            if exc.code() not in RETRYABLE or time.monotonic() >= deadline:
+                raise _error(exc) from None
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
+
+
 class _SessionState:
     """What a session knows, whichever transport carries it."""
 
@@ -261,21 +290,17 @@ class Session(_SessionState):
         raise GatewayError(grpc.StatusCode.UNAVAILABLE, "the gateway ended the stream")
 
     def _exchange(self, message: pb.ClientMessage, kind: str, deadline: float, on_reconnect=None):
-        attempt = 0
-        while True:
-            try:
-                if self._call is None:
-                    self._open()
-                    if on_reconnect is not None and attempt:
-                        message = on_reconnect()
-                self._out.put(message)
-                return self._reply(kind)
-            except grpc.RpcError as exc:
-                self._drop()
-                if exc.code() not in RETRYABLE or time.monotonic() >= deadline:
-                    raise _error(exc) from None
-                time.sleep(_backoff(attempt))
-                attempt += 1
+        """Send ``message``, return the reply of ``kind``; reconnect (resuming
+        the session) on UNAVAILABLE and send ``on_reconnect()`` instead."""
+        def once(attempt: int):
+            msg = message
+            if self._call is None:
+                self._open()
+                if on_reconnect is not None and attempt:
+                    msg = on_reconnect()
+            self._out.put(msg)
+            return self._reply(kind)
+        return _retry(once, deadline, self._drop)
 
     # -- calls ---------------------------------------------------------------------
     def send(self, ids, vectors, first_sequence: int | None = None) -> Ack:
@@ -315,17 +340,7 @@ class Session(_SessionState):
         return self
 
     def _exchange_open(self) -> None:
-        deadline, attempt = time.monotonic() + self.client.retry_timeout, 0
-        while True:
-            try:
-                self._open()
-                return
-            except grpc.RpcError as exc:
-                self._drop()
-                if exc.code() not in RETRYABLE or time.monotonic() >= deadline:
-                    raise _error(exc) from None
-                time.sleep(_backoff(attempt))
-                attempt += 1
+        _retry(lambda attempt: self._open(), time.monotonic() + self.client.retry_timeout, self._drop)
 
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is None:
@@ -345,15 +360,8 @@ class Client(_ClientConfig):
         self._lock = threading.Lock()
 
     def _unary(self, method, request):
-        deadline, attempt = time.monotonic() + self.retry_timeout, 0
-        while True:
-            try:
-                return method(request, timeout=self.timeout, metadata=self._metadata)
-            except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE or time.monotonic() >= deadline:
-                    raise _error(exc) from None
-                time.sleep(_backoff(attempt))
-                attempt += 1
+        return _retry(lambda attempt: method(request, timeout=self.timeout, metadata=self._metadata),
+                      time.monotonic() + self.retry_timeout)
 
     def info(self) -> dict:
         return _info(self._unary(self._stub.Info, pb.InfoRequest()))
@@ -417,21 +425,15 @@ class AsyncSession(_SessionState):
                 return got
 
     async def _exchange(self, message, kind: str, deadline: float, on_reconnect=None):
-        attempt = 0
-        while True:
-            try:
-                if self._call is None:
-                    await self._open()
-                    if on_reconnect is not None and attempt:
-                        message = on_reconnect()
-                await self._call.write(message)
-                return await self._reply(kind)
-            except (grpc.RpcError, grpc.aio.AioRpcError) as exc:
-                self._drop()
-                if exc.code() not in RETRYABLE or time.monotonic() >= deadline:
-                    raise _error(exc) from None
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
+        async def once(attempt: int):
+            msg = message
+            if self._call is None:
+                await self._open()
+                if on_reconnect is not None and attempt:
+                    msg = on_reconnect()
+            await self._call.write(msg)
+            return await self._reply(kind)
+        return await _aretry(once, deadline, self._drop)
 
     async def send(self, ids, vectors, first_sequence: int | None = None) -> Ack:
         async with self._lock:
@@ -463,17 +465,8 @@ class AsyncSession(_SessionState):
             return closed
 
     async def __aenter__(self) -> "AsyncSession":
-        deadline, attempt = time.monotonic() + self.client.retry_timeout, 0
-        while True:
-            try:
-                await self._open()
-                return self
-            except grpc.aio.AioRpcError as exc:
-                self._drop()
-                if exc.code() not in RETRYABLE or time.monotonic() >= deadline:
-                    raise _error(exc) from None
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
+        await _aretry(lambda attempt: self._open(), time.monotonic() + self.client.retry_timeout, self._drop)
+        return self
 
     async def __aexit__(self, exc_type, *exc) -> None:
         if exc_type is None:
@@ -490,15 +483,8 @@ class AsyncClient(_ClientConfig):
         super().__init__(target, token, tls_root_cert, retry_timeout, timeout, max_message_bytes, grpc.aio)
 
     async def _unary(self, method, request):
-        deadline, attempt = time.monotonic() + self.retry_timeout, 0
-        while True:
-            try:
-                return await method(request, timeout=self.timeout, metadata=self._metadata)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or time.monotonic() >= deadline:
-                    raise _error(exc) from None
-                await asyncio.sleep(_backoff(attempt))
-                attempt += 1
+        return await _aretry(lambda attempt: method(request, timeout=self.timeout, metadata=self._metadata),
+                             time.monotonic() + self.retry_timeout)
 
     async def info(self) -> dict:
         return _info(await self._unary(self._stub.Info, pb.InfoRequest()))
