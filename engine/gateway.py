@@ -113,7 +113,7 @@ class Gateway(pb_grpc.EngramServicer):
 
     # -- bookkeeping ----------------------------------------------------------
     def _event(self, event: str) -> None:
-        self.engine._record(lambda w: w.inc("sessions_total", event=event))
+        self.engine.record(lambda w: w.inc("sessions_total", event=event))
 
     def tick(self) -> None:
         """Main thread: drain rate; expire idle sessions no stream serves."""

@@ -56,7 +56,7 @@ class Engine:
         self._metrics_lock = threading.Lock()  # a row has one writer: serialise threads
 
     # -- metrics -----------------------------------------------------------
-    def _record(self, fn) -> None:
+    def record(self, fn) -> None:
         """Run ``fn(writer)`` on this process's metric row (leased on first use)."""
         if self.params["no_metrics"]:
             return
@@ -72,10 +72,10 @@ class Engine:
         # Unknown or invalid space names count under `_other`: a rejection
         # never registers a space (bounded label cardinality).
         idx = self.params["max_spaces"] if space is None else space
-        self._record(lambda w: w.inc("observations_rejected_total", n, memory_space=idx, reason=reason))
+        self.record(lambda w: w.inc("observations_rejected_total", n, memory_space=idx, reason=reason))
 
     def _transition(self, old: int, new: int) -> None:
-        self._record(lambda w: w.inc("backpressure_activations_total", level=admission.STATES[new]))
+        self.record(lambda w: w.inc("backpressure_activations_total", level=admission.STATES[new]))
 
     # -- backpressure --------------------------------------------------------
     def backpressure(self) -> int:
@@ -140,13 +140,18 @@ class Engine:
             raise NotRunning(f"instance {self.inst.name!r} is gone (supervisor pid {pid} exited); "
                              f"reconnect once it runs again")
 
-    def _enqueue(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int) -> int:
+    def _targets(self, space: str, lane: int) -> tuple[list, list[int], list[int]]:
+        """(the lane's rings, free room of each, slots in spill order)."""
         inst = self.inst
         rings = [inst.ring(s, lane) for s in range(inst.slots)]
         free = [r.capacity - r.queued() for r in rings]
+        return rings, free, spill_order(home_slot(space, inst.slots), free)
+
+    def _enqueue(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int) -> int:
+        rings, _, order = self._targets(space, lane)
         now = time.monotonic()
         written = 0
-        for slot in spill_order(home_slot(space, inst.slots), free):
+        for slot in order:
             n = rings[slot].enqueue(ids[written:], vectors[written:], idx, now)
             if n:
                 written += n
@@ -159,10 +164,7 @@ class Engine:
                           journal: tuple[int, int], on_publish) -> int:
         """Into the first ring in spill order with room for the whole batch,
         else the one with the most room (a leading part goes in)."""
-        inst = self.inst
-        rings = [inst.ring(s, lane) for s in range(inst.slots)]
-        free = [r.capacity - r.queued() for r in rings]
-        order = spill_order(home_slot(space, inst.slots), free)
+        rings, free, order = self._targets(space, lane)
         fits = [s for s in order if free[s] >= len(ids)]
         slot = fits[0] if fits else max(order, key=lambda s: free[s])
         n = rings[slot].enqueue(ids, vectors, idx, time.monotonic(), journal=journal, on_publish=on_publish)
@@ -216,7 +218,7 @@ class Engine:
             out_dist.append(dist)
         width = min(x.shape[1] for x in out_ids)
         elapsed = time.monotonic() - started
-        self._record(lambda w: (w.observe("recall_latency_seconds", elapsed, memory_space=idx),
+        self.record(lambda w: (w.observe("recall_latency_seconds", elapsed, memory_space=idx),
                                 w.inc("recall_queries_total", q, memory_space=idx)))
         return RecallResult(np.vstack([x[:, :width] for x in out_ids]),
                             np.vstack([x[:, :width] for x in out_dist]), complete)

@@ -112,7 +112,6 @@ def test_three_clients_concurrently_all_inserted_spaces_isolated(engine_factory)
     for s in spaces:
         wait_for(lambda s=s: inserted(ep, s) == n, 60, message=f"{s} inserted")
     assert enqueued(ep) == 3 * n
-    eng = ep.engine()
     with Client(tgt) as c:
         for i, s in enumerate(spaces):
             q = vectors(n, i)[:50]
@@ -123,7 +122,6 @@ def test_three_clients_concurrently_all_inserted_spaces_isolated(engine_factory)
         info = c.info()
     assert {k: info["spaces"][k] for k in spaces} == {s: n for s in spaces}
     assert info["active_sessions"] == 0  # every stream closed its session
-    assert eng.spaces.lookup("client-a") is not None
 
 
 def test_sequence_and_input_errors_are_answered_and_the_stream_goes_on(engine_factory):
@@ -246,7 +244,7 @@ def test_overload_retry_after_status_push_and_exactly_once_retries(engine_factor
     n = 3000
     ids, vecs = np.arange(n, dtype=np.uint64), vectors(n, 42)
     result = {}
-    stopped = _stop_workers(ep, signal.SIGSTOP)
+    _stop_workers(ep, signal.SIGSTOP)
     try:
         def produce():
             with Client(tgt, retry_timeout=120) as c, c.stream("overload") as s:
@@ -284,7 +282,6 @@ def test_overload_retry_after_status_push_and_exactly_once_retries(engine_factor
     wait_for(lambda: statuses and not statuses[-1].paused, 10, message="an unpaused status")
     wait_for(lambda: inserted(ep, "overload") == n, 60, message="all accepted inserted")
     assert enqueued(ep) == n + low_accepted  # every observation queued exactly once
-    assert stopped
     low.close()
 
 
@@ -437,7 +434,8 @@ def test_async_client(engine_factory):
             info = await c.info()
             assert info["limits"]["dim"] == DIM
             wait = time.monotonic() + 60
-            while inserted(ep, "asyncio") < 100 and time.monotonic() < wait:
+            while inserted(ep, "asyncio") < 100:
+                assert time.monotonic() < wait, "100 observations not inserted within 60 s"
                 await asyncio.sleep(0.05)
             res = await c.recall("asyncio", vectors(100, 5)[:3], k=1)
             return res
