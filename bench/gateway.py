@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ingest  # noqa: E402
 
 from engine.client import Client  # noqa: E402
-from engine.instance import H_GATEWAY_PORT  # noqa: E402
+from engine.control.instance import H_GATEWAY_PORT  # noqa: E402
 
 
 def drained(eng, timeout: float = 600.0) -> None:

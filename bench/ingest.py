@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 
-# One BLAS/OpenMP thread per process, before numpy loads (as engine/cli.py):
+# One BLAS/OpenMP thread per process, before numpy loads (as engine/cli/main.py):
 # the engine workers, peer (a) and peer (b) must all get one core per thread.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -64,7 +64,7 @@ import psutil  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from engine.routing import home_slot  # noqa: E402
+from engine.producer.routing import home_slot  # noqa: E402
 from shm.segment import instance_objects, remove_instance_objects  # noqa: E402
 
 M = 16
@@ -75,7 +75,7 @@ DEFAULT_N = {128: 60_000, 768: 20_000}  # ~5-15 s per measurement on 2 cores
 POLL_S = 0.010       # completion poll of the shard counts
 BACKOFF_S = 0.001    # producer back-off after a rejected suffix
 # Pressure at which normal-priority observations start being refused
-# (engine/admission.py). The normal lane is sized so the whole data set fits
+# (engine/control/admission.py). The normal lane is sized so the whole data set fits
 # below it: this bench measures insert throughput, not backpressure.
 OVERLOADED_AT = 0.95
 # Targets: engine/(a) >= 0.85 at 2 workers; >= 0.9 and ahead of (b) at 16.

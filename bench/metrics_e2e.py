@@ -9,7 +9,7 @@ several per cent; this bench removes that noise by routing spaces evenly
 the recording differs.
 
 A second measurement takes process scheduling out as well: one worker loop
-driven in this process (``engine.worker.Worker`` over a real instance's shared
+driven in this process (``engine.worker.loop.Worker`` over a real instance's shared
 memory, fed through ``Engine.observe``) inserts the same vectors with a
 ``MetricWriter`` and with a ``NullWriter``; hnswlib seeds its level generator,
 so both sides build identical graphs and only the recording differs.
@@ -44,11 +44,11 @@ def in_process(dim: int, n: int, pairs: int) -> dict:
     import numpy as np
 
     from engine import config
-    from engine.instance import H_SUP_PID, Instance
-    from engine.producer import Engine
-    from engine.shards import ShardSet
-    from engine.preflight import instance_params
-    from engine.worker import Worker
+    from engine.control.instance import H_SUP_PID, Instance
+    from engine.producer.api import Engine
+    from engine.worker.shards import ShardSet
+    from engine.supervisor.preflight import instance_params
+    from engine.worker.loop import Worker
     from metrics.writer import NullWriter
     from shm.segment import remove_instance_objects
 

@@ -52,10 +52,10 @@ sys.path.insert(0, ROOT)
 from ingest import machine_info, write_result  # noqa: E402
 
 from engine import config  # noqa: E402
-from engine.instance import H_SUP_PID, RUNNING, SUP_STATE, Instance  # noqa: E402
-from engine.preflight import instance_params  # noqa: E402
-from engine.shards import ShardSet  # noqa: E402
-from engine.worker import Worker  # noqa: E402
+from engine.control.instance import H_SUP_PID, RUNNING, SUP_STATE, Instance  # noqa: E402
+from engine.supervisor.preflight import instance_params  # noqa: E402
+from engine.worker.shards import ShardSet  # noqa: E402
+from engine.worker.loop import Worker  # noqa: E402
 from metrics.writer import MetricWriter  # noqa: E402
 from shm.segment import remove_instance_objects  # noqa: E402
 
@@ -94,7 +94,7 @@ def make_instance(args, data_dir: str) -> Instance:
 def producer(name: str, cpu: int | None, rate: float, batch: int, dim: int, start_id: int, stop) -> None:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    from engine.producer import Engine
+    from engine.producer.api import Engine
     eng = Engine(Instance.attach(name))
     rng = np.random.default_rng(7)
     next_id, t0, sent = start_id, time.monotonic(), 0
@@ -141,7 +141,7 @@ def main() -> int:
         shards = ShardSet(args.dim, "cosine", args.hnsw_m, args.ef_construction, 64, 1024)
         worker = Worker(inst, 0, shards)
         worker.metrics = KeepingWriter(inst.metrics, inst.metrics.row_map.worker(0))
-        worker.start(durable=True, snapshot_cpus=set(cpus))  # as engine.worker.main: the CPUs before pinning
+        worker.start(durable=True, snapshot_cpus=set(cpus))  # as engine.worker.loop.main: the CPUs before pinning
         space = worker.spaces.register(SPACE)
         print(f"building a shard of {args.n} vectors (dim {args.dim}, M {args.hnsw_m}, "
               f"ef_construction {args.ef_construction}) ...", flush=True)

@@ -29,6 +29,6 @@ __all__ = ["connect"]
 
 
 def connect(name: str = "engram"):
-    """Attach to the running instance ``name`` on this host; see ``engine.producer.Engine``."""
-    from engine.producer import connect as _connect
+    """Attach to the running instance ``name`` on this host; see ``engine.producer.api.Engine``."""
+    from engine.producer.api import connect as _connect
     return _connect(name)

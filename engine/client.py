@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from engine import wire
+from engine.rpc import wire
 from engine.errors import EngineError, InvalidInput
-from engine.producer import Ack
-from engine.recall import RecallResult
+from engine.producer.api import Ack
+from engine.producer.recall import RecallResult
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
 

@@ -1,8 +1,14 @@
-"""Errors of the engine package. Library code raises; only the CLI picks exit codes."""
+"""Every error of the engine, in one tree under ``EngineError``.
+
+Library code raises; only the CLI picks exit codes (``engine.cli.main``).
+Errors of the mechanism packages (``shm.errors``, ``metrics.errors``) stay
+theirs; engine code that lets one through wraps it where the caller needs
+an engine error.
+"""
 
 
 class EngineError(Exception):
-    """Base class."""
+    """Base class of every engine error."""
 
 
 class ConfigError(EngineError):
@@ -23,5 +29,25 @@ class InvalidInput(EngineError, ValueError):
     reason = "invalid_input"
 
 
-class WorkerFailure(EngineError):
-    """A worker process failed; carries the formatted traceback."""
+class TableFull(EngineError):
+    """The gateway's session table has no free row."""
+
+
+class ResizeError(EngineError, RuntimeError):
+    """An HNSW shard could not grow (``resize_index`` failed)."""
+
+
+class SnapshotError(EngineError):
+    """A snapshot on disk is missing, damaged or does not match its checksums."""
+
+
+class GatewayError(EngineError):
+    """The gateway answered a call with an error status (not retried, or out of retries).
+
+    ``code`` is the ``grpc.StatusCode``; kept untyped here so that this
+    module needs no grpc import."""
+
+    def __init__(self, code, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import observe_all, wait_for
 from engine.errors import InvalidInput
-from engine.instance import LANE_INDEX
-from engine.routing import home_slot
+from engine.control.instance import LANE_INDEX
+from engine.producer.routing import home_slot
 from metrics import readout
 from shm.segment import instance_objects
 

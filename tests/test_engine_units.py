@@ -8,12 +8,13 @@ import hnswlib
 import numpy as np
 import pytest
 
-from engine import admission, config
+from engine import config
+from engine.control import admission
 from engine.errors import ConfigError, InvalidInput
-from engine.recall import exact_distances, merge
-from engine.routing import home_slot, spill_order
-from engine.scheduler import BatchSizer, LaneScheduler
-from engine import validation
+from engine.producer.recall import exact_distances, merge
+from engine.producer.routing import home_slot, spill_order
+from engine.worker.scheduler import BatchSizer, LaneScheduler
+from engine.producer import validation
 
 
 # -- admission / backpressure ------------------------------------------------
@@ -209,8 +210,8 @@ def test_docs_table_lists_every_setting():
 
 # ---------------------------------------------------------------- drain rate and retry-after
 def test_retry_after_from_drain_rate():
-    from engine import admission
-    from engine.drain import MAX_RETRY_S, MIN_RETRY_S, UNKNOWN_RATE_RETRY_S, retry_after_s
+    from engine.control import admission
+    from engine.gateway.drain import MAX_RETRY_S, MIN_RETRY_S, UNKNOWN_RATE_RETRY_S, retry_after_s
     cap = 10_000
     # below critical and nothing refused: no hint
     assert retry_after_s(admission.WARNING, "normal", 6000, cap, 1000.0) == 0.0
@@ -228,7 +229,7 @@ def test_retry_after_from_drain_rate():
 
 
 def test_drain_meter_follows_committed_positions():
-    from engine.drain import DrainMeter
+    from engine.gateway.drain import DrainMeter
 
     class FakeRing:
         tail = 0

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import observe_all, wait_for
 from engine.errors import InvalidInput
-from engine.instance import H_EXPORTER_PORT
+from engine.control.instance import H_EXPORTER_PORT
 from metrics.catalog import CATALOG, PREFIX
 
 DIM = 16
@@ -179,7 +179,7 @@ def test_live_scrape_passes_promtool_in_both_formats(engine_factory):
 def test_exporter_is_restarted_when_killed(engine_factory):
     ep = engine_factory()
     eng = ep.engine()
-    from engine.instance import H_EXPORTER_PID
+    from engine.control.instance import H_EXPORTER_PID
     old = wait_for(lambda: int(eng.inst.hdr[H_EXPORTER_PID]), 30, message="exporter pid")
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: int(eng.inst.hdr[H_EXPORTER_PID]) not in (0, old), 30, message="new exporter")

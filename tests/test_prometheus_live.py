@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import EngineProcess, observe_all, wait_for
-from engine.instance import H_EXPORTER_PORT
+from engine.control.instance import H_EXPORTER_PORT
 from grafana_exprs import concrete, dashboard_exprs
 from shm.segment import instance_objects
 

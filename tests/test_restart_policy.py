@@ -1,6 +1,6 @@
 """Restart backoff and parking, on injected times (no processes)."""
 
-from engine.children import Child, RestartPolicy
+from engine.supervisor.children import Child, RestartPolicy
 
 POLICY = RestartPolicy(flap_restarts=4, flap_window=60.0, park_seconds=30.0, backoff_max=1.0)
 
@@ -41,7 +41,7 @@ def test_signal_queue_handlers_only_enqueue_and_wake_the_wait():
     import signal
     import time
 
-    from engine.signals import SignalQueue
+    from engine.supervisor.signals import SignalQueue
     q = SignalQueue()
     q.install((signal.SIGUSR1,))
     try:

@@ -20,12 +20,13 @@ import psutil
 import pytest
 
 from conftest import EngineProcess, observe_all, wait_for
-from engine import recovery, snapshots
-from engine.shards import ShardSet
-from engine.snapshots import Entry, SnapshotError
-from engine.wal import WalWriter, replay
-from engine.walgen import WalLog, generation_path, generations, legacy_path
-from engine.instance import H_EXPORTER_PORT
+from engine.storage import recovery
+from engine.storage import snapshots
+from engine.worker.shards import ShardSet
+from engine.storage.snapshots import Entry, SnapshotError
+from engine.storage.wal import WalWriter, replay
+from engine.storage.walgen import WalLog, generation_path, generations, legacy_path
+from engine.control.instance import H_EXPORTER_PORT
 from metrics import readout
 
 DIM = 16

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import EngineProcess, observe_all, wait_for
-from engine import deadletter
-from engine.wal import WalWriter, replay
-from engine.walgen import generations
+from engine.storage import deadletter
+from engine.storage.wal import WalWriter, replay
+from engine.storage.walgen import generations
 from metrics import readout
 
 DIM = 16
@@ -229,8 +229,8 @@ def test_killed_process_group_loses_no_acknowledged_observation(tmp_path):
     """kill -9 of supervisor, workers and exporter at once, with observations
     queued and some claimed in flight: the next start carries them over from
     the dead run's shared memory, replays the logs, and has every one, once."""
-    from engine.instance import LANE_INDEX
-    from engine.routing import home_slot
+    from engine.control.instance import LANE_INDEX
+    from engine.producer.routing import home_slot
     first = EngineProcess(tmp_path, fsync="always", steal_threshold=100000)
     try:
         first.start()

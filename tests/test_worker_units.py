@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from engine import config
-from engine.instance import H_SUP_PID, LANE_INDEX, LIVE_HEARTBEAT, RUNNING, SUP_STATE, Instance
-from engine.producer import Engine
-from engine.routing import home_slot
-from engine.shards import ShardSet
-from engine.preflight import instance_params
-from engine.worker import Worker
+from engine.control.instance import H_SUP_PID, LANE_INDEX, LIVE_HEARTBEAT, RUNNING, SUP_STATE, Instance
+from engine.producer.api import Engine
+from engine.producer.routing import home_slot
+from engine.worker.shards import ShardSet
+from engine.supervisor.preflight import instance_params
+from engine.worker.loop import Worker
 from metrics import readout
 from shm.segment import instance_objects, remove_instance_objects
 
@@ -154,7 +154,7 @@ def test_space_index_out_of_range_in_a_ring_is_refused(inst):
 
 
 def test_queries_are_answered_between_slices_of_one_batch(inst):
-    from engine.query import REQ_EF, REQ_K, REQ_NQ, REQ_SEQ, REQ_SPACE
+    from engine.control.query import REQ_EF, REQ_K, REQ_NQ, REQ_SEQ, REQ_SPACE
     eng = Engine(inst)
     space = space_homed_at(0)
     vecs = np.random.default_rng(3).standard_normal((50, DIM)).astype(np.float32)
@@ -179,9 +179,9 @@ def test_parked_slot_keeps_the_claim_its_worker_died_in(inst):
     """Handing a parked slot's claims to another slot must not hand over the
     claim the dead worker may already have logged (its ids would then sit in
     two shards); the others go."""
-    from engine.children import Child
-    from engine.instance import LIVE_CLAIM_RING, LIVE_CLAIM_START
-    from engine.supervisor import Supervisor
+    from engine.supervisor.children import Child
+    from engine.control.instance import LIVE_CLAIM_RING, LIVE_CLAIM_START
+    from engine.supervisor.arbiter import Supervisor
     eng = Engine(inst)
     space = next(f"space-{i}" for i in range(100) if home_slot(f"space-{i}", 2) == 0)
     rng = np.random.default_rng(3)

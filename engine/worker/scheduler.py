@@ -10,7 +10,7 @@ Batch size adapts (DESIGN §4): the worker keeps a moving average of seconds
 per inserted item and sizes batches to fit ``budget`` seconds, clamped to
 ``[batch_min, batch_max]`` and to what is queued. (Recall is not held up
 by a batch: the worker answers queries between ~5 ms slices of it, see
-engine/worker.py.) Clocks are injected so the policy is tested without
+engine/worker/loop.py.) Clocks are injected so the policy is tested without
 processes (STYLE §7).
 """
 

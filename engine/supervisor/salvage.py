@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.instance import LANES, Instance
-from engine.spaces import SpaceRegistry
+from engine.control.instance import LANES, Instance
+from engine.control.spaces import SpaceRegistry
 from shm.errors import LayoutError, SegmentMissing
 
 log = logging.getLogger("engram.supervisor")

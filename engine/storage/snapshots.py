@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import hnswlib
 
-from engine.walgen import fsync_dir
+from engine.storage.walgen import fsync_dir
 
 FORMAT = 1
 KEEP = 2

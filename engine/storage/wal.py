@@ -1,7 +1,7 @@
 """Write-ahead log of one worker slot: every batch it inserted, replayable.
 
 Files: ``<data-dir>/wal/slot-<i>.<g>.log``, one per *generation* g
-(``engine.walgen``), append-only, written by the worker of slot i only (one
+(``engine.storage.walgen``), append-only, written by the worker of slot i only (one
 writer; the supervisor's data-dir lock keeps a second instance out). A worker appends a batch after inserting it into its shard and
 before committing its claim, so at any crash the batch is either in the log
 (replayed by the next worker of the slot) or still claimed in its ring

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from engine import admission
-from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PORT, H_GATEWAY_PID, H_GATEWAY_PORT,
+from engine.control import admission
+from engine.control.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PORT, H_GATEWAY_PID, H_GATEWAY_PORT,
                              H_READY, H_STARTED, H_SUP_PID, LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_CPU,
                              SUP_PID, SUP_RESTARTS, SUP_STATE, Instance, pid_alive)
-from engine.sessions import SessionTable
+from engine.control.sessions import SessionTable
 from metrics import readout
 
 LATENCY_QUANTILES = (0.5, 0.99, 0.999)

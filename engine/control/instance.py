@@ -4,7 +4,7 @@ Objects (``<n>`` = instance name; see ``shm.segment.object_name``)::
 
     /engram.<n>.ctl         control block (layout below)
     /engram.<n>.rings       rings[slot][lane], structure of arrays (shm.ring)
-    /engram.<n>.query       recall request slots (engine.query)
+    /engram.<n>.query       recall request slots (engine.control.query)
     sem /engram.<n>.wake.<slot>    wakes a sleeping worker
     sem /engram.<n>.qdone.<j>      wakes the client waiting on query slot j
     <data-dir>/engine.locks        fcntl byte locks: 0 control, 64+r ring r,
@@ -20,7 +20,7 @@ M = max spaces)::
     ...     slot_live f64[S, 8] per slot, written by that slot's worker only (LIVE_*)
     ...     space_names u8[M, 64]  registered space names; producers, under lock 0
     ...     shard_counts i64[S, M] vectors in HNSW per (slot, space); the slot's worker
-    ...     sessions i64[X, 8]    gateway session table (engine.sessions, X =
+    ...     sessions i64[X, 8]    gateway session table (engine.control.sessions, X =
                                   --max-sessions); the gateway only
 
 Poison batches: a worker writes the claim it is working on into
@@ -34,7 +34,7 @@ Unwritable data directory: a worker whose write-ahead log append fails
 (disk full, file-size limit, I/O error) writes the errno into
 ``slot_live[LIVE_UNWRITABLE]`` (0 when it can write) and retries; producers
 refuse every observation while any running slot shows one
-(``engine.pressure.unwritable``). Column 6 was unused before, so the
+(``engine.control.pressure.unwritable``). Column 6 was unused before, so the
 layout (and its version) is unchanged; column 7 is still unused.
 
 ``hdr`` cells and their single writer: H_SUP_PID, H_READY, H_ADMISSION_CLOSED,

@@ -47,25 +47,25 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_run(cfg) -> int:
-    from engine.supervisor import Supervisor
+    from engine.supervisor.arbiter import Supervisor
     return Supervisor(cfg).run()
 
 
 def cmd_status(cfg) -> int:
-    from engine.producer import connect
+    from engine.producer.api import connect
     with connect(cfg.name) as eng:
         st = eng.status(cfg.interval)
     if cfg.json:
         print(json.dumps(st))
     else:
-        from engine.status import render
+        from engine.cli.status import render
         print(render(st))
     return 0
 
 
 def cmd_stop(cfg) -> int:
-    from engine.instance import H_SUP_PID
-    from engine.producer import connect
+    from engine.control.instance import H_SUP_PID
+    from engine.producer.api import connect
     with connect(cfg.name) as eng:
         pid = int(eng.inst.hdr[H_SUP_PID])
         data_dir = eng.params["data_dir"]
@@ -105,7 +105,7 @@ def _report_exit(name: str, pid: int, record_path: str) -> int:
 
 def cmd_recall(cfg) -> int:
     import numpy as np
-    from engine.producer import connect
+    from engine.producer.api import connect
     with connect(cfg.name) as eng:
         if cfg.vector is not None:
             query = np.array(cfg.vector, dtype=np.float32)
@@ -128,12 +128,12 @@ def cmd_recall(cfg) -> int:
 
 
 def cmd_load(cfg) -> int:
-    from engine.loadgen import run_load
+    from engine.cli.loadgen import run_load
     return run_load(cfg)
 
 
 def cmd_deadletter(cfg) -> int:
-    from engine import deadletter
+    from engine.storage import deadletter
     records = deadletter.read_all(cfg.data_dir)
     if cfg.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "vectors"} for r in records]))

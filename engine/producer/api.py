@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine import admission, pressure, validation
+from engine.control import admission
+from engine.control import pressure
+from engine.producer import validation
 from engine.errors import InvalidInput, NotRunning
-from engine.instance import H_ADMISSION_CLOSED, H_SUP_PID, LANE_INDEX, LIVE_SLEEPING, Instance, pid_alive
-from engine.query import QueryClient
-from engine.spaces import SpaceRegistry
-from engine.recall import RecallResult, exact_distances, merge
-from engine.routing import home_slot, spill_order
+from engine.control.instance import H_ADMISSION_CLOSED, H_SUP_PID, LANE_INDEX, LIVE_SLEEPING, Instance, pid_alive
+from engine.control.query import QueryClient
+from engine.control.spaces import SpaceRegistry
+from engine.producer.recall import RecallResult, exact_distances, merge
+from engine.producer.routing import home_slot, spill_order
 from metrics.lease import ProducerRowLease
 from shm.errors import LayoutError, SegmentMissing
 
@@ -237,7 +239,7 @@ class Engine:
     # -- status / teardown -------------------------------------------------
     def status(self, interval: float = 0.0) -> dict:
         """The ``engram-stream status --json`` object; ``interval`` > 0 adds rates."""
-        from engine.status import collect
+        from engine.cli.status import collect
         return collect(self.inst, interval)
 
     def close(self) -> None:

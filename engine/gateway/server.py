@@ -1,7 +1,7 @@
 """The gRPC gateway: remote producers and recall, a child of the supervisor.
 
-It is a producer like any local one (``engine.producer.Engine``, with the
-gateway's own metric row) plus sessions (``engine.sessions``): each
+It is a producer like any local one (``engine.producer.api.Engine``, with the
+gateway's own metric row) plus sessions (``engine.control.sessions``): each
 ``ObserveStream`` is one session of one space and priority whose batches
 carry sequence numbers. Per batch, in order:
 
@@ -38,15 +38,19 @@ from concurrent import futures
 
 import grpc
 
-from engine import admission, child, pressure, validation, wire
-from engine.drain import DrainMeter, retry_after_s
+from engine import child
+from engine.control import admission
+from engine.control import pressure
+from engine.producer import validation
+from engine.rpc import wire
+from engine.gateway.drain import DrainMeter, retry_after_s
 from engine.errors import InvalidInput, NotRunning
-from engine.instance import (H_ADMISSION_CLOSED, H_BP_STATE, H_GATEWAY_PID, H_GATEWAY_PORT, H_SUP_PID,
+from engine.control.instance import (H_ADMISSION_CLOSED, H_BP_STATE, H_GATEWAY_PID, H_GATEWAY_PORT, H_SUP_PID,
                              LANE_INDEX, LANES, Instance)
-from engine.producer import Engine
+from engine.producer.api import Engine
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
-from engine.sessions import S_ACCEPTED, S_LANE, S_SPACE, SessionTable, TableFull
+from engine.control.sessions import S_ACCEPTED, S_LANE, S_SPACE, SessionTable, TableFull
 
 log = logging.getLogger("engram.gateway")
 

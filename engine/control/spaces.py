@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import InvalidInput
-from engine.instance import H_SPACES, LOCK_CONTROL, NAME_BYTES, Instance
+from engine.control.instance import H_SPACES, LOCK_CONTROL, NAME_BYTES, Instance
 
 
 class SpaceRegistry:

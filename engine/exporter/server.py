@@ -12,12 +12,13 @@ import logging
 import os
 import time
 
-from engine import admission, child
-from engine.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_GATEWAY_PID,
+from engine import child
+from engine.control import admission
+from engine.control.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_GATEWAY_PID,
                              H_GATEWAY_PORT, H_SUP_PID,
                              LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_STATE, Instance, pid_alive)
-from engine.pressure import unwritable
-from engine.sessions import SessionTable
+from engine.control.pressure import unwritable
+from engine.control.sessions import SessionTable
 from metrics.collector import ArrayCollector
 from metrics.exporter import serve
 

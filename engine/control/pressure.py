@@ -17,8 +17,8 @@ import errno
 import os
 import time
 
-from engine import admission
-from engine.instance import (H_BP_CHANGED_MS, H_BP_STATE, LIVE_UNWRITABLE, LOCK_CONTROL, RUNNING, SUP_STATE,
+from engine.control import admission
+from engine.control.instance import (H_BP_CHANGED_MS, H_BP_STATE, LIVE_UNWRITABLE, LOCK_CONTROL, RUNNING, SUP_STATE,
                              Instance)
 
 

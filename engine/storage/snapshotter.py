@@ -8,8 +8,8 @@ have passed with something new logged, the worker:
    every batch logged before, i.e. generations < g;
 2. ``os.fork()``s. The child sees the shards as they were at the fork
    (copy-on-write, as Redis BGSAVE) and writes ``snapshots/slot-<i>/gen-<g>``
-   (``engine.snapshots.write``), then replaces the manifest and deletes what
-   the retention rule (``engine.snapshots.retain``) no longer needs: older
+   (``engine.storage.snapshots.write``), then replaces the manifest and deletes what
+   the retention rule (``engine.storage.snapshots.retain``) no longer needs: older
    snapshots and log generations; it reports through a pipe and
    ``os._exit``s. It first syncs the closed log generation and the log
    directory. All of that is kept off the insert path: the manifest's and the
@@ -42,8 +42,8 @@ import signal
 import time
 
 from engine import child as child_setup
-from engine import snapshots
-from engine.snapshots import Entry
+from engine.storage import snapshots
+from engine.storage.snapshots import Entry
 
 log = logging.getLogger("engram.worker")
 

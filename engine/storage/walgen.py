@@ -1,10 +1,10 @@
 """The generations of a slot's write-ahead log, and the files they live in.
 
 ``<data-dir>/wal/slot-<i>.<g>.log`` holds generation g (1, 2, …) of slot i's
-log (record format: ``engine.wal``). Appends go to the newest generation.
+log (record format: ``engine.storage.wal``). Appends go to the newest generation.
 Before a snapshot the worker rotates to generation g+1, so the snapshot
 covers exactly "generations < g+1", and those files can be deleted once
-enough snapshots are safely on disk (retention: ``engine.snapshots``). A log
+enough snapshots are safely on disk (retention: ``engine.storage.snapshots``). A log
 written before generations existed, ``slot-<i>.log``, is read as generation
 0 and deleted like any other once covered.
 """
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from engine.wal import WalWriter
+from engine.storage.wal import WalWriter
 
 
 def wal_dir(data_dir: str) -> str:

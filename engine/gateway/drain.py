@@ -5,14 +5,14 @@ number of observations ever committed. ``DrainMeter`` samples it and keeps an
 exponentially weighted rate; ``retry_after_s`` turns the queued excess into
 a wait: the time the engine needs, at that rate, to bring pressure below the
 level at which the state that refuses (or slows) the sender is left
-(``engine.admission``).
+(``engine.control.admission``).
 """
 
 from __future__ import annotations
 
 import time
 
-from engine import admission
+from engine.control import admission
 
 MIN_RETRY_S = 0.05
 MAX_RETRY_S = 30.0

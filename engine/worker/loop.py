@@ -14,7 +14,7 @@ high → normal → low (``LaneScheduler``), then stealing from the most loaded
 other ring (depth above ``--steal-threshold``, or any depth when its owner is
 absent). Stolen records go into this slot's own shard for their space.
 
-Durability (``start(durable=True)``, ``engine.durable.SlotStore``): shards
+Durability (``start(durable=True)``, ``engine.storage.slotstore.SlotStore``): shards
 rebuilt from the newest good snapshot and the log after it, each batch
 logged before its claim is committed, snapshots forked between batches.
 While the log cannot be written (disk full) the worker only answers recall
@@ -33,15 +33,16 @@ import time
 
 import numpy as np
 
-from engine import child, deadletter
-from engine.durable import SlotStore
-from engine.instance import (H_STOP, LANES, LIVE_CLAIM_RING, LIVE_CLAIM_START, LIVE_HEARTBEAT,
+from engine import child
+from engine.storage import deadletter
+from engine.storage.slotstore import SlotStore
+from engine.control.instance import (H_STOP, LANES, LIVE_CLAIM_RING, LIVE_CLAIM_START, LIVE_HEARTBEAT,
                              LIVE_PID, LIVE_READY, LIVE_SLEEPING, LIVE_UNWRITABLE, SUP_CRASH_COUNT,
                              SUP_CRASH_RING, SUP_CRASH_START, Instance)
-from engine.query import serve_pending
-from engine.scheduler import BatchSizer, LaneScheduler
-from engine.shards import ResizeError, ShardSet
-from engine.spaces import SpaceRegistry
+from engine.control.query import serve_pending
+from engine.worker.scheduler import BatchSizer, LaneScheduler
+from engine.worker.shards import ResizeError, ShardSet
+from engine.control.spaces import SpaceRegistry
 from metrics.writer import MetricWriter, NullWriter
 from shm.ring import Claim
 

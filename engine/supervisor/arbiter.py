@@ -7,13 +7,13 @@ Main loop (gunicorn's arbiter shape; each step small, idempotent, testable)::
 
 Signal handlers only append to a list; ``signal.set_wakeup_fd`` makes the
 wait return at once. Workers are forked before any thread exists here, and
-set themselves up after the fork (``engine.worker.main``).
+set themselves up after the fork (``engine.worker.loop.main``).
 
-Restart policy (``engine.children.RestartPolicy``): a dead worker is
+Restart policy (``engine.supervisor.children.RestartPolicy``): a dead worker is
 restarted after an exponential backoff; a slot that crashes too often is
 parked, its open claims are handed to a running slot and its queued records
 are drained by stealing (owners that are absent are stolen from at any
-depth). Start-up checks live in ``engine.preflight``.
+depth). Start-up checks live in ``engine.supervisor.preflight``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,17 @@ import os
 import signal
 import time
 
-from engine import pressure, salvage
-from engine.children import Child, RestartPolicy
-from engine.signals import SignalQueue
+from engine.control import pressure
+from engine.supervisor import salvage
+from engine.supervisor.children import Child, RestartPolicy
+from engine.supervisor.signals import SignalQueue
 from engine.errors import InstanceRunning
-from engine.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_STARTED, H_STOP,
+from engine.control.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_STARTED, H_STOP,
                              H_SUP_PID, LIVE_CLAIM_RING, LIVE_CLAIM_START, LIVE_HEARTBEAT, LIVE_PID,
                              PARKED, RUNNING, STARTING, SUP_CRASH_COUNT, SUP_CRASH_RING, SUP_CRASH_START,
                              STOPPED, SUP_CPU, SUP_PARKED_UNTIL, SUP_PID, SUP_RESTARTS,
                              SUP_STARTED_AT, SUP_STATE, Instance)
-from engine.preflight import (check_bindable, check_gateway_files, check_name_free, check_shm_room, check_wal_manifest,
+from engine.supervisor.preflight import (check_bindable, check_gateway_files, check_name_free, check_shm_room, check_wal_manifest,
                               instance_params, plan_cpus)
 from shm.lock import InstanceLock
 from shm.segment import remove_instance_objects
@@ -257,13 +258,13 @@ class Supervisor:
         inherited = [fd for fd in (self.lock.fileno() if self.lock else None, *self.signals.fds)
                      if fd is not None]
         if s.kind == "worker":
-            from engine import worker
+            from engine.worker import loop as worker
             target, args = worker.main, (s.index, self.cfg.name, s.cpu, inherited, os.getpid())
         elif s.kind == "gateway":
-            from engine import gateway
+            from engine.gateway import server as gateway
             target, args = gateway.main, (self.cfg.name, inherited, os.getpid())
         else:
-            from engine import exporter
+            from engine.exporter import server as exporter
             target, args = exporter.main, (self.cfg.name, self.cfg.metrics_addr, inherited, os.getpid())
         restart = s.spawned_at > 0
         proc = self._ctx.Process(target=target, args=args, name=f"engram-{s.kind}", daemon=False)
@@ -297,7 +298,7 @@ class Supervisor:
         pressure.refresh(self.inst, self._transition)
 
     def _transition(self, old: int, new: int) -> None:
-        from engine.admission import STATES
+        from engine.control.admission import STATES
         self.metrics.inc("backpressure_activations_total", level=STATES[new])
 
     def check_drain(self) -> None:

@@ -10,7 +10,7 @@ really is.
 Row layout (one row per session, all i64)::
 
     S_ID           session id (random, 63 bits); 0 = free row
-    S_SPACE        space index (engine.spaces)
+    S_SPACE        space index (engine.control.spaces)
     S_LANE         lane index (priority)
     S_NEXT_SEQ     the sequence number the session expects next
     S_LAST_MS      unix ms of the session's last message (idle expiry)

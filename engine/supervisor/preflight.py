@@ -13,7 +13,7 @@ import os
 
 
 from engine.errors import ConfigError, InstanceRunning
-from engine.instance import pid_alive, read_params, read_supervisor_pid, required_bytes
+from engine.control.instance import pid_alive, read_params, read_supervisor_pid, required_bytes
 from shm.errors import LayoutError, SegmentMissing
 from shm.segment import Segment, instance_objects, object_name
 

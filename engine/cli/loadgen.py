@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from engine.producer import connect
+from engine.producer.api import connect
 from metrics import readout
 
 

@@ -1,9 +1,9 @@
 """What makes one worker slot durable: recovery, the log before each commit,
 snapshots, and the blocked state when the data directory cannot be written.
 
-``open``: rebuild the shards (``engine.recovery``: newest good snapshot +
+``open``: rebuild the shards (``engine.storage.recovery``: newest good snapshot +
 the log after it), open the log at a generation above every snapshot
-(``engine.walgen.WalLog``), set up snapshots (``engine.snapshotter``).
+(``engine.storage.walgen.WalLog``), set up snapshots (``engine.storage.snapshotter``).
 
 ``log(claim, todo)``: append the claim's batches; the worker commits the
 claim only when this returns True. If an append fails (ENOSPC, EFBIG, EIO)
@@ -12,7 +12,7 @@ so no torn record precedes later good ones. The slot is then *blocked*: the
 claim stays uncommitted (its records are in the shard already, and in the
 ring, so a crash now still loses nothing), the errno goes to
 ``slot_live[LIVE_UNWRITABLE]`` so producers refuse new work
-(``engine.pressure.unwritable``), the ``data_dir_unwritable`` gauge is 1,
+(``engine.control.pressure.unwritable``), the ``data_dir_unwritable`` gauge is 1,
 and ``retry`` appends the rest every ``UNWRITABLE_RETRY_S`` until it
 succeeds, then commits the claim and clears the state.
 
@@ -26,10 +26,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from engine import recovery
-from engine.instance import LIVE_CLAIM_RING, LIVE_UNWRITABLE, Instance
-from engine.snapshotter import Snapshotter
-from engine.walgen import WalLog
+from engine.storage import recovery
+from engine.control.instance import LIVE_CLAIM_RING, LIVE_UNWRITABLE, Instance
+from engine.storage.snapshotter import Snapshotter
+from engine.storage.walgen import WalLog
 from shm.ring import Claim
 
 log = logging.getLogger("engram.worker")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.admission import STATES
+from engine.control.admission import STATES
 from engine.errors import InvalidInput
 from engine.rpc import engram_pb2 as pb
 
 PRIORITY_TO_PB = {"normal": pb.PRIORITY_NORMAL, "high": pb.PRIORITY_HIGH, "low": pb.PRIORITY_LOW}
 PRIORITY_FROM_PB = {v: k for k, v in PRIORITY_TO_PB.items()}
-# Backpressure enum values are the state indices of engine.admission.STATES.
+# Backpressure enum values are the state indices of engine.control.admission.STATES.
 
 
 def state_name(value: int) -> str:

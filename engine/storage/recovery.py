@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine import snapshots
-from engine.snapshots import Entry, SnapshotError
-from engine.wal import replay
-from engine.walgen import generations
+from engine.storage import snapshots
+from engine.storage.snapshots import Entry, SnapshotError
+from engine.storage.wal import replay
+from engine.storage.walgen import generations
 
 log = logging.getLogger("engram.worker")
 

@@ -1,0 +1,1 @@
+"""``engram-stream`` / ``python -m engine``: the command line (run, status, load, recall, stop, ...)."""

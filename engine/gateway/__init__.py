@@ -1,0 +1,1 @@
+"""The gateway process: the gRPC service for remote clients and its server."""

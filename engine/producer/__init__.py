@@ -1,0 +1,1 @@
+"""The same-host producer (``engine.connect``): validation, routing, enqueue, recall merge."""
