@@ -38,24 +38,14 @@ import grpc
 import numpy as np
 
 from engine.rpc import wire
-from engine.errors import EngineError, InvalidInput
-from engine.producer.api import Ack
-from engine.producer.recall import RecallResult
+from engine.errors import GatewayError, InvalidInput
+from engine.results import Ack, RecallResult
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 FIRST_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 1.0
-
-
-class GatewayError(EngineError):
-    """The gateway answered a call with an error status (not retried, or out of retries)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str):
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
 
 
 def _error(exc: grpc.RpcError) -> GatewayError:

@@ -17,7 +17,8 @@ import grpc
 import numpy as np
 import pytest
 
-from engine.client import AsyncClient, Client, GatewayError
+from engine.client import AsyncClient, Client
+from engine.errors import GatewayError
 from engine.control.instance import H_BP_STATE, H_EXPORTER_PORT, H_GATEWAY_PID, H_GATEWAY_PORT, LIVE_PID
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc

@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from engine.control.sessions import S_ACCEPTED, S_NEXT_SEQ, SessionTable, TableFull
+from engine.control.sessions import S_ACCEPTED, S_NEXT_SEQ, SessionTable
+from engine.errors import TableFull
 from shm.errors import LayoutError
 from shm.lock import LockFile
 from shm.ring import J_OPEN, Ring, ring_bytes

@@ -23,7 +23,8 @@ from conftest import EngineProcess, observe_all, wait_for
 from engine.storage import recovery
 from engine.storage import snapshots
 from engine.worker.shards import ShardSet
-from engine.storage.snapshots import Entry, SnapshotError
+from engine.errors import SnapshotError
+from engine.storage.snapshots import Entry
 from engine.storage.wal import WalWriter, replay
 from engine.storage.walgen import WalLog, generation_path, generations, legacy_path
 from engine.control.instance import H_EXPORTER_PORT

@@ -17,7 +17,7 @@ enqueue decides that).
 
 from __future__ import annotations
 
-STATES = ("normal", "warning", "critical", "overloaded")
+from engine.results import BACKPRESSURE_STATES as STATES
 NORMAL, WARNING, CRITICAL, OVERLOADED = range(4)
 ENTER = (0.0, 0.50, 0.80, 0.95)
 LEAVE = (0.0, 0.40, 0.70, 0.85)

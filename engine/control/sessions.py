@@ -35,11 +35,9 @@ import time
 
 import numpy as np
 
+from engine.errors import TableFull
+
 S_ID, S_SPACE, S_LANE, S_NEXT_SEQ, S_LAST_MS, S_ACCEPTED, S_CREATED_MS, S_RESERVED = range(8)
-
-
-class TableFull(Exception):
-    """Every session row is in use (--max-sessions)."""
 
 
 def now_ms() -> int:

@@ -50,7 +50,8 @@ from engine.control.instance import (H_ADMISSION_CLOSED, H_BP_STATE, H_GATEWAY_P
 from engine.producer.api import Engine
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
-from engine.control.sessions import S_ACCEPTED, S_LANE, S_SPACE, SessionTable, TableFull
+from engine.control.sessions import S_ACCEPTED, S_LANE, S_SPACE, SessionTable
+from engine.errors import TableFull
 
 log = logging.getLogger("engram.gateway")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+
 
 import numpy as np
 
@@ -24,23 +24,13 @@ from engine.errors import InvalidInput, NotRunning
 from engine.control.instance import H_ADMISSION_CLOSED, H_SUP_PID, LANE_INDEX, LIVE_SLEEPING, Instance, pid_alive
 from engine.control.query import QueryClient
 from engine.control.spaces import SpaceRegistry
-from engine.producer.recall import RecallResult, exact_distances, merge
+from engine.producer.recall import exact_distances, merge
+from engine.results import Ack, RecallResult
 from engine.producer.routing import home_slot, spill_order
 from metrics.lease import ProducerRowLease
 from shm.errors import LayoutError, SegmentMissing
 
 DEFAULT_RECALL_TIMEOUT_S = 5.0
-
-
-@dataclass
-class Ack:
-    """Outcome of one observe call. Accepted observations are always the
-    leading ``accepted`` entries of the batch; the rest were rejected."""
-
-    accepted: int
-    rejected: dict[str, int] = field(default_factory=dict)
-    backpressure: str = "normal"
-    message: str = ""
 
 
 class Engine:

@@ -7,16 +7,7 @@ candidates can be merged: ``l2`` is the squared Euclidean distance, ``ip`` is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-
-
-@dataclass
-class RecallResult:
-    ids: np.ndarray        # uint64 (q, k') ; k' < k when the space holds fewer than k
-    distances: np.ndarray  # float32 (q, k')
-    complete: bool         # False if a shard missed the deadline or is down
 
 
 def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:

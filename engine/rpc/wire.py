@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.control.admission import STATES
+from engine.results import BACKPRESSURE_STATES as STATES
 from engine.errors import InvalidInput
 from engine.rpc import engram_pb2 as pb
 

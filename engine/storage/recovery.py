@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.storage import snapshots
-from engine.storage.snapshots import Entry, SnapshotError
+from engine.errors import SnapshotError
+from engine.storage.snapshots import Entry
 from engine.storage.wal import replay
 from engine.storage.walgen import generations
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import hnswlib
 
+from engine.errors import SnapshotError
 from engine.storage.walgen import fsync_dir
 
 FORMAT = 1
@@ -57,10 +58,6 @@ CHUNK = 8 << 20
 # ef_construction (size_t); then count * size_data_per_element bytes of level 0;
 # then per element a u32 size and that many bytes of upper-level links.
 HNSW_HEADER = struct.Struct("<QQQQQQiiQQQdQ")
-
-
-class SnapshotError(Exception):
-    """A snapshot is incomplete, corrupt, or could not be written."""
 
 
 @dataclass

@@ -41,7 +41,8 @@ from engine.control.instance import (H_STOP, LANES, LIVE_CLAIM_RING, LIVE_CLAIM_
                              SUP_CRASH_RING, SUP_CRASH_START, Instance)
 from engine.control.query import serve_pending
 from engine.worker.scheduler import BatchSizer, LaneScheduler
-from engine.worker.shards import ResizeError, ShardSet
+from engine.errors import ResizeError
+from engine.worker.shards import ShardSet
 from engine.control.spaces import SpaceRegistry
 from metrics.writer import MetricWriter, NullWriter
 from shm.ring import Claim

@@ -12,9 +12,7 @@ from __future__ import annotations
 import hnswlib
 import numpy as np
 
-
-class ResizeError(RuntimeError):
-    """Growing a shard failed (usually out of memory)."""
+from engine.errors import ResizeError
 
 
 class ShardSet:

@@ -1,0 +1,33 @@
+"""What the engine's calls return, local and remote alike: ``Ack`` and ``RecallResult``.
+
+No shared-memory import here: the remote client (``engine.client``) uses
+these without loading the engine's process code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Backpressure states, lowest first; the index is the value on the wire
+# (engram.proto ``Backpressure``) and in the control block (DESIGN §8).
+BACKPRESSURE_STATES = ("normal", "warning", "critical", "overloaded")
+
+
+@dataclass
+class Ack:
+    """Outcome of one observe call. Accepted observations are always the
+    leading ``accepted`` entries of the batch; the rest were rejected."""
+
+    accepted: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    backpressure: str = "normal"
+    message: str = ""
+
+
+@dataclass
+class RecallResult:
+    ids: np.ndarray        # uint64 (q, k') ; k' < k when the space holds fewer than k
+    distances: np.ndarray  # float32 (q, k')
+    complete: bool         # False if a shard missed the deadline or is down
