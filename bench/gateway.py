@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ingest  # noqa: E402
 
 from engine.client import Client  # noqa: E402
-from engine.control.instance import H_GATEWAY_PORT  # noqa: E402
+pass
 
 
 def drained(eng, timeout: float = 600.0) -> None:
@@ -71,11 +71,11 @@ def measure(dim: int, args) -> dict:
         try:
             run.start()
             eng = run.eng
-            port = int(eng.inst.hdr[H_GATEWAY_PORT])
+            port = int(eng.inst.header.gateway_port)
             deadline = time.monotonic() + 30
             while not port and time.monotonic() < deadline:
                 time.sleep(0.05)
-                port = int(eng.inst.hdr[H_GATEWAY_PORT])
+                port = int(eng.inst.header.gateway_port)
             target = f"127.0.0.1:{port}"
             for r in range(args.rounds):
                 base = np.uint64(r * 2 * args.n)

@@ -286,7 +286,7 @@ def measure_engine(vecs: np.ndarray, ids: np.ndarray, workers: int, spaces: int,
         st = eng.status()
         pids = [w["pid"] for w in st["workers"]]
         ours = pids + [st["pid"], os.getpid()]  # workers, supervisor, this producer
-        counts = eng.inst.ctl["shard_counts"]
+        counts = eng.inst.shard_counts
         cpu0 = _cpu_seconds(ours)
         calls = rejected = 0
         h0, t0 = host_busy_s(), time.perf_counter()

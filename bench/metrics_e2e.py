@@ -44,7 +44,8 @@ def in_process(dim: int, n: int, pairs: int) -> dict:
     import numpy as np
 
     from engine import config
-    from engine.control.instance import H_SUP_PID, Instance
+    from engine.control.instance import Instance
+    from engine.control.records import WORKER
     from engine.producer.api import Engine
     from engine.worker.shards import ShardSet
     from engine.supervisor.preflight import instance_params
@@ -59,14 +60,14 @@ def in_process(dim: int, n: int, pairs: int) -> dict:
     ns.data_dir = data_dir
     cfg = config.resolve(ns, "run", env={})
     inst = Instance.create(instance_params(cfg, 1, [None]))
-    inst.hdr[H_SUP_PID] = os.getpid()  # this process stands in for the supervisor
+    inst.header.sup_pid = os.getpid()  # this process stands in for the supervisor
     vecs = np.random.default_rng(7).standard_normal((n, dim)).astype(np.float32)
     out: dict[str, list[float]] = {"on": [], "off": []}
     try:
         eng = Engine(inst)
         for r in range(pairs):
             for side in (("on", "off") if r % 2 == 0 else ("off", "on")):
-                worker = Worker(inst, 0, ShardSet(dim, "cosine", 16, 200, 64, 1024))
+                worker = Worker(inst.as_role(WORKER, 0), 0, ShardSet(dim, "cosine", 16, 200, 64, 1024))
                 if side == "off":
                     worker.metrics = NullWriter()
                 for lo in range(0, n, 1000):

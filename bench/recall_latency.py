@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             stop.set()
             producer.join(10)
             idx = eng.spaces.lookup(names[0])
-            largest = int(eng.inst.ctl["shard_counts"][:, idx].max())
-            inserted = int(eng.inst.ctl["shard_counts"].sum())
+            largest = int(eng.inst.shard_counts[:, idx].max())
+            inserted = int(eng.inst.shard_counts.sum())
         finally:
             run.teardown()
     index = hnswlib.Index(space="cosine", dim=args.dim)

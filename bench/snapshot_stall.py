@@ -52,7 +52,8 @@ sys.path.insert(0, ROOT)
 from ingest import machine_info, write_result  # noqa: E402
 
 from engine import config  # noqa: E402
-from engine.control.instance import H_SUP_PID, RUNNING, SUP_STATE, Instance  # noqa: E402
+from engine.control.records import PRODUCER, RUNNING, WORKER  # noqa: E402
+from engine.control.instance import Instance
 from engine.supervisor.preflight import instance_params  # noqa: E402
 from engine.worker.shards import ShardSet  # noqa: E402
 from engine.worker.loop import Worker  # noqa: E402
@@ -86,8 +87,8 @@ def make_instance(args, data_dir: str) -> Instance:
     ns.snapshot_interval, ns.snapshot_wal_bytes, ns.fsync = "0", "0", args.fsync
     cfg = config.resolve(ns, "run", env={})
     inst = Instance.create(instance_params(cfg, 1, [None]))
-    inst.hdr[H_SUP_PID] = os.getpid()  # this process stands in for the supervisor
-    inst.ctl["slot_sup"][0, SUP_STATE] = RUNNING
+    inst.header.sup_pid = os.getpid()  # this process stands in for the supervisor
+    inst.sup(0).state = RUNNING
     return inst
 
 
@@ -95,7 +96,7 @@ def producer(name: str, cpu: int | None, rate: float, batch: int, dim: int, star
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     from engine.producer.api import Engine
-    eng = Engine(Instance.attach(name))
+    eng = Engine(Instance.attach(name, PRODUCER))
     rng = np.random.default_rng(7)
     next_id, t0, sent = start_id, time.monotonic(), 0
     while not stop.is_set():
@@ -139,7 +140,7 @@ def main() -> int:
     try:
         os.sched_setaffinity(0, {worker_cpu})
         shards = ShardSet(args.dim, "cosine", args.hnsw_m, args.ef_construction, 64, 1024)
-        worker = Worker(inst, 0, shards)
+        worker = Worker(inst.as_role(WORKER, 0), 0, shards)
         worker.metrics = KeepingWriter(inst.metrics, inst.metrics.row_map.worker(0))
         worker.start(durable=True, snapshot_cpus=set(cpus))  # as engine.worker.loop.main: the CPUs before pinning
         space = worker.spaces.register(SPACE)

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import observe_all, wait_for
 from engine.errors import InvalidInput
-from engine.control.instance import LANE_INDEX
+from engine.control.layouts import LANE_INDEX
 from engine.producer.routing import home_slot
 from metrics import readout
 from shm.segment import instance_objects
@@ -70,7 +70,7 @@ def test_one_space_flooding_one_worker_is_stolen_from(engine_factory):
         assert ack.accepted == 200
         n += 200
     wait_for(lambda: total_vectors(ep, space) == n, 90, message="flood inserted")
-    counts = eng.inst.ctl["shard_counts"][:, eng.spaces.lookup(space)]
+    counts = eng.inst.shard_counts[:, eng.spaces.lookup(space)]
     assert counts[home] > 0 and counts[1 - home] > 0, f"both workers must insert: {counts}"
     # Every enqueued record went into the home ring (no spill), so the other
     # worker's share can only have come from stealing.
@@ -191,7 +191,7 @@ def test_sigterm_with_full_queue_drains_and_exits_zero(engine_factory):
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     assert ep.proc.wait(60) == 0, ep.log()
-    counts = eng.inst.ctl["shard_counts"]  # still mapped here after the unlink
+    counts = eng.inst.shard_counts  # still mapped here after the unlink
     assert int(counts.sum()) == accepted
     assert not instance_objects(ep.name)
     assert "queues drained" in ep.log()
@@ -293,7 +293,7 @@ def test_flapping_slot_is_parked_and_its_queue_drained(engine_factory):
     vecs = rng.standard_normal((300, DIM)).astype(np.float32)
     assert eng.observe(space, np.arange(300), vecs).accepted == 300
     wait_for(lambda: total_vectors(ep, space) == 300, 30, message="parked slot's queue drained")
-    counts = eng.inst.ctl["shard_counts"][:, eng.spaces.lookup(space)]
+    counts = eng.inst.shard_counts[:, eng.spaces.lookup(space)]
     assert counts[slot] == 0 and counts[1 - slot] == 300
     assert "parked" in ep.log()
 
@@ -327,7 +327,7 @@ def test_stop_command_drains_and_reports_how_the_run_ended(engine_factory):
     assert out.returncode == 0, out.stderr
     assert "stopped: queues drained (exit code 0)" in out.stdout
     assert ep.proc.wait(30) == 0
-    assert int(eng.inst.ctl["shard_counts"].sum()) == 100
+    assert int(eng.inst.shard_counts.sum()) == 100
     record = json.load(open(os.path.join(ep.data_dir, "last-exit.json")))
     assert record == {**record, "exit_code": 0, "pid": ep.proc.pid}
 

@@ -19,7 +19,7 @@ import pytest
 
 from engine.client import AsyncClient, Client
 from engine.errors import GatewayError
-from engine.control.instance import H_BP_STATE, H_EXPORTER_PORT, H_GATEWAY_PID, H_GATEWAY_PORT, LIVE_PID
+pass
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
 from tests.conftest import wait_for
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def gateway_port(ep) -> int:
-    return wait_for(lambda: int(ep.engine().inst.hdr[H_GATEWAY_PORT]), 30, message="gateway port")
+    return wait_for(lambda: int(ep.engine().inst.header.gateway_port), 30, message="gateway port")
 
 
 def target(ep) -> str:
@@ -53,7 +53,7 @@ def enqueued(ep) -> int:
 def inserted(ep, space: str) -> int:
     eng = ep.engine()
     idx = eng.spaces.lookup(space)
-    return 0 if idx is None else int(eng.inst.ctl["shard_counts"][:, idx].sum())
+    return 0 if idx is None else int(eng.inst.shard_counts[:, idx].sum())
 
 
 class RawStream:
@@ -216,8 +216,8 @@ def test_sequence_and_input_errors_are_answered_and_the_stream_goes_on(engine_fa
 
 
 def _stop_workers(ep, sig) -> list[int]:
-    live = ep.engine().inst.ctl["slot_live"]
-    pids = [int(live[s, LIVE_PID]) for s in range(len(live))]
+    inst = ep.engine().inst
+    pids = [inst.live(s).pid for s in range(inst.slots)]
     for pid in pids:
         os.kill(pid, sig)
     return pids
@@ -279,7 +279,7 @@ def test_overload_retry_after_status_push_and_exactly_once_retries(engine_factor
     assert "acks" in result, "the retrying producer did not finish"
     assert sum(a.accepted for a in result["acks"]) == n
     assert all(not a.rejected for a in result["acks"])
-    wait_for(lambda: int(ep.engine().inst.hdr[H_BP_STATE]) == 0, 60, message="state back to normal")
+    wait_for(lambda: int(ep.engine().inst.header.bp_state) == 0, 60, message="state back to normal")
     wait_for(lambda: statuses and not statuses[-1].paused, 10, message="an unpaused status")
     wait_for(lambda: inserted(ep, "overload") == n, 60, message="all accepted inserted")
     assert enqueued(ep) == n + low_accepted  # every observation queued exactly once
@@ -300,10 +300,10 @@ def test_gateway_kill_9_client_resumes_without_loss_or_duplicate(engine_factory)
         for _ in range(3):
             wait_for(lambda: len(sent["acks"]) >= 5 * (len(killed) + 1), 60, interval=0.005,
                      message="progress before a kill")
-            pid = int(inst.hdr[H_GATEWAY_PID])
+            pid = int(inst.header.gateway_pid)
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-            wait_for(lambda: int(inst.hdr[H_GATEWAY_PID]) not in (0, pid), 30, message="gateway restarted")
+            wait_for(lambda: int(inst.header.gateway_pid) not in (0, pid), 30, message="gateway restarted")
 
     k = threading.Thread(target=killer)
     k.start()
@@ -323,7 +323,7 @@ def test_gateway_kill_9_client_resumes_without_loss_or_duplicate(engine_factory)
     assert st["throughput"]["observations_total"] == n
     assert st["gateway"]["pid"] not in killed and st["gateway"]["port"] == port
     health = json.loads(urllib.request.urlopen(
-        f"http://127.0.0.1:{int(inst.hdr[H_EXPORTER_PORT])}/api/v1/system/health", timeout=10).read())
+        f"http://127.0.0.1:{int(inst.header.exporter_port)}/api/v1/system/health", timeout=10).read())
     assert health["components"]["gateway"]["status"] == "up"
 
 
@@ -410,7 +410,7 @@ def test_idle_sessions_expire_and_the_session_cap_holds(engine_factory):
         r.reply("ready")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     r.close()
-    port = int(ep.engine().inst.hdr[H_EXPORTER_PORT])
+    port = int(ep.engine().inst.header.exporter_port)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'engram_streaming_sessions_total{event="expired"} 2.0' in text
     assert 'engram_streaming_sessions_total{event="opened"} 2.0' in text

@@ -14,14 +14,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import observe_all, wait_for
 from engine.errors import InvalidInput
-from engine.control.instance import H_EXPORTER_PORT
+pass
 from metrics.catalog import CATALOG, PREFIX
 
 DIM = 16
 
 
 def port_of(ep) -> int:
-    return wait_for(lambda: int(ep.engine().inst.hdr[H_EXPORTER_PORT]), 30, message="exporter port")
+    return wait_for(lambda: int(ep.engine().inst.header.exporter_port), 30, message="exporter port")
 
 
 def get(url: str, accept: str | None = None) -> tuple[int, str, str]:
@@ -179,10 +179,10 @@ def test_live_scrape_passes_promtool_in_both_formats(engine_factory):
 def test_exporter_is_restarted_when_killed(engine_factory):
     ep = engine_factory()
     eng = ep.engine()
-    from engine.control.instance import H_EXPORTER_PID
-    old = wait_for(lambda: int(eng.inst.hdr[H_EXPORTER_PID]), 30, message="exporter pid")
+    pass
+    old = wait_for(lambda: int(eng.inst.header.exporter_pid), 30, message="exporter pid")
     os.kill(old, signal.SIGKILL)
-    wait_for(lambda: int(eng.inst.hdr[H_EXPORTER_PID]) not in (0, old), 30, message="new exporter")
+    wait_for(lambda: int(eng.inst.header.exporter_pid) not in (0, old), 30, message="new exporter")
     wait_for(lambda: get(f"http://127.0.0.1:{port_of(ep)}/health/live")[0] == 200, 30,
              message="new exporter serving")
 

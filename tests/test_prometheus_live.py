@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import EngineProcess, observe_all, wait_for
-from engine.control.instance import H_EXPORTER_PORT
+pass
 from grafana_exprs import concrete, dashboard_exprs
 from shm.segment import instance_objects
 
@@ -106,7 +106,7 @@ def stack(tmp_path_factory):
     prom = None
     try:
         ep.start()
-        port = wait_for(lambda: int(ep.engine().inst.hdr[H_EXPORTER_PORT]), 30, message="exporter port")
+        port = wait_for(lambda: int(ep.engine().inst.header.exporter_port), 30, message="exporter port")
         prom = Prometheus(tmp, port)
         wait_for(lambda: prom.query('up{job="engram-streaming"} == 1'), 60, interval=0.2,
                  message="prometheus scraping the engine")

@@ -27,7 +27,7 @@ from engine.errors import SnapshotError
 from engine.storage.snapshots import Entry
 from engine.storage.wal import WalWriter, replay
 from engine.storage.walgen import WalLog, generation_path, generations, legacy_path
-from engine.control.instance import H_EXPORTER_PORT
+pass
 from metrics import readout
 
 DIM = 16
@@ -360,7 +360,7 @@ def test_kill_9_during_a_snapshot_loses_nothing_and_leaves_no_temp_files(tmp_pat
 
 
 def health(ep) -> dict:
-    port = int(ep.engine().inst.hdr[H_EXPORTER_PORT])
+    port = int(ep.engine().inst.header.exporter_port)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/system/health", timeout=10) as resp:
         return json.loads(resp.read())
 

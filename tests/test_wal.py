@@ -229,7 +229,7 @@ def test_killed_process_group_loses_no_acknowledged_observation(tmp_path):
     """kill -9 of supervisor, workers and exporter at once, with observations
     queued and some claimed in flight: the next start carries them over from
     the dead run's shared memory, replays the logs, and has every one, once."""
-    from engine.control.instance import LANE_INDEX
+    from engine.control.layouts import LANE_INDEX
     from engine.producer.routing import home_slot
     first = EngineProcess(tmp_path, fsync="always", steal_threshold=100000)
     try:

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from engine import config
-from engine.control.instance import H_SUP_PID, LANE_INDEX, LIVE_HEARTBEAT, RUNNING, SUP_STATE, Instance
+from engine.control.layouts import LANE_INDEX
+from engine.control.records import RUNNING, WORKER
+from engine.control.instance import Instance
 from engine.producer.api import Engine
 from engine.producer.routing import home_slot
 from engine.worker.shards import ShardSet
@@ -34,7 +36,7 @@ def inst(tmp_path):
     ns.capacity_normal, ns.steal_threshold, ns.batch_max = "4000", "100", "50"
     cfg = config.resolve(ns, "run", env={})
     instance = Instance.create(instance_params(cfg, 2, [None, None]))
-    instance.hdr[H_SUP_PID] = os.getpid()  # this process stands in for the supervisor
+    instance.header.sup_pid = os.getpid()  # this process stands in for the supervisor
     try:
         yield instance
     finally:
@@ -44,8 +46,8 @@ def inst(tmp_path):
 
 
 def make_worker(inst, slot, clock=None, shards=None):
-    w = Worker(inst, slot, shards or ShardSet(DIM, "cosine", 16, 100, 32, 64), **({"clock": clock} if clock else {}))
-    inst.ctl["slot_sup"][slot, SUP_STATE] = RUNNING
+    w = Worker(inst.as_role(WORKER, slot), slot, shards or ShardSet(DIM, "cosine", 16, 100, 32, 64), **({"clock": clock} if clock else {}))
+    inst.sup(slot).state = RUNNING
     w.start()
     return w
 
@@ -136,7 +138,7 @@ def test_no_stealing_below_threshold_unless_the_owner_is_absent(inst):
     thief = make_worker(inst, 1, clock=lambda: now[0])
     assert thief.steal() == []  # 40 <= threshold 100 and slot 0 heartbeats
     now[0] += 5.0  # slot 0 silent for 5 s: absent
-    thief.live[LIVE_HEARTBEAT] = now[0]
+    thief.live.heartbeat = now[0]
     claims = thief.steal()
     assert sum(c.count for c in claims) == 40  # an absent owner's ring is taken whole
 
@@ -180,7 +182,6 @@ def test_parked_slot_keeps_the_claim_its_worker_died_in(inst):
     claim the dead worker may already have logged (its ids would then sit in
     two shards); the others go."""
     from engine.supervisor.children import Child
-    from engine.control.instance import LIVE_CLAIM_RING, LIVE_CLAIM_START
     from engine.supervisor.arbiter import Supervisor
     eng = Engine(inst)
     space = next(f"space-{i}" for i in range(100) if home_slot(f"space-{i}", 2) == 0)
@@ -190,14 +191,14 @@ def test_parked_slot_keeps_the_claim_its_worker_died_in(inst):
     claims = ring.claim_many(100, 20, claimer=0)
     assert len(claims) == 5
     died_in = claims[2]
-    live, sup = inst.ctl["slot_live"], inst.ctl["slot_sup"]
-    live[0, LIVE_CLAIM_RING], live[0, LIVE_CLAIM_START] = died_in.ring, died_in.start + 3
-    sup[1, SUP_STATE] = RUNNING
+    live, sup = inst.as_role(WORKER, 0).live, inst.sup  # this process plays the dead worker of slot 0
+    live(0).claim_ring, live(0).claim_start = died_in.ring, died_in.start + 3
+    sup(1).state = RUNNING
     sv = Supervisor.__new__(Supervisor)
     sv.inst, sv.slots = inst, [Child(0, None), Child(1, None)]
     sv.hand_over_claims(0)
     assert [c.start for c in ring.claims_of(0)] == [died_in.start]
     assert sorted(c.start for c in ring.claims_of(1)) == sorted(c.start for c in claims if c != died_in)
-    live[0, LIVE_CLAIM_RING] = -1  # a worker that died between claims: everything goes
+    live(0).claim_ring = -1  # a worker that died between claims: everything goes
     sv.hand_over_claims(0)
     assert ring.claims_of(0) == [] and len(ring.claims_of(1)) == 5

@@ -24,7 +24,7 @@ def space_names(n: int) -> list[str]:
 
 
 def _inserted(eng) -> int:
-    return int(eng.inst.ctl["shard_counts"].sum())
+    return int(eng.inst.shard_counts.sum())
 
 
 def run_load(cfg, out=sys.stderr) -> int:

@@ -64,11 +64,11 @@ def cmd_status(cfg) -> int:
 
 
 def cmd_stop(cfg) -> int:
-    from engine.control.instance import H_SUP_PID
+    pass
     from engine.producer.api import connect
     with connect(cfg.name) as eng:
-        pid = int(eng.inst.hdr[H_SUP_PID])
-        data_dir = eng.params["data_dir"]
+        pid = int(eng.inst.header.sup_pid)
+        data_dir = eng.params.data_dir
     record_path = os.path.join(data_dir, "last-exit.json")
     os.kill(pid, signal.SIGTERM)
     print(f"sent SIGTERM to supervisor pid {pid}; waiting for the drain", file=sys.stderr)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from engine.control import admission
-from engine.control.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PORT, H_GATEWAY_PID, H_GATEWAY_PORT,
-                             H_READY, H_STARTED, H_SUP_PID, LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_CPU,
-                             SUP_PID, SUP_RESTARTS, SUP_STATE, Instance, pid_alive)
+from engine.control.layouts import LANES
+from engine.control.records import STATE_NAMES
+from engine.control.instance import Instance, pid_alive
 from engine.control.sessions import SessionTable
 from metrics import readout
 
@@ -61,41 +61,41 @@ def throughput(inst: Instance, interval: float = 0.0) -> dict:
 
 
 def collect(inst: Instance, interval: float = 0.0) -> dict:
-    hdr = inst.hdr
+    hdr = inst.header
     now = time.monotonic()
-    sup, live = inst.ctl["slot_sup"], inst.ctl["slot_live"]
+    sup, live = inst.sup, inst.live
     workers = []
     for s in range(inst.slots):
-        cpu = int(sup[s, SUP_CPU])
-        hb = float(live[s, LIVE_HEARTBEAT])
+        cpu = int(sup(s).cpu)
+        hb = float(live(s).heartbeat)
         workers.append({
             "slot": s,
-            "pid": int(sup[s, SUP_PID]) or None,
+            "pid": int(sup(s).pid) or None,
             "cpus": [cpu] if cpu >= 0 else [],
-            "state": STATE_NAMES.get(int(sup[s, SUP_STATE]), "unknown"),
-            "restarts": int(sup[s, SUP_RESTARTS]),
+            "state": STATE_NAMES.get(int(sup(s).state), "unknown"),
+            "restarts": int(sup(s).restarts),
             "heartbeat_age_s": round(now - hb, 3) if hb > 0 else None,
         })
     queued, capacity = inst.queued_by_lane(), inst.capacity_by_lane()
-    counts = inst.ctl["shard_counts"]
+    counts = inst.shard_counts
     spaces = {}
     for idx, name in inst.space_names().items():
         col = counts[:, idx]
         spaces[name] = {"vectors": int(col.sum()), "shards": int((col > 0).sum())}
-    state = int(hdr[H_BP_STATE])
+    state = int(hdr.bp_state)
     return {
         "name": inst.name,
-        "pid": int(hdr[H_SUP_PID]),
-        "state": "draining" if hdr[H_DRAINING] else ("running" if hdr[H_READY] else "starting"),
-        "started_at": int(hdr[H_STARTED]),
+        "pid": int(hdr.sup_pid),
+        "state": "draining" if hdr.draining else ("running" if hdr.ready else "starting"),
+        "started_at": int(hdr.started),
         "dim": inst.dim,
-        "metric": inst.params["metric"],
+        "metric": inst.params.metric,
         "workers": workers,
         "queues": {lane: {"depth": queued[i], "capacity": capacity[i]} for i, lane in enumerate(LANES)},
         "backpressure": admission.STATES[state] if 0 <= state < len(admission.STATES) else "unknown",
         "pressure": round(inst.pressure(), 4),
         "spaces": spaces,
-        "metrics_port": int(hdr[H_EXPORTER_PORT]) or None,
+        "metrics_port": int(hdr.exporter_port) or None,
         "gateway": gateway_status(inst),
         "throughput": throughput(inst, interval),
     }
@@ -103,11 +103,11 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
 
 def gateway_status(inst: Instance) -> dict | None:
     """pid (None while it restarts), bound port and open sessions; None with --grpc-addr off."""
-    if inst.params["grpc_addr"] == "off":
+    if inst.params.grpc_addr == "off":
         return None
-    pid = int(inst.hdr[H_GATEWAY_PID])
-    return {"pid": pid if pid_alive(pid) else None, "port": int(inst.hdr[H_GATEWAY_PORT]) or None,
-            "sessions": SessionTable(inst.ctl["sessions"]).count()}
+    pid = int(inst.header.gateway_pid)
+    return {"pid": pid if pid_alive(pid) else None, "port": int(inst.header.gateway_port) or None,
+            "sessions": SessionTable(inst.session_rows).count()}
 
 
 def _ms(seconds) -> str:

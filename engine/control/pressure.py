@@ -6,7 +6,7 @@ worker cannot write its data directory (``unwritable``), the state is held at
 ``overloaded`` whatever the pressure, and producers refuse every priority
 with the message ``unwritable`` returns: an accepted observation could not
 be logged. The state word
-``hdr[H_BP_STATE]`` changes only under control lock 0; ``on_change`` is
+``hdr.bp_state`` changes only under control lock 0; ``on_change`` is
 called with (old, new) by the process that made a transition, exactly once
 per transition.
 """
@@ -18,23 +18,24 @@ import os
 import time
 
 from engine.control import admission
-from engine.control.instance import (H_BP_CHANGED_MS, H_BP_STATE, LIVE_UNWRITABLE, LOCK_CONTROL, RUNNING, SUP_STATE,
-                             Instance)
+from engine.control.layouts import LOCK_CONTROL
+from engine.control.records import RUNNING
+from engine.control.instance import Instance
 
 
 def unwritable(inst: Instance) -> str:
     """'' or why admission is stopped: the running slots whose worker cannot
-    write its write-ahead log (``slot_live[LIVE_UNWRITABLE]`` = errno)."""
-    flags = inst.ctl["slot_live"][:, LIVE_UNWRITABLE]
+    write its write-ahead log (``LiveRecord.unwritable`` = errno)."""
+    flags = inst.live_column("unwritable")
     if not flags.any():
         return ""
-    states = inst.ctl["slot_sup"][:, SUP_STATE]
+    states = inst.sup_column("state")
     bad = [(s, int(flags[s])) for s in range(inst.slots) if flags[s] > 0 and states[s] == RUNNING]
     if not bad:
         return ""
     causes = ", ".join(f"slot {s}: {errno.errorcode.get(e, e)} ({os.strerror(e) if 0 < e < 4096 else '?'})"
                        for s, e in bad)
-    return (f"data directory {inst.params['data_dir']} is not writable ({causes}); admission is stopped "
+    return (f"data directory {inst.params.data_dir} is not writable ({causes}); admission is stopped "
             f"until the write-ahead log can be written again (free disk space)")
 
 
@@ -45,21 +46,21 @@ def _target(inst: Instance, current: int) -> int:
 
 
 def refresh(inst: Instance, on_change=None) -> int:
-    hdr = inst.hdr
-    current = int(hdr[H_BP_STATE])
+    hdr = inst.header
+    current = int(hdr.bp_state)
     if not 0 <= current < len(admission.STATES):
         current = admission.NORMAL  # corrupt word: start over from normal
     new = _target(inst, current)
     if new == current:
         return current
     with inst.locks.hold(LOCK_CONTROL):
-        current = int(hdr[H_BP_STATE])
+        current = int(hdr.bp_state)
         if not 0 <= current < len(admission.STATES):
             current = admission.NORMAL
         new = _target(inst, current)
         if new != current:
-            hdr[H_BP_STATE] = new
-            hdr[H_BP_CHANGED_MS] = int(time.time() * 1000)
+            hdr.bp_state = new
+            hdr.bp_changed_ms = int(time.time() * 1000)
             if on_change is not None:
                 on_change(current, new)
     return new

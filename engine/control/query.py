@@ -29,7 +29,8 @@ import time
 
 import numpy as np
 
-from engine.control.instance import LOCK_QUERY_BASE, Instance
+from engine.control.layouts import LOCK_QUERY_BASE
+from engine.control.instance import Instance
 
 REQ_SEQ, REQ_SPACE, REQ_NQ, REQ_K, REQ_EF = range(5)
 
@@ -40,7 +41,7 @@ class QueryClient:
         self.q = inst.query
 
     def _take_slot(self, deadline: float) -> int | None:
-        n = self.inst.params["query_slots"]
+        n = self.inst.params.query_slots
         start = random.randrange(n)
         while True:
             for i in range(n):
@@ -110,8 +111,8 @@ def serve_pending(inst: Instance, slot: int, search) -> int:
         req = q["req"][j]
         space, nq, k, ef = (int(req[REQ_SPACE]), int(req[REQ_NQ]), int(req[REQ_K]), int(req[REQ_EF]))
         cols = 0
-        if (int(req[REQ_SEQ]) == seq and 0 <= space < p["max_spaces"] and 0 < nq <= p["query_batch"]
-                and 0 < k <= p["max_k"]):
+        if (int(req[REQ_SEQ]) == seq and 0 <= space < p.max_spaces and 0 < nq <= p.query_batch
+                and 0 < k <= p.max_k):
             ids, dist = search(space, q["vectors"][j, :nq], k, max(ef, k))
             cols = ids.shape[1]
             q["ids"][j, slot, :nq, :cols] = ids

@@ -2,7 +2,7 @@
 
 A session is a stream of batches for one space and priority whose
 observations are numbered 1, 2, 3, ... (DESIGN §2). The table lives in
-shared memory (``inst.ctl["sessions"]``, i64[--max-sessions, 8]); only the
+shared memory (``inst.session_rows``, i64[--max-sessions, 8]); only the
 gateway writes it, so a gateway killed at any moment leaves it for the next
 gateway, and a client that reconnects resumes its session where the engine
 really is.

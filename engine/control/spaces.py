@@ -5,21 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import InvalidInput
-from engine.control.instance import H_SPACES, LOCK_CONTROL, NAME_BYTES, Instance
+from engine.control.layouts import LOCK_CONTROL, NAME_BYTES
+from engine.control.instance import Instance
 
 
 class SpaceRegistry:
     """Space name ↔ index, shared by all processes through the control block.
 
     Names are appended under control lock 0 and published by bumping
-    ``hdr[H_SPACES]`` after the name bytes are written; readers scan only
+    ``hdr.spaces`` after the name bytes are written; readers scan only
     below that count.
     """
 
     def __init__(self, inst: Instance):
         self.inst = inst
         self.cache: dict[str, int] = {}
-        self.max_spaces = inst.params["max_spaces"]
+        self.max_spaces = inst.params.max_spaces
 
     def _scan(self) -> None:
         for i, name in self.inst.space_names().items():
@@ -35,12 +36,12 @@ class SpaceRegistry:
         idx = self.lookup(name)
         if idx is not None:
             return idx
-        hdr = self.inst.hdr
+        hdr = self.inst.header
         with self.inst.locks.hold(LOCK_CONTROL):
             self._scan()
             if name in self.cache:
                 return self.cache[name]
-            n = int(hdr[H_SPACES])
+            n = int(hdr.spaces)
             if n >= self.max_spaces:
                 raise InvalidInput(f"engine already holds --max-spaces={self.max_spaces} memory spaces; "
                                    f"cannot add {name!r}")
@@ -48,6 +49,6 @@ class SpaceRegistry:
             row = self.inst.ctl["space_names"][n]
             row[:] = 0
             row[: len(raw)] = np.frombuffer(raw, np.uint8)
-            hdr[H_SPACES] = n + 1
+            hdr.spaces = n + 1
             self.cache[name] = n
             return n

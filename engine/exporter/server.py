@@ -1,7 +1,7 @@
 """The exporter process: serves the metric array and health, reading shared memory only.
 
-It writes exactly two cells, its own pid and bound port (``H_EXPORTER_PID``,
-``H_EXPORTER_PORT``), so a caller of ``--metrics-addr 127.0.0.1:0`` can find
+It writes exactly two cells, its own pid and bound port (``Header.exporter_pid``,
+``Header.exporter_port``), so a caller of ``--metrics-addr 127.0.0.1:0`` can find
 it. Everything else is read: the metric array through ``ArrayCollector``,
 queue gauges from the ring counters, health from the control block.
 """
@@ -14,9 +14,9 @@ import time
 
 from engine import child
 from engine.control import admission
-from engine.control.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_GATEWAY_PID,
-                             H_GATEWAY_PORT, H_SUP_PID,
-                             LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_STATE, Instance, pid_alive)
+from engine.control.layouts import LANES
+from engine.control.records import EXPORTER, STATE_NAMES
+from engine.control.instance import Instance, pid_alive
 from engine.control.pressure import unwritable
 from engine.control.sessions import SessionTable
 from metrics.collector import ArrayCollector
@@ -28,13 +28,13 @@ log = logging.getLogger("engram.exporter")
 
 def live_gauges(inst: Instance) -> dict:
     queued, capacity = inst.queued_by_lane(), inst.capacity_by_lane()
-    state = int(inst.hdr[H_BP_STATE])
+    state = int(inst.header.bp_state)
     return {
         "queue_depth": [({"priority": lane}, float(queued[i])) for i, lane in enumerate(LANES)],
         "queue_capacity": [({"priority": lane}, float(capacity[i])) for i, lane in enumerate(LANES)],
         "queue_memory_bytes": [({}, float(inst.ring_bytes()))],
         "backpressure_state": [({}, float(state))],
-        "active_sessions": [({}, float(SessionTable(inst.ctl["sessions"]).count()))],
+        "active_sessions": [({}, float(SessionTable(inst.session_rows).count()))],
     }
 
 
@@ -56,14 +56,14 @@ class Health:
         return {"status": status, "reason": reason, "since": self._since[name][1], **extra}
 
     def __call__(self) -> dict:
-        inst, hdr = self.inst, self.inst.hdr
+        inst, hdr = self.inst, self.inst.header
         now = self.clock()
-        sup_ok = pid_alive(int(hdr[H_SUP_PID]))
-        sup, live = inst.ctl["slot_sup"], inst.ctl["slot_live"]
+        sup_ok = pid_alive(int(hdr.sup_pid))
+        sup, live = inst.sup, inst.live
         slots, down = [], []
         for s in range(inst.slots):
-            state = int(sup[s, SUP_STATE])
-            age = now - float(live[s, LIVE_HEARTBEAT])
+            state = int(sup(s).state)
+            age = now - float(live(s).heartbeat)
             up = inst.slot_up(s, now)
             slots.append({"slot": s, "state": STATE_NAMES.get(state, "unknown"), "up": up,
                           "heartbeat_age_s": round(age, 3)})
@@ -75,7 +75,7 @@ class Health:
             workers = self._mark("workers", "degraded", f"worker slot(s) {down} down", slots=slots)
         else:
             workers = self._mark("workers", "down", "no worker is heartbeating", slots=slots)
-        state = int(hdr[H_BP_STATE])
+        state = int(hdr.bp_state)
         state_name = admission.STATES[state] if 0 <= state < len(admission.STATES) else "unknown"
         pressure = inst.pressure()
         if state >= admission.OVERLOADED:
@@ -84,7 +84,7 @@ class Health:
             queues = self._mark("queues", "degraded", f"backpressure {state_name}: pressure {pressure:.1%}")
         else:
             queues = self._mark("queues", "up", f"backpressure {state_name}: pressure {pressure:.1%}")
-        draining = bool(hdr[H_DRAINING])
+        draining = bool(hdr.draining)
         supervisor = self._mark("supervisor", "up" if sup_ok and not draining else "down",
                                 "draining for shutdown" if draining else
                                 ("running" if sup_ok else "supervisor process is gone"))
@@ -94,12 +94,12 @@ class Health:
         exporter = {"status": "up", "reason": f"pid {os.getpid()}", "since": self.started}
         components = {"supervisor": supervisor, "workers": workers, "queues": queues, "storage": storage,
                       "exporter": exporter}
-        if inst.params["grpc_addr"] != "off":
+        if inst.params.grpc_addr != "off":
             # Not part of readiness: local producers and recall do not need it.
-            gw_pid = int(hdr[H_GATEWAY_PID])
+            gw_pid = int(hdr.gateway_pid)
             components["gateway"] = self._mark(
                 "gateway", "up" if pid_alive(gw_pid) else "down",
-                f"pid {gw_pid}, gRPC port {int(hdr[H_GATEWAY_PORT])}" if pid_alive(gw_pid) else
+                f"pid {gw_pid}, gRPC port {int(hdr.gateway_port)}" if pid_alive(gw_pid) else
                 "gateway process is gone (the supervisor restarts it)")
         # Ready: supervisor up, every worker heartbeating, not overloaded
         # (critical still admits high and normal work, so it stays ready).
@@ -117,11 +117,11 @@ class Health:
 def main(name: str, addr: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
     """Entry point in the forked child."""
     child.prepare(inherited, supervisor_pid)
-    inst = Instance.attach(name)
+    inst = Instance.attach(name, EXPORTER)
     collector = ArrayCollector(inst.metrics, inst.space_names, lambda: live_gauges(inst))
     server = serve(addr, collector, Health(inst))
-    inst.hdr[H_EXPORTER_PID] = os.getpid()
-    inst.hdr[H_EXPORTER_PORT] = server.port
+    inst.header.exporter_pid = os.getpid()
+    inst.header.exporter_port = server.port
     log.info("exporter serving http://%s:%d/metrics", server.server_address[0], server.port)
     try:
         while os.getppid() == supervisor_pid or not supervisor_pid:

@@ -45,8 +45,9 @@ from engine.producer import validation
 from engine.rpc import wire
 from engine.gateway.drain import DrainMeter, retry_after_s
 from engine.errors import InvalidInput, NotRunning
-from engine.control.instance import (H_ADMISSION_CLOSED, H_BP_STATE, H_GATEWAY_PID, H_GATEWAY_PORT, H_SUP_PID,
-                             LANE_INDEX, LANES, Instance)
+from engine.control.layouts import LANES, LANE_INDEX
+from engine.control.records import GATEWAY
+from engine.control.instance import Instance
 from engine.producer.api import Engine
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
@@ -109,7 +110,7 @@ class Gateway(pb_grpc.EngramServicer):
         self.inst = inst
         self.p = inst.params
         self.engine = Engine(inst, writer=writer)
-        self.sessions = SessionTable(inst.ctl["sessions"])
+        self.sessions = SessionTable(inst.session_rows)
         self.table_lock = threading.Lock()
         self.row_locks = [threading.Lock() for _ in range(self.sessions.capacity)]
         self.attached: dict[int, object] = {}  # session row -> token of the stream serving it
@@ -124,16 +125,16 @@ class Gateway(pb_grpc.EngramServicer):
         """Main thread: drain rate; expire idle sessions no stream serves."""
         self.meter.sample()
         with self.table_lock:
-            for row in self.sessions.idle(self.p["session_idle_timeout"], keep=set(self.attached)):
+            for row in self.sessions.idle(self.p.session_idle_timeout, keep=set(self.attached)):
                 log.info("session %x expired after %.0fs idle", self.sessions.session_id(row),
-                         self.p["session_idle_timeout"])
+                         self.p.session_idle_timeout)
                 self.sessions.close(row)
                 self._event("expired")
 
     def _state(self, priority: str) -> tuple[int, bool]:
         """(backpressure state, whether ``priority`` is refused now)."""
-        state = int(self.inst.hdr[H_BP_STATE])
-        refused = bool(self.inst.hdr[H_ADMISSION_CLOSED]) or not admission.admits(priority, state) \
+        state = int(self.inst.header.bp_state)
+        refused = bool(self.inst.header.admission_closed) or not admission.admits(priority, state) \
             or bool(pressure.unwritable(self.inst))
         return state, refused
 
@@ -170,10 +171,10 @@ class Gateway(pb_grpc.EngramServicer):
                 if msg is _END:
                     return  # the session stays open for a resume until it expires
                 if msg is None:
-                    if time.monotonic() - last_msg > self.p["session_idle_timeout"]:
+                    if time.monotonic() - last_msg > self.p.session_idle_timeout:
                         self._close(row, "expired")
                         context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                      f"session idle for more than {self.p['session_idle_timeout']:.0f}s; "
+                                      f"session idle for more than {self.p.session_idle_timeout:.0f}s; "
                                       f"it has expired, open a new one")
                 else:
                     last_msg = time.monotonic()
@@ -236,7 +237,7 @@ class Gateway(pb_grpc.EngramServicer):
 
     def _status(self, priority: str, state: int, refused: bool) -> pb.Status:
         blocked = pressure.unwritable(self.inst)
-        if bool(self.inst.hdr[H_ADMISSION_CLOSED]):
+        if bool(self.inst.header.admission_closed):
             text = "the engine is shutting down and admits nothing"
         elif blocked:
             text = blocked
@@ -253,7 +254,7 @@ class Gateway(pb_grpc.EngramServicer):
         idx = self.engine.spaces.lookup(space)
         try:
             ids = wire.unpack_ids(batch.ids)
-            vectors = wire.unpack_rows(batch.vectors, self.p["dim"], len(ids), "vectors")
+            vectors = wire.unpack_rows(batch.vectors, self.p.dim, len(ids), "vectors")
         except InvalidInput as exc:
             n = max(1, len(batch.ids) // 8)
             return self._rejected_ack(ack, row, priority, idx, "invalid_input", n, str(exc))
@@ -319,7 +320,7 @@ class Gateway(pb_grpc.EngramServicer):
     # -- recall and info ----------------------------------------------------------
     def _recall(self, req, context) -> pb.RecallResponse:
         try:
-            queries = wire.unpack_rows(req.queries, self.p["dim"], None, "queries")
+            queries = wire.unpack_rows(req.queries, self.p.dim, None, "queries")
             res = self.engine.recall(req.space, queries, k=req.k or 10, ef=req.ef or None, fresh=req.fresh)
         except InvalidInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -338,13 +339,13 @@ class Gateway(pb_grpc.EngramServicer):
 
     def Info(self, request, context):
         inst = self.inst
-        counts = inst.ctl["shard_counts"].sum(axis=0)
+        counts = inst.shard_counts.sum(axis=0)
         spaces = [pb.SpaceInfo(name=name, vectors=int(counts[i])) for i, name in inst.space_names().items()]
         now = time.monotonic()
         up = sum(inst.slot_up(s, now) for s in range(inst.slots))
-        hdr = inst.hdr
-        state = "draining" if hdr[H_ADMISSION_CLOSED] else ("running" if up == inst.slots else "degraded")
-        return pb.InfoResponse(limits=wire.limits(self.p), spaces=spaces, backpressure=int(hdr[H_BP_STATE]),
+        hdr = inst.header
+        state = "draining" if hdr.admission_closed else ("running" if up == inst.slots else "degraded")
+        return pb.InfoResponse(limits=wire.limits(self.p), spaces=spaces, backpressure=int(hdr.bp_state),
                                state=state, workers=inst.slots, workers_up=up,
                                active_sessions=self.sessions.count(), pressure=inst.pressure())
 
@@ -384,26 +385,26 @@ def read_token(path: str) -> str:
 
 def build_server(gw: Gateway, p: dict) -> tuple[grpc.Server, int]:
     """A started server bound to ``--grpc-addr``; returns it and its port."""
-    size = p["grpc_max_message_bytes"]
-    interceptors = [TokenAuth(read_token(p["auth_token_file"]))] if p["auth_token_file"] else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=p["max_sessions"] + EXTRA_THREADS,
+    size = p.grpc_max_message_bytes
+    interceptors = [TokenAuth(read_token(p.auth_token_file))] if p.auth_token_file else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=p.max_sessions + EXTRA_THREADS,
                                                     thread_name_prefix="engram-gateway"),
                          interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", size),
                                   ("grpc.max_send_message_length", size),
                                   ("grpc.so_reuseport", 0)],
-                         maximum_concurrent_rpcs=p["max_sessions"] + EXTRA_THREADS)
+                         maximum_concurrent_rpcs=p.max_sessions + EXTRA_THREADS)
     pb_grpc.add_EngramServicer_to_server(gw, server)
-    if p["tls_cert"]:
-        with open(p["tls_key"], "rb") as fh:
+    if p.tls_cert:
+        with open(p.tls_key, "rb") as fh:
             key = fh.read()
-        with open(p["tls_cert"], "rb") as fh:
+        with open(p.tls_cert, "rb") as fh:
             cert = fh.read()
-        port = server.add_secure_port(p["grpc_addr"], grpc.ssl_server_credentials([(key, cert)]))
+        port = server.add_secure_port(p.grpc_addr, grpc.ssl_server_credentials([(key, cert)]))
     else:
-        port = server.add_insecure_port(p["grpc_addr"])
+        port = server.add_insecure_port(p.grpc_addr)
     if not port:
-        raise OSError(f"--grpc-addr={p['grpc_addr']}: cannot listen there")
+        raise OSError(f"--grpc-addr={p.grpc_addr}: cannot listen there")
     server.start()
     return server, port
 
@@ -412,21 +413,21 @@ def main(name: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
     """Entry point in the forked child."""
     from metrics.writer import MetricWriter, NullWriter
     child.prepare(inherited, supervisor_pid)
-    inst = Instance.attach(name)
+    inst = Instance.attach(name, GATEWAY)
     p = inst.params
-    writer = NullWriter() if p["no_metrics"] else MetricWriter(inst.metrics, inst.metrics.row_map.GATEWAY)
+    writer = NullWriter() if p.no_metrics else MetricWriter(inst.metrics, inst.metrics.row_map.GATEWAY)
     gw = Gateway(inst, writer)
     repaired = gw.sessions.repair(inst.rings)
     if repaired:
         log.info("completed %d session batch(es) a previous gateway published as it died", repaired)
     server, port = build_server(gw, p)
-    inst.hdr[H_GATEWAY_PID] = os.getpid()
-    inst.hdr[H_GATEWAY_PORT] = port
-    log.info("gateway serving gRPC on %s (port %d), %d session(s) carried over", p["grpc_addr"], port,
+    inst.header.gateway_pid = os.getpid()
+    inst.header.gateway_port = port
+    log.info("gateway serving gRPC on %s (port %d), %d session(s) carried over", p.grpc_addr, port,
              gw.sessions.count())
     try:
         while os.getppid() == supervisor_pid or not supervisor_pid:
-            if int(inst.hdr[H_SUP_PID]) != supervisor_pid and supervisor_pid:
+            if int(inst.header.sup_pid) != supervisor_pid and supervisor_pid:
                 break
             time.sleep(TICK_S)
             gw.tick()

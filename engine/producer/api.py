@@ -21,7 +21,9 @@ from engine.control import admission
 from engine.control import pressure
 from engine.producer import validation
 from engine.errors import InvalidInput, NotRunning
-from engine.control.instance import H_ADMISSION_CLOSED, H_SUP_PID, LANE_INDEX, LIVE_SLEEPING, Instance, pid_alive
+from engine.control.layouts import LANE_INDEX
+from engine.control.records import PRODUCER
+from engine.control.instance import Instance, pid_alive
 from engine.control.query import QueryClient
 from engine.control.spaces import SpaceRegistry
 from engine.producer.recall import exact_distances, merge
@@ -40,7 +42,7 @@ class Engine:
         self.inst = inst
         self.params = inst.params
         self.dim = inst.dim
-        self.metric = self.params["metric"]
+        self.metric = self.params.metric
         self.spaces = SpaceRegistry(inst)
         self.queries = QueryClient(inst)
         self._lease: ProducerRowLease | None = None
@@ -50,7 +52,7 @@ class Engine:
     # -- metrics -----------------------------------------------------------
     def record(self, fn) -> None:
         """Run ``fn(writer)`` on this process's metric row (leased on first use)."""
-        if self.params["no_metrics"]:
+        if self.params.no_metrics:
             return
         with self._metrics_lock:
             if self._writer is not None:
@@ -63,7 +65,7 @@ class Engine:
     def count_rejected(self, space: int | None, reason: str, n: int) -> None:
         # Unknown or invalid space names count under `_other`: a rejection
         # never registers a space (bounded label cardinality).
-        idx = self.params["max_spaces"] if space is None else space
+        idx = self.params.max_spaces if space is None else space
         self.record(lambda w: w.inc("observations_rejected_total", n, memory_space=idx, reason=reason))
 
     def _transition(self, old: int, new: int) -> None:
@@ -89,7 +91,7 @@ class Engine:
         try:
             space = validation.space_name(space)
             priority = validation.priority(priority)
-            ids = validation.ids(ids, p["max_batch_size"])
+            ids = validation.ids(ids, p.max_batch_size)
             vectors = validation.vectors(vectors, len(ids), self.dim, self.metric)
         except InvalidInput:
             known = self.spaces.lookup(space) if isinstance(space, str) else None
@@ -99,7 +101,7 @@ class Engine:
         self._check_alive()
         state = self.backpressure()
         state_name = admission.STATES[state]
-        if self.inst.hdr[H_ADMISSION_CLOSED]:
+        if self.inst.header.admission_closed:
             self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name, "engine is shutting down")
         if (blocked := pressure.unwritable(self.inst)) or not admission.admits(priority, state):
@@ -127,7 +129,7 @@ class Engine:
     def _check_alive(self) -> None:
         """Refuse to queue into the shared memory of a supervisor that is gone:
         nothing would ever insert it, yet the ack would say accepted."""
-        pid = int(self.inst.hdr[H_SUP_PID])
+        pid = int(self.inst.header.sup_pid)
         if not pid_alive(pid):
             raise NotRunning(f"instance {self.inst.name!r} is gone (supervisor pid {pid} exited); "
                              f"reconnect once it runs again")
@@ -165,12 +167,12 @@ class Engine:
         return n
 
     def _wake(self, slot: int, depth: int) -> None:
-        live = self.inst.ctl["slot_live"]
-        if live[slot, LIVE_SLEEPING]:
+        live = self.inst.live
+        if live(slot).sleeping:
             self.inst.wake[slot].post()
-        if depth > self.params["steal_threshold"]:
+        if depth > self.params.steal_threshold:
             for other in range(self.inst.slots):
-                if other != slot and live[other, LIVE_SLEEPING]:
+                if other != slot and live(other).sleeping:
                     self.inst.wake[other].post()
                     break
 
@@ -181,8 +183,8 @@ class Engine:
         p = self.params
         space = validation.space_name(space)
         queries = validation.queries(query, self.dim)
-        k = validation.top_k(k, p["max_k"])
-        ef = p["ef_search"] if ef is None else validation.top_k(ef, 1 << 20)
+        k = validation.top_k(k, p.max_k)
+        ef = p.ef_search if ef is None else validation.top_k(ef, 1 << 20)
         q = len(queries)
         idx = self.spaces.lookup(space)
         if idx is None:
@@ -192,12 +194,12 @@ class Engine:
         # Scan rings before reading shard counts: a record committed between
         # the two is then seen in the ring or in a shard we ask (DESIGN §5).
         fresh_part = self._scan_rings(idx, queries, k) if fresh else None
-        counts = self.inst.ctl["shard_counts"][:, idx]
+        counts = self.inst.shard_counts[:, idx]
         holders = [s for s in range(self.inst.slots) if counts[s] > 0]
         now = time.monotonic()
         targets = [s for s in holders if self.inst.slot_up(s, now)]
         complete = len(targets) == len(holders)
-        chunk = p["query_batch"]
+        chunk = p.query_batch
         out_ids, out_dist = [], []
         for lo in range(0, q, chunk):
             part_q = queries[lo:lo + chunk]
@@ -255,12 +257,12 @@ def _batch_len(ids) -> int:
 def connect(name: str = "engram") -> Engine:
     """Attach to the running instance ``name`` on this host."""
     try:
-        inst = Instance.attach(name)
+        inst = Instance.attach(name, PRODUCER)
     except SegmentMissing:
         raise NotRunning(f"no running engram instance named {name!r} on this host") from None
     except LayoutError as exc:
         raise NotRunning(f"instance {name!r} is not ready: {exc}") from None
-    pid = int(inst.hdr[H_SUP_PID])
+    pid = int(inst.header.sup_pid)
     if not pid_alive(pid):
         inst.close()
         # Shared memory outlives a killed supervisor; the next start of the

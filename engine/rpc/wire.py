@@ -56,7 +56,7 @@ def unpack_rows(raw: bytes, dim: int, rows: int | None, what: str) -> np.ndarray
 
 
 def limits(p: dict) -> pb.Limits:
-    return pb.Limits(dim=p["dim"], metric=p["metric"], max_batch=p["max_batch_size"],
-                     max_message_bytes=p["grpc_max_message_bytes"], capacity_high=p["capacity"][0],
-                     capacity_normal=p["capacity"][1], capacity_low=p["capacity"][2], max_k=p["max_k"],
-                     max_sessions=p["max_sessions"], session_idle_timeout_s=p["session_idle_timeout"])
+    return pb.Limits(dim=p.dim, metric=p.metric, max_batch=p.max_batch_size,
+                     max_message_bytes=p.grpc_max_message_bytes, capacity_high=p.capacity[0],
+                     capacity_normal=p.capacity[1], capacity_low=p.capacity[2], max_k=p.max_k,
+                     max_sessions=p.max_sessions, session_idle_timeout_s=p.session_idle_timeout)

@@ -11,7 +11,7 @@ the log has already been cut back to its last complete record (``WalWriter``),
 so no torn record precedes later good ones. The slot is then *blocked*: the
 claim stays uncommitted (its records are in the shard already, and in the
 ring, so a crash now still loses nothing), the errno goes to
-``slot_live[LIVE_UNWRITABLE]`` so producers refuse new work
+``LiveRecord.unwritable`` so producers refuse new work
 (``engine.control.pressure.unwritable``), the ``data_dir_unwritable`` gauge is 1,
 and ``retry`` appends the rest every ``UNWRITABLE_RETRY_S`` until it
 succeeds, then commits the claim and clears the state.
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 
 from engine.storage import recovery
-from engine.control.instance import LIVE_CLAIM_RING, LIVE_UNWRITABLE, Instance
+from engine.control.instance import Instance
 from engine.storage.snapshotter import Snapshotter
 from engine.storage.walgen import WalLog
 from shm.ring import Claim
@@ -56,7 +56,7 @@ class SlotStore:
         self.metrics = metrics
         self.clock = clock
         self.snapshot_cpus = snapshot_cpus  # where the snapshot child may run (None: where the worker runs)
-        self.live = inst.ctl["slot_live"][slot]
+        self.live = inst.live(slot)
         self.wal: WalLog | None = None
         self.snapshots: Snapshotter | None = None
         self.blocked: Blocked | None = None
@@ -64,13 +64,13 @@ class SlotStore:
     def open(self, publish, heartbeat) -> None:
         """Recover the shards (``publish(space, count)`` as they fill), open the log."""
         p = self.inst.params
-        meta = {"slot": self.slot, "dim": p["dim"], "metric": p["metric"]}
-        rec = recovery.recover(p["data_dir"], self.slot, meta, self.shards, self.spaces.register, publish,
+        meta = {"slot": self.slot, "dim": p.dim, "metric": p.metric}
+        rec = recovery.recover(p.data_dir, self.slot, meta, self.shards, self.spaces.register, publish,
                                self.metrics, heartbeat)
-        self.wal = WalLog(p["data_dir"], self.slot, p["fsync"], rec.first_generation)
-        self.snapshots = Snapshotter(p["data_dir"], self.slot, self.shards, self.inst.space_name, self.wal,
-                                     rec.entries, meta, self.metrics, p["snapshot_interval"],
-                                     p["snapshot_wal_bytes"], rec.uncovered_bytes, self.snapshot_cpus,
+        self.wal = WalLog(p.data_dir, self.slot, p.fsync, rec.first_generation)
+        self.snapshots = Snapshotter(p.data_dir, self.slot, self.shards, self.inst.space_name, self.wal,
+                                     rec.entries, meta, self.metrics, p.snapshot_interval,
+                                     p.snapshot_wal_bytes, rec.uncovered_bytes, self.snapshot_cpus,
                                      self.clock)
         self.metrics.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
 
@@ -94,13 +94,13 @@ class SlotStore:
 
     def _block(self, claim: Claim, todo: list, exc: OSError) -> None:
         now = self.clock()
-        self.live[LIVE_UNWRITABLE] = exc.errno or errno.EIO
+        self.live.unwritable = exc.errno or errno.EIO
         if self.blocked is not None:
             self.blocked.retry_at = now + UNWRITABLE_RETRY_S
             return
         self.blocked = Blocked(claim, todo, now, now + UNWRITABLE_RETRY_S)
         # The insert is done: a death from here on is not this claim's fault (poison detection).
-        self.live[LIVE_CLAIM_RING] = -1
+        self.live.claim_ring = -1
         self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="wal_error")
         self.metrics.set("data_dir_unwritable", 1, worker_id=self.slot)
         log.error("slot %d: cannot write the write-ahead log (%s); admission stops until it can, recall "
@@ -113,7 +113,7 @@ class SlotStore:
             return False
         self.inst.rings[b.claim.ring].commit(b.claim)
         self.blocked = None
-        self.live[LIVE_UNWRITABLE] = 0
+        self.live.unwritable = 0
         self.metrics.set("data_dir_unwritable", 0, worker_id=self.slot)
         log.warning("slot %d: write-ahead log writable again after %.1fs; admission resumes", self.slot,
                     self.clock() - b.since)

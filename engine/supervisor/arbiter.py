@@ -29,11 +29,8 @@ from engine.supervisor import salvage
 from engine.supervisor.children import Child, RestartPolicy
 from engine.supervisor.signals import SignalQueue
 from engine.errors import InstanceRunning
-from engine.control.instance import (DOWN, H_ADMISSION_CLOSED, H_DRAINING, H_READY, H_STARTED, H_STOP,
-                             H_SUP_PID, LIVE_CLAIM_RING, LIVE_CLAIM_START, LIVE_HEARTBEAT, LIVE_PID,
-                             PARKED, RUNNING, STARTING, SUP_CRASH_COUNT, SUP_CRASH_RING, SUP_CRASH_START,
-                             STOPPED, SUP_CPU, SUP_PARKED_UNTIL, SUP_PID, SUP_RESTARTS,
-                             SUP_STARTED_AT, SUP_STATE, Instance)
+from engine.control.records import DOWN, PARKED, RUNNING, STARTING, STOPPED
+from engine.control.instance import Instance
 from engine.supervisor.preflight import (check_bindable, check_gateway_files, check_name_free, check_shm_room, check_wal_manifest,
                               instance_params, plan_cpus)
 from shm.lock import InstanceLock
@@ -85,7 +82,7 @@ class Supervisor:
         if cfg.grpc_addr != "off":
             check_bindable(cfg.grpc_addr, "--grpc-addr")
             check_gateway_files(cfg)
-        check_wal_manifest(params["data_dir"], params)
+        check_wal_manifest(params.data_dir, params)
         leftovers = []
         if stale:
             leftovers = salvage.collect(cfg.name, n, cfg.dim)
@@ -93,14 +90,14 @@ class Supervisor:
             log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), cfg.name)
         self.inst = Instance.create(params)
         salvage.restore(self.inst, leftovers)
-        hdr = self.inst.hdr
-        hdr[H_SUP_PID] = os.getpid()
-        hdr[H_STARTED] = int(time.time())
+        hdr = self.inst.header
+        hdr.sup_pid = os.getpid()
+        hdr.started = int(time.time())
         self.slots = [Child(i, cpus[i]) for i in range(n)]
         from metrics.writer import MetricWriter
         self.metrics = MetricWriter(self.inst.metrics, self.inst.metrics.row_map.SUPERVISOR)
         for s in self.slots:
-            self.inst.ctl["slot_sup"][s.index, SUP_CPU] = -1 if s.cpu is None else s.cpu
+            self.inst.sup(s.index).cpu = -1 if s.cpu is None else s.cpu
         self.signals.install((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD))
         log.info("instance %r: %d worker(s), cpus %s, dim %d %s, data dir %s", cfg.name, n,
                  "unpinned" if cfg.no_pin else cpus, cfg.dim, cfg.metric, os.path.abspath(cfg.data_dir))
@@ -145,9 +142,9 @@ class Supervisor:
                     return
 
     def begin_drain(self) -> None:
-        hdr = self.inst.hdr
-        hdr[H_ADMISSION_CLOSED] = 1
-        hdr[H_DRAINING] = 1
+        hdr = self.inst.header
+        hdr.admission_closed = 1
+        hdr.draining = 1
         self.draining_since = self.clock()
 
     def children(self) -> list[Child]:
@@ -155,17 +152,17 @@ class Supervisor:
 
     def reap(self) -> None:
         now = self.clock()
-        sup = self.inst.ctl["slot_sup"]
+        sup = self.inst.sup
         for s in self.children():
             if s.proc is None or s.proc.exitcode is None:
                 continue
             code = s.proc.exitcode
             reason = "hung" if s.killed_as_hung else ("signal" if code < 0 else "crash")
-            stopping = bool(self.inst.hdr[H_STOP])
+            stopping = bool(self.inst.header.stop)
             if s.kind == "worker":
-                sup[s.index, SUP_PID] = 0
+                sup(s.index).pid = 0
                 if stopping:
-                    sup[s.index, SUP_STATE] = STOPPED
+                    sup(s.index).state = STOPPED
                 else:
                     self.note_claim_in_flight(s.index)
             if not stopping:
@@ -179,12 +176,12 @@ class Supervisor:
         parked = self.policy.on_exit(s, now)
         if s.kind != "worker":
             return
-        sup = self.inst.ctl["slot_sup"]
+        sup = self.inst.sup
         if not parked:
-            sup[s.index, SUP_STATE] = DOWN
+            sup(s.index).state = DOWN
             return
-        sup[s.index, SUP_STATE] = PARKED
-        sup[s.index, SUP_PARKED_UNTIL] = int((time.time() + self.cfg.park_seconds) * 1000)
+        sup(s.index).state = PARKED
+        sup(s.index).parked_until = int((time.time() + self.cfg.park_seconds) * 1000)
         log.error("worker slot %d crashed %d times in %.0fs: parked for %.0fs; its queue is "
                   "drained by the other workers", s.index, len(s.exits), self.cfg.flap_window,
                   self.cfg.park_seconds)
@@ -192,17 +189,17 @@ class Supervisor:
 
     def note_claim_in_flight(self, slot: int) -> None:
         """Count consecutive worker deaths on the same claim (poison-batch detection)."""
-        sup, live = self.inst.ctl["slot_sup"], self.inst.ctl["slot_live"]
-        ring, start = int(live[slot, LIVE_CLAIM_RING]), int(live[slot, LIVE_CLAIM_START])
+        sup, live = self.inst.sup, self.inst.live
+        ring, start = int(live(slot).claim_ring), int(live(slot).claim_start)
         if ring < 0:
-            sup[slot, SUP_CRASH_COUNT] = 0
-        elif (ring, start) == (int(sup[slot, SUP_CRASH_RING]), int(sup[slot, SUP_CRASH_START])):
-            sup[slot, SUP_CRASH_COUNT] += 1
+            sup(slot).crash_count = 0
+        elif (ring, start) == (int(sup(slot).crash_ring), int(sup(slot).crash_start)):
+            sup(slot).crash_count += 1
         else:
-            sup[slot, SUP_CRASH_RING], sup[slot, SUP_CRASH_START], sup[slot, SUP_CRASH_COUNT] = ring, start, 1
+            sup(slot).crash_ring, sup(slot).crash_start, sup(slot).crash_count = ring, start, 1
         if ring >= 0:
             log.error("worker slot %d died while processing claim at ring %d position %d (%d time(s) in a row)",
-                      slot, ring, start, int(sup[slot, SUP_CRASH_COUNT]))
+                      slot, ring, start, int(sup(slot).crash_count))
 
     def hand_over_claims(self, slot: int) -> None:
         """Give a parked slot's open claims to a running slot (processed when it is idle).
@@ -213,12 +210,12 @@ class Supervisor:
         the same ids in two shards. It stays with the slot, whose next worker
         (after the parking) replays its log and processes it again in the
         same shard, where a second insert of an id is an update."""
-        sup, live = self.inst.ctl["slot_sup"], self.inst.ctl["slot_live"]
-        heirs = [s.index for s in self.slots if s.index != slot and int(sup[s.index, SUP_STATE]) == RUNNING]
+        sup, live = self.inst.sup, self.inst.live
+        heirs = [s.index for s in self.slots if s.index != slot and int(sup(s.index).state) == RUNNING]
         if not heirs:
             return  # the slot's own replacement processes them when it is unparked
         heir = heirs[slot % len(heirs)]
-        ring, pos = int(live[slot, LIVE_CLAIM_RING]), int(live[slot, LIVE_CLAIM_START])
+        ring, pos = int(live(slot).claim_ring), int(live(slot).claim_start)
         moved = sum(len(r.reassign(slot, heir, keep=pos if r.ring_id == ring else None))
                     for r in self.inst.rings)
         if moved:
@@ -227,11 +224,11 @@ class Supervisor:
 
     def kill_hung(self) -> None:
         now = self.clock()
-        live = self.inst.ctl["slot_live"]
+        live = self.inst.live
         for s in self.slots:  # the exporter has no heartbeat; workers do
             if s.proc is None or s.killed_as_hung:
                 continue
-            last = max(float(live[s.index, LIVE_HEARTBEAT]), s.spawned_at)
+            last = max(float(live(s.index).heartbeat), s.spawned_at)
             if now - last > self.cfg.worker_timeout:
                 log.error("worker slot %d (pid %d): no heartbeat for %.1fs; killing it", s.index, s.pid,
                           now - last)
@@ -242,7 +239,7 @@ class Supervisor:
                     pass
 
     def reconcile(self) -> None:
-        if self.inst.hdr[H_STOP]:
+        if self.inst.header.stop:
             return
         now = self.clock()
         for s in self.children():
@@ -274,27 +271,27 @@ class Supervisor:
             log.info("%s restarted as pid %d", s.label, proc.pid)
         if s.kind != "worker":
             return
-        sup = self.inst.ctl["slot_sup"]
-        sup[s.index, SUP_PID] = proc.pid
-        sup[s.index, SUP_STATE] = STARTING
-        sup[s.index, SUP_STARTED_AT] = int(time.time() * 1000)
+        sup = self.inst.sup
+        sup(s.index).pid = proc.pid
+        sup(s.index).state = STARTING
+        sup(s.index).started_at = int(time.time() * 1000)
         if restart:
-            sup[s.index, SUP_RESTARTS] += 1
+            sup(s.index).restarts += 1
             self.metrics.inc("worker_restarts_total", worker_id=s.index, reason=s.last_reason)
 
     def publish(self) -> None:
         """Slot states and readiness, and the backpressure state when idle."""
-        sup, live = self.inst.ctl["slot_sup"], self.inst.ctl["slot_live"]
+        sup, live = self.inst.sup, self.inst.live
         for s in self.slots:
-            if s.proc is not None and int(sup[s.index, SUP_STATE]) == STARTING \
-                    and int(live[s.index, LIVE_PID]) == s.pid:
-                sup[s.index, SUP_STATE] = RUNNING
+            if s.proc is not None and int(sup(s.index).state) == STARTING \
+                    and int(live(s.index).pid) == s.pid:
+                sup(s.index).state = RUNNING
         now = self.clock()
         for s in self.slots:
             up = self.inst.slot_up(s.index, now)
             self.metrics.set("worker_up", 1.0 if up else 0.0, worker_id=s.index)
-        running = all(int(sup[s.index, SUP_STATE]) == RUNNING for s in self.slots)
-        self.inst.hdr[H_READY] = 1 if running else 0
+        running = all(int(sup(s.index).state) == RUNNING for s in self.slots)
+        self.inst.header.ready = 1 if running else 0
         pressure.refresh(self.inst, self._transition)
 
     def _transition(self, old: int, new: int) -> None:
@@ -319,7 +316,7 @@ class Supervisor:
         self.exit_code = EXIT_DRAIN_TIMEOUT if left else EXIT_OK
 
     def stop_workers(self) -> None:
-        self.inst.hdr[H_STOP] = 1
+        self.inst.header.stop = 1
         for sig in self.inst.wake:
             sig.post()
         # Workers write a final snapshot before they exit: as long as a drain may take.

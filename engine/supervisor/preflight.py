@@ -12,8 +12,10 @@ import logging
 import os
 
 
+from engine.config import Params
 from engine.errors import ConfigError, InstanceRunning
-from engine.control.instance import pid_alive, read_params, read_supervisor_pid, required_bytes
+from engine.control.layouts import required_bytes
+from engine.control.instance import pid_alive, read_header, read_params
 from shm.errors import LayoutError, SegmentMissing
 from shm.segment import Segment, instance_objects, object_name
 
@@ -37,14 +39,8 @@ def plan_cpus(cfg) -> tuple[int, list[int | None]]:
     return n, [cpus[i % len(cpus)] for i in range(n)]
 
 
-def instance_params(cfg, slots: int, cpus: list[int | None]) -> dict:
-    p = cfg.to_dict()
-    p["cpus"] = list(p["cpus"]) if p["cpus"] else None
-    p["data_dir"] = os.path.abspath(cfg.data_dir)
-    p["slots"] = slots
-    p["slot_cpus"] = cpus
-    p["capacity"] = [cfg.capacity_high, cfg.capacity_normal, cfg.capacity_low]
-    return p
+def instance_params(cfg, slots: int, cpus: list[int | None]) -> Params:
+    return Params.plan(cfg, slots, cpus)
 
 
 def check_name_free(name: str) -> bool:
@@ -56,7 +52,7 @@ def check_name_free(name: str) -> bool:
     if seg is not None:
         try:
             read_params(seg.buf)
-            pid = read_supervisor_pid(seg.buf)
+            pid = read_header(seg.buf).sup_pid
         except LayoutError:
             pid = 0
         finally:
@@ -103,7 +99,7 @@ def check_shm_room(params: dict, shm_dir: str = "/dev/shm") -> None:
     need = required_bytes(params)
     st = os.statvfs(shm_dir)
     reclaimable = 0
-    for _, obj in instance_objects(params["name"], shm_dir):
+    for _, obj in instance_objects(params.name, shm_dir):
         try:
             reclaimable += os.stat(os.path.join(shm_dir, obj.lstrip("/"))).st_blocks * 512
         except OSError:
@@ -121,7 +117,7 @@ def check_wal_manifest(data_dir: str, params: dict) -> None:
     logs unread or unreadable, so it is refused rather than silently losing data.
     The first start writes ``<data-dir>/wal/manifest.json``."""
     import json
-    shape = {"slots": params["slots"], "dim": params["dim"], "metric": params["metric"]}
+    shape = {"slots": params.slots, "dim": params.dim, "metric": params.metric}
     wal_dir = os.path.join(data_dir, "wal")
     path = os.path.join(wal_dir, "manifest.json")
     try:

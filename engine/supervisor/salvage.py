@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.control.instance import LANES, Instance
+from engine.control.layouts import LANES
+from engine.control.records import READER
+from engine.control.instance import Instance
 from engine.control.spaces import SpaceRegistry
 from shm.errors import LayoutError, SegmentMissing
 
@@ -49,7 +51,7 @@ class Leftover:
 def collect(name: str, slots: int, dim: int) -> list[Leftover]:
     """Copy the uncommitted records out of a dead run's rings (empty if none)."""
     try:
-        old = Instance.attach(name)
+        old = Instance.attach(name, READER)
     except (SegmentMissing, LayoutError) as exc:
         log.warning("dead run of %r left shared memory that cannot be read (%s); its queued "
                     "observations are dropped", name, exc)

@@ -36,9 +36,9 @@ import numpy as np
 from engine import child
 from engine.storage import deadletter
 from engine.storage.slotstore import SlotStore
-from engine.control.instance import (H_STOP, LANES, LIVE_CLAIM_RING, LIVE_CLAIM_START, LIVE_HEARTBEAT,
-                             LIVE_PID, LIVE_READY, LIVE_SLEEPING, LIVE_UNWRITABLE, SUP_CRASH_COUNT,
-                             SUP_CRASH_RING, SUP_CRASH_START, Instance)
+from engine.control.layouts import LANES
+from engine.control.records import WORKER
+from engine.control.instance import Instance
 from engine.control.query import serve_pending
 from engine.worker.scheduler import BatchSizer, LaneScheduler
 from engine.errors import ResizeError
@@ -70,15 +70,15 @@ class Worker:
         self.clock = clock
         self.spaces = SpaceRegistry(inst)
         self.lanes = LaneScheduler()
-        self.sizer = BatchSizer(p["batch_min"], p["batch_max"], p["batch_budget_ms"] / 1000.0)
-        self.steal_threshold = p["steal_threshold"]
-        self.live = inst.ctl["slot_live"][slot]
-        self.counts = inst.ctl["shard_counts"][slot]
+        self.sizer = BatchSizer(p.batch_min, p.batch_max, p.batch_budget_ms / 1000.0)
+        self.steal_threshold = p.steal_threshold
+        self.live = inst.live(slot)
+        self.counts = inst.own_shard_counts()
         self.own = [inst.ring(slot, lane) for lane in range(len(LANES))]
         self.others = [r for r in inst.rings if r.ring_id // len(LANES) != slot]
         self.backlog: list[Claim] = []
         self.next_orphan_check = 0.0
-        self.metrics = NullWriter() if p["no_metrics"] else \
+        self.metrics = NullWriter() if p.no_metrics else \
             MetricWriter(inst.metrics, inst.metrics.row_map.worker(slot))
         self.store: SlotStore | None = None  # the log and snapshots (start(durable=True))
         self.busy_s = 0.0
@@ -89,8 +89,8 @@ class Worker:
     def start(self, durable: bool = False, snapshot_cpus: set[int] | None = None) -> None:
         """Publish empty shards; with ``durable``, rebuild them from the data
         directory and open the log; then go live."""
-        self.live[LIVE_CLAIM_RING] = -1
-        self.live[LIVE_UNWRITABLE] = 0
+        self.live.claim_ring = -1
+        self.live.unwritable = 0
         self.counts[:] = 0
         for space in self.inst.space_names():
             self.metrics.set("index_vectors", 0, memory_space=space)
@@ -104,15 +104,14 @@ class Worker:
             for space in np.flatnonzero(self.counts):
                 self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
         self.heartbeat()
-        self.live[LIVE_READY] = 1
         # Written last: the supervisor sees the slot running once this pid shows.
-        self.live[LIVE_PID] = os.getpid()
+        self.live.pid = os.getpid()
 
     def heartbeat(self) -> None:
-        self.live[LIVE_HEARTBEAT] = self.clock()
+        self.live.heartbeat = self.clock()
 
     def stopping(self) -> bool:
-        return bool(self.inst.hdr[H_STOP])
+        return bool(self.inst.header.stop)
 
     def step(self) -> bool:
         """One iteration; returns True if it did any work."""
@@ -215,7 +214,7 @@ class Worker:
                 keep = positions != poison
                 ids, spaces, times, vectors, positions = (ids[keep], spaces[keep], times[keep], vectors[keep],
                                                           positions[keep])
-        self.live[LIVE_CLAIM_RING], self.live[LIVE_CLAIM_START] = claim.ring, claim.start
+        self.live.claim_ring, self.live.claim_start = claim.ring, claim.start
         started = time.monotonic()
         t0, q0 = time.perf_counter(), self.query_s
         if len(ids) == 0:
@@ -243,19 +242,19 @@ class Worker:
             if not self.store.log(claim, [(space, ids[sel], vectors[sel]) for space, sel in groups]):
                 return  # blocked: the store commits it once the log takes it
         ring.commit(claim)
-        self.live[LIVE_CLAIM_RING] = -1
+        self.live.claim_ring = -1
 
     def suspect(self, claim: Claim) -> tuple[bool, int | None]:
         """(a worker died inside this claim, the position that killed two workers or None)."""
-        sup = self.inst.ctl["slot_sup"][self.slot]
-        ring, pos, deaths = int(sup[SUP_CRASH_RING]), int(sup[SUP_CRASH_START]), int(sup[SUP_CRASH_COUNT])
+        sup = self.inst.sup(self.slot)
+        ring, pos, deaths = int(sup.crash_ring), int(sup.crash_start), int(sup.crash_count)
         if deaths < 1 or ring != claim.ring or not claim.start <= pos < claim.start + claim.count:
             return False, None
         return True, (pos if deaths >= POISON_AFTER_DEATHS else None)
 
     def dead_letter(self, claim: Claim, position: int, ids, spaces, vectors) -> None:
         """Set a record that killed two workers aside in <data-dir>/deadletter/ instead of a third try."""
-        path = deadletter.append(self.inst.params["data_dir"], self.slot, {
+        path = deadletter.append(self.inst.params.data_dir, self.slot, {
             "time": time.time(), "slot": self.slot, "ring": claim.ring, "position": position,
             "reason": f"the worker of slot {self.slot} died {POISON_AFTER_DEATHS} times inserting this "
                       f"observation",
@@ -278,7 +277,7 @@ class Worker:
 
     def _insert(self, space: int, ids: np.ndarray, vectors: np.ndarray, positions=None) -> None:
         """Insert into the space's shard in ~5 ms slices (queries answered between),
-        or one record at a time, published in ``LIVE_CLAIM_START``, for a suspect claim."""
+        or one record at a time, published in ``LiveRecord.claim_start``, for a suspect claim."""
         if not 0 <= space < len(self.counts):
             self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="other")
             raise ValueError(f"ring record names space {space}, outside [0, {len(self.counts)})")
@@ -292,7 +291,7 @@ class Worker:
                     self.heartbeat()
                     self.answer_queries()
                 if positions is not None:
-                    self.live[LIVE_CLAIM_START] = positions[lo]
+                    self.live.claim_start = positions[lo]
                 if CRASH_ON_ID is not None and int(CRASH_ON_ID) in ids[lo:lo + step]:
                     os._exit(70)  # test hook: behave like a batch that crashes its worker
                 self.counts[space] = self.shards.insert(space, ids[lo:lo + step], vectors[lo:lo + step])
@@ -306,14 +305,14 @@ class Worker:
     def sleep(self) -> None:
         if self.store is not None:
             self.store.idle()
-        self.live[LIVE_SLEEPING] = 1
+        self.live.sleeping = 1
         # Re-check after raising the flag: a producer that enqueued before it
         # saw the flag did not post (closes the lost-wake-up window).
         if any(r.depth() for r in self.own):
-            self.live[LIVE_SLEEPING] = 0
+            self.live.sleeping = 0
             return
         woken = self.inst.wake[self.slot].wait(IDLE_WAIT_S)
-        self.live[LIVE_SLEEPING] = 0
+        self.live.sleeping = 0
         if woken:
             self.inst.wake[self.slot].drain()
 
@@ -334,10 +333,10 @@ def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
     # so that it need not take its time from this worker's CPU alone.
     usable = os.sched_getaffinity(0)
     pin(cpu)
-    inst = Instance.attach(name)
+    inst = Instance.attach(name, WORKER, slot)
     p = inst.params
-    shards = ShardSet(p["dim"], p["metric"], p["hnsw_m"], p["ef_construction"], p["ef_search"],
-                      p["shard_initial_capacity"])
+    shards = ShardSet(p.dim, p.metric, p.hnsw_m, p.ef_construction, p.ef_search,
+                      p.shard_initial_capacity)
     worker = None
     try:
         worker = Worker(inst, slot, shards)

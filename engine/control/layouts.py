@@ -1,0 +1,112 @@
+"""Where everything of an instance lives in shared memory: names, layouts, sizes.
+
+Objects (``<n>`` = instance name; see ``shm.segment.object_name``)::
+
+    /engram.<n>.ctl         control block (below)
+    /engram.<n>.rings       rings[slot][lane], structure of arrays (shm.ring)
+    /engram.<n>.query       recall request slots (engine.control.query)
+    /engram.<n>.metrics     metric array, one row per writer (metrics.array)
+    sem /engram.<n>.wake.<slot>    wakes a sleeping worker
+    sem /engram.<n>.qdone.<j>      wakes the client waiting on query slot j
+    <data-dir>/engine.locks        fcntl byte locks: 0 control, 64+r ring r,
+                                   4096+j query slot j
+
+Control block (``control_layout``), shown for S = 2 slots, M = 1024 spaces,
+X = 256 sessions (``Layout.describe()``; tests/unit keep this table in step)::
+
+    offset      bytes  field
+         0         16  preamble (magic u64, version u64)
+        64      16384  params u1[16384]
+     16448        128  hdr i8[16]
+     16576        192  slot_sup i8[2, 12]
+     16768        128  slot_live f8[2, 8]
+     16896      65536  space_names u1[1024, 64]
+     82432      16384  shard_counts i8[2, 1024]
+     98816      16384  sessions i8[256, 8]
+
+Fields and their single writers:
+
+- ``params``: JSON of ``engine.config.Params`` (length in ``hdr``); the
+  supervisor, once, before the magic is written.
+- ``hdr``, ``slot_sup``, ``slot_live``: typed records with each cell's
+  writer named in ``engine.control.records``.
+- ``space_names``: registered names, NUL-padded ASCII; producers under
+  control lock 0 (``engine.control.spaces``).
+- ``shard_counts``: vectors in HNSW per (slot, space); row s by the worker
+  of slot s only.
+- ``sessions``: the gateway's session table (``engine.control.sessions``);
+  the gateway only.
+"""
+
+from __future__ import annotations
+
+from engine.config import Params
+from metrics.array import MetricArray
+from shm.layout import Field, Layout
+from shm.ring import ring_bytes
+
+LANES = ("high", "normal", "low")
+LANE_INDEX = {name: i for i, name in enumerate(LANES)}
+PARAMS_BYTES = 16384
+NAME_BYTES = 64
+CLAIM_SLOTS = 128
+HEADER_CELLS = 16
+CONTROL_VERSION = 3
+
+# A worker whose heartbeat is older than this is absent: not asked for recall,
+# stolen from at any depth, reported down (worker_up 0, /health/ready 503).
+# Heartbeats come at least every 50 ms idle and once per batch busy.
+ABSENT_AFTER_S = 2.0
+
+LOCK_CONTROL = 0
+LOCK_RING_BASE = 64
+LOCK_QUERY_BASE = 4096
+
+
+def control_layout(slots: int, max_spaces: int, max_sessions: int) -> Layout:
+    return Layout(CONTROL_VERSION, [
+        Field("params", "u1", (PARAMS_BYTES,)),
+        Field("hdr", "i8", (HEADER_CELLS,)),
+        Field("slot_sup", "i8", (slots, 12)),
+        Field("slot_live", "f8", (slots, 8)),
+        Field("space_names", "u1", (max_spaces, NAME_BYTES)),
+        Field("shard_counts", "i8", (slots, max_spaces)),
+        Field("sessions", "i8", (max_sessions, 8)),
+    ])
+
+
+def query_layout(p: Params) -> Layout:
+    q, s, b, k, d = p.query_slots, p.slots, p.query_batch, p.max_k, p.dim
+    return Layout(1, [
+        Field("req", "i8", (q, 8)),
+        Field("want", "i8", (q, s)),
+        Field("done", "i8", (q, s)),
+        Field("cols", "i8", (q, s)),
+        Field("vectors", "f4", (q, b, d)),
+        Field("ids", "u8", (q, s, b, k)),
+        Field("dist", "f4", (q, s, b, k)),
+    ])
+
+
+def ring_capacity(p: Params, lane: int) -> int:
+    """Records one ring of ``lane`` holds: the engine-wide lane capacity split over the slots."""
+    return max(1, -(-p.capacity[lane] // p.slots))
+
+
+def ring_offsets(p: Params) -> tuple[list[int], int]:
+    offsets, off = [], 0
+    for _slot in range(p.slots):
+        for lane in range(len(LANES)):
+            offsets.append(off)
+            off += ring_bytes(ring_capacity(p, lane), p.dim, CLAIM_SLOTS)
+    return offsets, max(off, 64)
+
+
+def ring_id(slot: int, lane: int) -> int:
+    return slot * len(LANES) + lane
+
+
+def required_bytes(p: Params) -> int:
+    """Shared memory an instance with parameters ``p`` needs, all segments together."""
+    return (control_layout(p.slots, p.max_spaces, p.max_sessions).size + ring_offsets(p)[1]
+            + query_layout(p).size + MetricArray.nbytes(p.slots, p.max_spaces))

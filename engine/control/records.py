@@ -1,0 +1,157 @@
+"""Typed records of the control block, each cell with its single writer named in code.
+
+The control block (``engine.control.instance``) holds three arrays of
+counters and flags that every process reads: the header ``hdr i8[16]``,
+one supervisor record per slot ``slot_sup i8[S, 12]`` and one live record
+per slot ``slot_live f8[S, 8]``. A record object is a view of one row that
+names its cells and checks, on every write, that the process writing is the
+cell's writer (``Cell.writers``); a write from any other role raises
+``ControlWriteError`` instead of silently breaking the single-writer rule
+that makes these cells safe without a lock (DESIGN §4: one writer per
+cell, plain aligned 8-byte stores, readers tolerate a stale value).
+
+Roles (``Instance.attach(name, role, slot)``): ``supervisor``, ``worker``
+(its own slot only), ``gateway``, ``exporter``, ``producer`` (same-host
+``engine.connect``), ``reader`` (status and tools: writes nothing).
+
+Role views for the per-slot records: the supervisor gets writable
+supervisor records and read-only live records; a worker gets its own
+slot's live record writable and everything else read-only. Read-only rows
+are numpy views with ``writeable = False``, so even a raw index write fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.errors import EngineError
+
+SUPERVISOR, WORKER, GATEWAY, EXPORTER, PRODUCER, READER = \
+    "supervisor", "worker", "gateway", "exporter", "producer", "reader"
+ROLES = (SUPERVISOR, WORKER, GATEWAY, EXPORTER, PRODUCER, READER)
+# Processes that admit observations (the gateway is a producer like any other).
+PRODUCERS = (SUPERVISOR, GATEWAY, PRODUCER)
+# Processes that register space names: producers, and a worker recovering
+# its shards from disk (``engine.control.spaces``: under control lock 0).
+REGISTRANTS = PRODUCERS + (WORKER,)
+
+
+class ControlWriteError(EngineError):
+    """A process wrote a control cell whose single writer is another role."""
+
+
+class Cell:
+    """One cell of a record row: its column, type and writers."""
+
+    def __init__(self, column: int, writers: tuple[str, ...], kind: type = int, doc: str = ""):
+        self.column = column
+        self.writers = writers
+        self.kind = kind
+        self.__doc__ = doc
+        self.name = ""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, record, owner=None):
+        if record is None:
+            return self
+        return self.kind(record.row[self.column])
+
+    def __set__(self, record, value) -> None:
+        if record.role not in self.writers:
+            raise ControlWriteError(f"{record.role} may not write {type(record).__name__}.{self.name} "
+                                    f"(written by {' or '.join(self.writers)} only)")
+        record.row[self.column] = value
+
+
+class Record:
+    """A view of one row; subclasses declare ``Cell`` attributes."""
+
+    WIDTH = 0
+
+    def __init__(self, row: np.ndarray, role: str, writable: bool = True):
+        if not writable:
+            row = row.view()
+            row.flags.writeable = False
+        self.row = row
+        self.role = role if writable else READER
+
+    @classmethod
+    def cells(cls) -> dict[str, Cell]:
+        return {k: v for k, v in vars(cls).items() if isinstance(v, Cell)}
+
+    @classmethod
+    def column(cls, table: np.ndarray, cell: str) -> np.ndarray:
+        """A read-only column of a whole table (vectorised reads across slots)."""
+        col = table[:, vars(cls)[cell].column].view()
+        col.flags.writeable = False
+        return col
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.cells())
+        return f"{type(self).__name__}({body})"
+
+
+class Header(Record):
+    """``hdr i8[16]``: instance-wide cells."""
+
+    WIDTH = 16
+    params_len = Cell(0, (SUPERVISOR,), doc="bytes of the JSON parameters at offset 64")
+    sup_pid = Cell(1, (SUPERVISOR,), doc="supervisor pid (for signals; liveness uses run_id)")
+    ready = Cell(2, (SUPERVISOR,), doc="1 once every slot runs")
+    admission_closed = Cell(3, (SUPERVISOR,), doc="1 from the start of a graceful stop")
+    draining = Cell(4, (SUPERVISOR,), doc="1 while the queues drain before a stop")
+    stop = Cell(5, (SUPERVISOR,), doc="1: workers finish their batch, snapshot and exit")
+    bp_state = Cell(6, PRODUCERS, doc="backpressure state index; changed under control lock 0")
+    spaces = Cell(7, REGISTRANTS, doc="registered spaces; written after the name it publishes, under lock 0")
+    started = Cell(8, (SUPERVISOR,), doc="unix seconds of the start")
+    bp_changed_ms = Cell(9, PRODUCERS, doc="unix ms of the last backpressure transition; under lock 0")
+    exporter_pid = Cell(10, (EXPORTER,))
+    exporter_port = Cell(11, (EXPORTER,), doc="bound port (--metrics-addr may name port 0)")
+    gateway_pid = Cell(12, (GATEWAY,))
+    gateway_port = Cell(13, (GATEWAY,), doc="bound gRPC port")
+    # 14, 15: unused
+
+
+# Slot states, written by the supervisor into SupervisorRecord.state.
+DOWN, STARTING, RUNNING, PARKED, STOPPED = range(5)
+STATE_NAMES = {DOWN: "down", STARTING: "starting", RUNNING: "running", PARKED: "parked",
+               STOPPED: "stopped"}
+
+
+class SupervisorRecord(Record):
+    """``slot_sup i8[S, 12]``, row per slot: single writer, the supervisor."""
+
+    WIDTH = 12
+    pid = Cell(0, (SUPERVISOR,), doc="pid of the slot's worker, 0 when none")
+    state = Cell(1, (SUPERVISOR,), doc="DOWN, STARTING, RUNNING, PARKED or STOPPED")
+    restarts = Cell(2, (SUPERVISOR,))
+    cpu = Cell(3, (SUPERVISOR,), doc="pinned CPU, -1 unpinned")
+    parked_until = Cell(4, (SUPERVISOR,), doc="unix ms")
+    started_at = Cell(5, (SUPERVISOR,), doc="unix ms of the last spawn")
+    crash_ring = Cell(6, (SUPERVISOR,), doc="claim the last worker died in (poison-batch detection)")
+    crash_start = Cell(7, (SUPERVISOR,))
+    crash_count = Cell(8, (SUPERVISOR,), doc="consecutive deaths inside that claim")
+    # 9-11: unused
+
+
+class LiveRecord(Record):
+    """``slot_live f8[S, 8]``, row per slot: single writer, that slot's worker.
+
+    Poison batches: the worker publishes the claim it works on in
+    ``claim_ring``/``claim_start`` (-1: none); when it dies the supervisor
+    copies that into its record's ``crash_*`` cells. Unwritable data
+    directory: a worker whose log append fails publishes the errno in
+    ``unwritable`` (0 when it can write); producers refuse every
+    observation while a running slot shows one."""
+
+    WIDTH = 8
+    heartbeat = Cell(0, (WORKER,), float, doc="time.monotonic() of the last heartbeat")
+    sleeping = Cell(1, (WORKER,), doc="1 while blocked on its wake signal: producers post it")
+    pid = Cell(2, (WORKER,), doc="written last at start: the supervisor sees the slot running")
+    # 3: unused (was a ready flag nobody read)
+    claim_ring = Cell(4, (WORKER,))
+    claim_start = Cell(5, (WORKER,))
+    unwritable = Cell(6, (WORKER,), doc="errno of a failing log append, 0 when writable")
+    # 7: unused
