@@ -48,6 +48,8 @@ DOMAINS: dict[str, tuple[str, ...] | None] = {
     "restart_reason": ("crash", "hung", "signal"),
     "event": ("opened", "resumed", "closed", "expired"),
     "snapshot_result": ("ok", "failed"),
+    # A damaged write-ahead log record in the middle of a file (engine.storage.walscan).
+    "wal_damage": ("corrupt_header", "corrupt_payload"),
     WORKER_ID: None,
     MEMORY_SPACE: None,
 }
@@ -149,6 +151,15 @@ CATALOG: tuple[Metric, ...] = (
     _m("wal_size_bytes", GAUGE, "Bytes of write-ahead log on disk, per worker slot.", _WORKER, agg=MAX),
     _m("wal_records_recovered_total", COUNTER, "Write-ahead log batches replayed into shards at start.",
        _WORKER),
+    _m("wal_records_skipped_total", COUNTER,
+       "Damaged write-ahead log records skipped in the middle of a log at recovery (the records "
+       "after them are replayed), by what was damaged.", ("worker_id", "reason"), reason="wal_damage"),
+    _m("wal_bytes_skipped_total", COUNTER,
+       "Bytes of damaged write-ahead log skipped in the middle of a log at recovery (left in the "
+       "file), by what was damaged.", ("worker_id", "reason"), reason="wal_damage"),
+    _m("wal_records_dropped_total", COUNTER,
+       "Write-ahead log records in torn or corrupt tails cut off at recovery (those whose header "
+       "was still recognisable).", _WORKER),
     _m("wal_bytes_dropped_total", COUNTER,
        "Bytes of torn or corrupt write-ahead log tail cut off at recovery.", _WORKER),
     _m("wal_truncations_total", COUNTER,

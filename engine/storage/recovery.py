@@ -9,7 +9,10 @@ Steps (``recover``):
    manifest and deleted, and the next older one is tried;
 3. replay the log generations the adopted snapshot does not cover (>= its
    generation; all of them without a snapshot), in order, with progress in
-   the log. A torn or corrupt tail is cut off and counted, never fatal.
+   the log. A damaged record in the middle of a file is skipped and the
+   records after it replayed; a torn or corrupt tail is cut off
+   (``engine.storage.walscan``). Both are logged per file and counted,
+   never fatal.
 
 A snapshot covers generations < g and the log holds every batch since, so
 replaying after it adds exactly what is missing; a batch present in both (a
@@ -30,12 +33,13 @@ import numpy as np
 from engine.storage import snapshots
 from engine.errors import SnapshotError
 from engine.storage.snapshots import Entry
-from engine.storage.wal import replay
+from engine.storage.walscan import Replayed, replay
 from engine.storage.walgen import generations
 
 log = logging.getLogger("engram.worker")
 
 PROGRESS_LOG_S = 5.0
+MAX_SPANS_LOGGED = 10  # damaged spans listed one by one in a file's log line
 
 
 @dataclass
@@ -136,8 +140,28 @@ def _replay(slot, gens, register, publish, shards, metrics, heartbeat, out: Reco
         out.records += stats.records
         out.vectors += stats.vectors
         metrics.inc("wal_records_recovered_total", stats.records, worker_id=slot)
-        if stats.dropped_bytes:
-            metrics.inc("wal_bytes_dropped_total", stats.dropped_bytes, worker_id=slot)
-            metrics.inc("wal_truncations_total", worker_id=slot)
-            log.warning("slot %d: write-ahead log %s had a torn or corrupt tail: %d bytes cut off after "
-                        "%d good batches", slot, os.path.basename(path), stats.dropped_bytes, stats.records)
+        _count_damage(slot, path, stats, metrics)
+
+
+def _count_damage(slot: int, path: str, stats: Replayed, metrics) -> None:
+    """Metrics and one log line for what a file's replay skipped or cut off."""
+    for d in stats.skipped:
+        metrics.inc("wal_records_skipped_total", d.records, worker_id=slot, reason=d.reason)
+        metrics.inc("wal_bytes_skipped_total", d.length, worker_id=slot, reason=d.reason)
+    if stats.dropped_bytes:
+        metrics.inc("wal_records_dropped_total", stats.dropped_records, worker_id=slot)
+        metrics.inc("wal_bytes_dropped_total", stats.dropped_bytes, worker_id=slot)
+        metrics.inc("wal_truncations_total", worker_id=slot)
+    parts = []
+    if stats.skipped:
+        spans = " ".join(f"[{d.reason} at byte {d.offset}: {d.records} record(s), {d.length} bytes]"
+                         for d in stats.skipped[:MAX_SPANS_LOGGED])
+        more = len(stats.skipped) - MAX_SPANS_LOGGED
+        parts.append(f"skipped {stats.skipped_records()} damaged record(s), {stats.skipped_bytes()} bytes, "
+                     f"in the middle and left them in place {spans}{f' and {more} more' if more > 0 else ''}")
+    if stats.dropped_bytes:
+        parts.append(f"cut off a torn or corrupt tail of {stats.dropped_bytes} bytes "
+                     f"({stats.dropped_records} record header(s) in it)")
+    if parts:
+        log.warning("slot %d: write-ahead log %s: %s; replayed %d intact batches (%d vectors)", slot,
+                    os.path.basename(path), "; ".join(parts), stats.records, stats.vectors)

@@ -1,4 +1,4 @@
-"""Write-ahead log of one worker slot: every batch it inserted, replayable.
+"""Write-ahead log of one worker slot: the record format and the writer.
 
 Files: ``<data-dir>/wal/slot-<i>.<g>.log``, one per *generation* g
 (``engine.storage.walgen``), append-only, written by the worker of slot i only (one
@@ -9,20 +9,37 @@ before committing its claim, so at any crash the batch is either in the log
 again is harmless: hnswlib treats a known label in the same shard as an
 update, not a second vector.
 
-Record layout (little-endian)::
+Record layout, format 2 (written now; little-endian)::
 
-    off  size   field
-    0    4      magic   0x314C4157 ("WAL1")
-    4    4      payload length P
-    8    4      crc32 of the payload
-    12   P      payload: u16 name length N, name (ASCII, N bytes), u32 count C,
-                u32 dim D, ids u64[C], vectors f32[C, D]
+    off  size  field
+    0    4     magic 0x324C4157 (the bytes "WAL2")
+    4    4     payload length P, u32
+    8    8     sequence: the record's index in its file (0, 1, 2, …), u64
+    16   4     crc32 of the payload
+    20   4     crc32 of bytes 0-19 (the header before this field)
+    24   P     payload
 
-Reading stops at the first record that is short, has a bad magic, an
-impossible length or a checksum mismatch (a torn or corrupt tail); the file
-is truncated there so later appends follow good data, and the number of
-bytes dropped is reported. Recovery never fails on damage: it replays what
-is intact.
+Format 1 (written by earlier versions; still read, never written)::
+
+    0    4     magic 0x314C4157 (the bytes "WAL1")
+    4    4     payload length P, u32
+    8    4     crc32 of the payload
+    12   P     payload
+
+Payload, both formats: u16 name length N, name (ASCII, N bytes), u32 count
+C, u32 dim D, ids u64[C], vectors f32[C, D]. A file may hold format-1
+records followed by format-2 ones (an old file appended to); each record
+is read by its own magic.
+
+Why format 2: format 1 has one checksum over the payload, so after a bad
+record the reader could not trust its length nor tell where the next record
+starts, and everything after it was cut off. The header checksum makes the
+length trustworthy on its own (a record whose payload alone is damaged is
+skipped by exactly its length) and lets a reader recognise a record start
+when it scans past damaged bytes; the sequence tells it how many records a
+damaged span held (the gap between the sequences on either side; 0 for
+garbage that held none). Reading, resynchronising and what happens to
+damaged bytes: ``engine.storage.walscan``.
 
 ``fsync``: ``always`` syncs every append; ``interval`` syncs when the last
 sync is over a second old (checked at each append and when idle), so at most
@@ -40,22 +57,65 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAGIC = 0x314C4157
-HEADER = struct.Struct("<III")
+MAGIC = 0x314C4157  # format 1
+MAGIC2 = 0x324C4157
+HEADER = struct.Struct("<III")  # format 1: magic, length, payload crc
+HEADER2 = struct.Struct("<IIQII")  # format 2: magic, length, sequence, payload crc, header crc
+MAGIC_PREFIX = b"WAL"  # the first three bytes of both magics; the fourth is the format
+MIN_PAYLOAD = 10  # u16 name length, u32 count, u32 dim: an empty batch of an empty name
 MAX_PAYLOAD = 1 << 31
 SYNC_INTERVAL_S = 1.0
 
 
-@dataclass
-class Replayed:
-    records: int = 0
-    vectors: int = 0
-    dropped_bytes: int = 0
+@dataclass(frozen=True)
+class Frame:
+    """What the bytes at ``start`` say about a record there, checked.
+
+    ``known``: a record header is recognisable (format 2: magic and header
+    checksum; format 1, which has no header checksum: magic and a plausible
+    length). ``fits``: the declared record ends inside the file. ``intact``:
+    all of that and the payload checksum matches."""
+    version: int
+    start: int
+    payload_start: int
+    end: int
+    seq: int | None  # format 2 only
+    known: bool
+    fits: bool
+    intact: bool
+
+    @property
+    def trusted_length(self) -> bool:
+        """The record's extent is certain even if its payload is damaged."""
+        return self.version == 2 and self.known and self.fits
 
 
-def encode_parts(space: str, ids: np.ndarray, vectors: np.ndarray) -> list:
-    """A record as buffers for one ``writev``: the ids and vectors are not
-    copied (the ring's shared-memory views are written as they are)."""
+def frame_at(buf, pos: int, size: int) -> Frame | None:
+    """The record header at ``pos`` of ``buf[:size]`` (a bytes-like view); None
+    where too few bytes are left for one or the magic is neither format's."""
+    if pos + HEADER.size > size:
+        return None
+    magic, length = struct.unpack_from("<II", buf, pos)
+    if magic == MAGIC2:
+        if pos + HEADER2.size > size:
+            return None
+        _, _, seq, crc, head_crc = HEADER2.unpack_from(buf, pos)
+        known = zlib.crc32(buf[pos:pos + 20]) == head_crc and MIN_PAYLOAD <= length < MAX_PAYLOAD
+        body = pos + HEADER2.size
+        version = 2
+    elif magic == MAGIC:
+        _, _, crc = HEADER.unpack_from(buf, pos)
+        seq, known, body, version = None, MIN_PAYLOAD <= length < MAX_PAYLOAD, pos + HEADER.size, 1
+    else:
+        return None
+    fits = known and body + length <= size
+    intact = fits and zlib.crc32(buf[body:body + length]) == crc
+    return Frame(version, pos, body, body + length, seq, known, fits, intact)
+
+
+def encode_parts(space: str, ids: np.ndarray, vectors: np.ndarray, seq: int) -> list:
+    """A format-2 record as buffers for one ``writev``: the ids and vectors are
+    not copied (the ring's shared-memory views are written as they are)."""
     name = space.encode("ascii")
     count, dim = vectors.shape
     meta = struct.pack("<H", len(name)) + name + struct.pack("<II", count, dim)
@@ -63,7 +123,8 @@ def encode_parts(space: str, ids: np.ndarray, vectors: np.ndarray) -> list:
     vec_bytes = memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B")
     crc = zlib.crc32(vec_bytes, zlib.crc32(id_bytes, zlib.crc32(meta)))
     length = len(meta) + len(id_bytes) + len(vec_bytes)
-    return [HEADER.pack(MAGIC, length, crc), meta, id_bytes, vec_bytes]
+    head = struct.pack("<IIQI", MAGIC2, length, seq, crc)
+    return [head + struct.pack("<I", zlib.crc32(head)), meta, id_bytes, vec_bytes]
 
 
 def decode(payload: bytes) -> tuple[str, np.ndarray, np.ndarray]:
@@ -78,41 +139,11 @@ def decode(payload: bytes) -> tuple[str, np.ndarray, np.ndarray]:
     return name, ids, vectors.astype(np.float32)
 
 
-def replay(path: str, apply, progress=None) -> Replayed:
-    """Call ``apply(space, ids, vectors)`` for each intact record, in order;
-    truncate a damaged tail. ``progress(stats)`` is called after each record."""
-    stats = Replayed()
-    if not os.path.exists(path):
-        return stats
-    size = os.path.getsize(path)
-    good = 0
-    with open(path, "rb") as fh:
-        while good < size:
-            head = fh.read(HEADER.size)
-            if len(head) < HEADER.size:
-                break
-            magic, length, crc = HEADER.unpack(head)
-            if magic != MAGIC or not 0 < length < MAX_PAYLOAD or good + HEADER.size + length > size:
-                break
-            payload = fh.read(length)
-            if len(payload) < length or zlib.crc32(payload) != crc:
-                break
-            try:
-                space, ids, vectors = decode(payload)
-            except (ValueError, UnicodeDecodeError, struct.error):
-                break
-            apply(space, ids, vectors)
-            good += HEADER.size + length
-            stats.records += 1
-            stats.vectors += len(ids)
-            if progress is not None:
-                progress(stats)
-    if good < size:
-        stats.dropped_bytes = size - good
-        with open(path, "r+b") as fh:
-            fh.truncate(good)
-            os.fsync(fh.fileno())
-    return stats
+def replay(path: str, apply, progress=None, cut_tail: bool = True):
+    """``engine.storage.walscan.replay`` (imported here on use: walscan reads
+    this module's format, so it cannot be imported at the top)."""
+    from engine.storage import walscan
+    return walscan.replay(path, apply, progress, cut_tail)
 
 
 class WalWriter:
@@ -123,6 +154,12 @@ class WalWriter:
         self.clock = clock
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.end = os.fstat(self.fd).st_size  # end of the last complete record
+        # The engine always starts a fresh file (``WalLog``); reopening a
+        # written one reads it once to continue its sequence.
+        self.seq = 0
+        if self.end:
+            from engine.storage import walscan
+            self.seq = walscan.next_sequence(path)
         self.torn = False  # a failed append left bytes after ``end`` not yet cut off
         self.last_sync = clock()
         self.dirty = False
@@ -132,10 +169,11 @@ class WalWriter:
 
         Raises OSError (ENOSPC, EFBIG, EIO) with the file cut back to its
         size before the call, so a failed append leaves no torn record in
-        front of later good ones; the caller retries the same batch."""
+        front of later good ones; the caller retries the same batch (with
+        the same sequence)."""
         if self.torn:
             self._cut()
-        parts = encode_parts(space, ids, vectors)
+        parts = encode_parts(space, ids, vectors, self.seq)
         total = sum(len(p) for p in parts)
         try:
             written = os.writev(self.fd, parts)
@@ -156,6 +194,7 @@ class WalWriter:
                 pass  # cut again before the next append (``torn`` stays set)
             raise
         self.end += total
+        self.seq += 1
         return total, synced
 
     def _cut(self) -> None:
