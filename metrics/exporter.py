@@ -18,9 +18,14 @@ live/ready answer 503 and the system endpoint 500, each naming the error.
 Requests are not logged (a scrape every few seconds would flood stderr);
 handler errors go to the ``logging`` module.
 
-Threads: ``serve`` starts ``serve_forever`` on one thread and handles each
-request on its own daemon thread. Start the server only after any fork
-(STYLE §3).
+Connections are bounded (``metrics.httpserve``): a fixed pool of threads per
+lane, bounded queues answered 503 + ``Retry-After`` when full, deadlines on
+every client. The health paths have their own lane, so a liveness probe
+never queues behind scrapes. ``Limits`` sets the bounds;
+``on_reject(reason)`` hears of every connection closed unserved.
+
+Threads: ``start`` starts one reader thread and the lane threads. Start the
+server only after any fork (STYLE §3).
 """
 
 from __future__ import annotations
@@ -29,13 +34,16 @@ import gzip
 import json
 import logging
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
+
+from metrics.httplanes import HeadHandler, Limits
+from metrics.httpserve import REJECT_REASONS, BoundedHTTPServer
+
+__all__ = ["Limits", "MetricsServer", "REJECT_REASONS", "parse_addr", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -53,52 +61,27 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class MetricsServer(ThreadingHTTPServer):
+class MetricsServer(BoundedHTTPServer):
     """The exporter's HTTP server. ``port``/``url`` say where it listens."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr: str, registry: CollectorRegistry, health: Health):
+    def __init__(self, addr: str, registry: CollectorRegistry, health: Health,
+                 limits: Limits | None = None, on_reject: Callable[[str], None] | None = None):
         host, port = parse_addr(addr)
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.registry = registry
         self.health = health
-        self._thread: threading.Thread | None = None
-        super().__init__((host, port), _Handler)
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    @property
-    def url(self) -> str:
-        host = self.server_address[0]
-        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
-
-    def start(self) -> "MetricsServer":
-        self._thread = threading.Thread(target=self.serve_forever, args=(0.1,), name="metrics-http",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def shutdown(self) -> None:
-        """Stop serving, close the socket and join the serving thread (idempotent)."""
-        if self._thread is not None:
-            super().shutdown()  # only valid while serve_forever runs
-            self._thread.join()
-            self._thread = None
-        self.server_close()
+        super().__init__((host, port), _Handler, limits, lane_of=_lane_of, on_reject=on_reject,
+                         family=socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
-def serve(addr: str, collector, health: Health) -> MetricsServer:
+def serve(addr: str, collector, health: Health, limits: Limits | None = None,
+          on_reject: Callable[[str], None] | None = None) -> MetricsServer:
     """Serve ``collector`` (in a fresh registry) and ``health`` on ``addr``."""
     registry = CollectorRegistry()
     registry.register(collector)
-    return MetricsServer(addr, registry, health).start()
+    return MetricsServer(addr, registry, health, limits, on_reject).start()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(HeadHandler):
     server: MetricsServer
     server_version = "engram-exporter/1"
 
@@ -181,12 +164,6 @@ class _Handler(BaseHTTPRequestHandler):
         if not getattr(self, "_head_only", False):
             self.wfile.write(body)
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (stdlib signature)
-        pass  # quiet: no line per request on stderr
-
-    def log_error(self, format: str, *args) -> None:  # noqa: A002
-        log.debug("http: " + format, *args)
-
 
 _ROUTES: dict[str, Callable[[_Handler], None]] = {
     "/metrics": _Handler._metrics,
@@ -194,3 +171,10 @@ _ROUTES: dict[str, Callable[[_Handler], None]] = {
     "/health/ready": _Handler._ready,
     "/api/v1/system/health": _Handler._system_health,
 }
+
+#: Served on their own lane: an orchestrator's probe must not queue behind scrapes.
+_HEALTH_PATHS = frozenset({"/health/live", "/health/ready", "/api/v1/system/health"})
+
+
+def _lane_of(path: str) -> str:
+    return "health" if (path.rstrip("/") or "/") in _HEALTH_PATHS else "main"
