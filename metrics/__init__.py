@@ -19,7 +19,10 @@ Modules, one role each:
 * ``writer``    — ``MetricWriter``: batch-oriented recording into one row.
 * ``lease``     — ``ProducerRowLease``: a producer process's row (kernel-released lock).
 * ``collector`` — ``ArrayCollector``: prometheus_client custom collector.
-* ``exporter``  — the HTTP server.
+* ``exporter``  — the HTTP server: routes, content negotiation, health.
+* ``httpserve``, ``httpreader``, ``httplanes`` — its bounded connection handling:
+  one reader thread, lanes of fixed thread pools with bounded queues, deadlines.
+* ``ratelog``   — rate-limited log lines for client errors.
 
 This package is mechanism plus catalog: it knows nothing of the engine. The
 engine passes in what only it knows (space names, live queue gauges, health).

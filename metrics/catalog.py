@@ -50,6 +50,8 @@ DOMAINS: dict[str, tuple[str, ...] | None] = {
     "snapshot_result": ("ok", "failed"),
     # A damaged write-ahead log record in the middle of a file (engine.storage.walscan).
     "wal_damage": ("corrupt_header", "corrupt_payload"),
+    # Why the exporter closed a connection unserved (metrics.httpserve.REJECT_REASONS).
+    "http_reject": ("queue_full", "timeout", "bad_request", "evicted"),
     WORKER_ID: None,
     MEMORY_SPACE: None,
 }
@@ -130,6 +132,9 @@ CATALOG: tuple[Metric, ...] = (
        agg=MAX),
     _m("active_sessions", GAUGE, "Open gateway sessions (the session table in shared memory).",
        source=LIVE),
+    _m("exporter_rejected_connections_total", COUNTER, "Connections the exporter closed without "
+       "serving them: its queue was full (503), the client was too slow (408), sent a bad request, or "
+       "was evicted while idle (503).", ("reason",), reason="http_reject"),
     _m("sessions_total", COUNTER, "Gateway session events: opened, resumed after a reconnect, closed "
        "by the client, expired idle.", ("event",)),
     _m("index_vectors", GAUGE, "Vectors held in the HNSW shards of a memory space.", _SPACE),

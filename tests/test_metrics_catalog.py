@@ -43,6 +43,7 @@ EXPECTED = {
     "wal_records_skipped_total": ("counter", ("worker_id", "reason"), ()),
     "wal_bytes_skipped_total": ("counter", ("worker_id", "reason"), ()),
     "wal_records_dropped_total": ("counter", ("worker_id",), ()),
+    "exporter_rejected_connections_total": ("counter", ("reason",), ()),
     "snapshots_total": ("counter", ("worker_id", "result"), ()),
     "snapshot_duration_seconds": ("histogram", (), (.01, .05, .1, .5, 1, 5, 10, 30, 60, 300)),
     "snapshot_last_success_timestamp_seconds": ("gauge", ("worker_id",), ()),

@@ -21,6 +21,7 @@ from engine.control.pressure import unwritable
 from engine.control.sessions import SessionTable
 from metrics.collector import ArrayCollector
 from metrics.exporter import serve
+from metrics.writer import MetricWriter
 
 log = logging.getLogger("engram.exporter")
 
@@ -119,7 +120,10 @@ def main(name: str, addr: str, inherited: list[int] = (), supervisor_pid: int = 
     child.prepare(inherited, supervisor_pid)
     inst = Instance.attach(name, EXPORTER)
     collector = ArrayCollector(inst.metrics, inst.space_names, lambda: live_gauges(inst))
-    server = serve(addr, collector, Health(inst))
+    writer = MetricWriter(inst.metrics, inst.metrics.row_map.EXPORTER)
+    # on_reject calls are serialised by the server: this row keeps one writer.
+    server = serve(addr, collector, Health(inst),
+                   on_reject=lambda reason: writer.inc("exporter_rejected_connections_total", reason=reason))
     inst.header.exporter_pid = os.getpid()
     inst.header.exporter_port = server.port
     log.info("exporter serving http://%s:%d/metrics", server.server_address[0], server.port)
