@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
 
 import hnswlib
 import numpy as np
@@ -157,6 +159,49 @@ def test_validation_messages_name_the_problem():
         validation.ids([1, 2, 3, 4], 3)
     with pytest.raises(InvalidInput, match="memory space"):
         validation.space_name("UPPER")
+
+
+
+# -- one recall signature, local and remote ----------------------------------
+def _recall_params(fn) -> list[tuple]:
+    sig = inspect.signature(fn)
+    return [(p.name, p.kind, p.default) for p in sig.parameters.values() if p.name not in ("self", "timeout")]
+
+
+def test_recall_signature_is_the_same_locally_and_remotely():
+    from engine.client import AsyncClient, Client
+    from engine.producer.api import Engine
+    local = _recall_params(Engine.recall)
+    assert local == _recall_params(Client.recall) == _recall_params(AsyncClient.recall)
+    kinds = {name: kind for name, kind, _ in local}
+    assert kinds["k"] == inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert kinds["ef"] == kinds["fresh"] == inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("extra", [(64,), (64, True), (True,)])
+def test_positional_ef_or_fresh_is_a_type_error_locally(extra):
+    from engine.producer.api import Engine
+    # the arguments are bound before the body runs: no engine is needed to see it
+    with pytest.raises(TypeError, match="positional"):
+        Engine.recall(None, "space", np.ones(4, np.float32), 10, *extra)
+
+
+@pytest.mark.parametrize("extra", [(64,), (64, True), (True,)])
+def test_positional_ef_or_fresh_is_a_type_error_remotely(extra):
+    from engine.client import AsyncClient, Client
+    q = np.ones(4, np.float32)
+    # nothing listens on port 9; a call that got as far as the wire would fail
+    # with GatewayError(UNAVAILABLE) after its short retry budget instead
+    with Client("127.0.0.1:9", retry_timeout=0.1, timeout=0.5) as c:
+        with pytest.raises(TypeError, match="positional"):
+            c.recall("space", q, 10, *extra)
+
+    async def remote():
+        async with AsyncClient("127.0.0.1:9", retry_timeout=0.1, timeout=0.5) as c:
+            with pytest.raises(TypeError, match="positional"):
+                await c.recall("space", q, 10, *extra)
+
+    asyncio.run(remote())
 
 
 # -- configuration -----------------------------------------------------------

@@ -109,8 +109,8 @@ class AsyncClient(common.ClientConfig):
     async def info(self) -> dict:
         return common.info(await self._unary(self._stub.Info, pb.InfoRequest()))
 
-    async def recall(self, space: str, query, k: int = 10, fresh: bool = False,
-                     ef: int | None = None) -> RecallResult:
+    async def recall(self, space: str, query, k: int = 10, *, ef: int | None = None,
+                     fresh: bool = False) -> RecallResult:
         request = common.recall_request(space, query, k, ef, fresh)
         return common.recall_result(await self._unary(self._stub.Recall, request))
 

@@ -126,7 +126,9 @@ class Client(common.ClientConfig):
     def info(self) -> dict:
         return common.info(self._unary(self._stub.Info, pb.InfoRequest()))
 
-    def recall(self, space: str, query, k: int = 10, fresh: bool = False, ef: int | None = None) -> RecallResult:
+    def recall(self, space: str, query, k: int = 10, *, ef: int | None = None,
+               fresh: bool = False) -> RecallResult:
+        """As ``engine.connect(...).recall``: ``ef``/``fresh`` keyword-only."""
         request = common.recall_request(space, query, k, ef, fresh)
         return common.recall_result(self._unary(self._stub.Recall, request))
 

@@ -175,9 +175,13 @@ class Engine:
                     break
 
     # -- recall ------------------------------------------------------------
-    def recall(self, space: str, query, k: int = 10, ef: int | None = None, fresh: bool = False,
+    def recall(self, space: str, query, k: int = 10, *, ef: int | None = None, fresh: bool = False,
                timeout: float = DEFAULT_RECALL_TIMEOUT_S) -> RecallResult:
-        """Top-k nearest neighbours of each query vector within one space."""
+        """Top-k nearest neighbours of each query vector within one space.
+
+        ``ef`` and ``fresh`` are keyword-only, as in the remote clients
+        (``engine.client``): a positional call must not mean one thing here
+        and another there."""
         p = self.params
         space = validation.space_name(space)
         queries = validation.queries(query, self.dim)
