@@ -20,8 +20,16 @@ from typing import Any, Callable
 
 from engine.errors import ConfigError
 
-SPACE_RE = re.compile(r"^[a-z0-9_-]{3,64}$")
-NAME_RE = re.compile(r"^[a-z0-9_-]{1,48}$")
+# Use these with ``fullmatch`` only: with ``match``, ``$`` also matches before
+# a trailing newline, so "a"*64 + "\n" passed for a space name, was stored as
+# its first 64 bytes, and after a restart was the same space as "a"*64.
+SPACE_RE = re.compile(r"[a-z0-9_-]{3,64}")
+NAME_RE = re.compile(r"[a-z0-9_-]{1,48}")
+
+
+def valid_space(name: object) -> bool:
+    """Whether ``name`` is a memory-space name (the whole string, DESIGN §2)."""
+    return isinstance(name, str) and SPACE_RE.fullmatch(name) is not None
 
 
 def _positive_int(v: Any) -> int:
@@ -60,8 +68,15 @@ def _workers(v: Any) -> int | str:
 
 def _name(v: Any) -> str:
     s = str(v)
-    if not NAME_RE.match(s):
+    if not NAME_RE.fullmatch(s):
         raise ValueError("must match [a-z0-9_-]{1,48}")
+    return s
+
+
+def _space(v: Any) -> str:
+    s = str(v)
+    if not valid_space(s):
+        raise ValueError("must match [a-z0-9_-]{3,64}")
     return s
 
 
@@ -332,7 +347,7 @@ SETTINGS = SETTINGS + (
     Setting("priority-mix", _mix, "high:0.1,normal:0.7,low:0.2", "Share of each priority.", "MIX",
             commands=("load",)),
     Setting("load-batch", _positive_int, 100, "Observations per observe() call.", "N", commands=("load",)),
-    Setting("space", str, "default", "Memory space to query.", "SPACE", commands=("recall",)),
+    Setting("space", _space, "default", "Memory space to query.", "SPACE", commands=("recall",)),
     Setting("k", _positive_int, 10, "Neighbours to return.", "K", commands=("recall",)),
     Setting("random", _bool, False, "Query with a random vector.", flag_only=True, commands=("recall",)),
     Setting("vector", _optional_floats, None, "Query vector as comma-separated floats.", "X,Y,...",

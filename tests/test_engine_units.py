@@ -161,6 +161,32 @@ def test_validation_messages_name_the_problem():
         validation.space_name("UPPER")
 
 
+BAD_SPACES = ["a" * 64 + "\n", "abc\n", "abc\r", "ab\rc", "\nabc", "abc\r\n", "abc\x00", "caf\u00e9",
+              "\uff41bc", "\u0430bc", "a" * 65, "ab", "", "ABC", "ab c", None, b"abc", 123]
+
+
+@pytest.mark.parametrize("bad", BAD_SPACES, ids=repr)
+def test_space_names_must_match_the_whole_string(bad):
+    assert not config.valid_space(bad)
+    with pytest.raises(InvalidInput, match="must match"):
+        validation.space_name(bad)
+
+
+@pytest.mark.parametrize("good", ["abc", "a" * 64, "a-b_c", "default", "0_9", "---"])
+def test_valid_space_names(good):
+    assert config.valid_space(good) and validation.space_name(good) == good
+
+
+def test_the_space_registry_stores_no_invalid_name():
+    from types import SimpleNamespace
+    from engine.control.spaces import SpaceRegistry
+    # refused before the control block is touched: this stand-in has none
+    reg = SpaceRegistry(SimpleNamespace(params={"max_spaces": 4}))
+    for bad in ("a" * 64 + "\n", "a" * 65, "x\r"):
+        with pytest.raises(InvalidInput, match="must match"):
+            reg.register(bad)
+
+
 
 # -- one recall signature, local and remote ----------------------------------
 def _recall_params(fn) -> list[tuple]:
@@ -231,6 +257,15 @@ def test_precedence_cli_over_env_over_toml_over_default(tmp_path):
 def test_bad_values_name_flag_and_value(flag, value, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         config.resolve(_args(**{flag: value}), "run", env={})
+
+
+def test_recall_space_flag_is_checked_whole():
+    assert config.resolve(_args("recall", space="a" * 64), "recall", env={}).space == "a" * 64
+    for bad in ("a" * 64 + "\n", "abc\r", "ab"):
+        with pytest.raises(ConfigError, match="--space"):
+            config.resolve(_args("recall", space=bad), "recall", env={})
+    with pytest.raises(ConfigError, match="--name"):
+        config.resolve(_args(name="engram\n"), "run", env={})
 
 
 def test_unknown_toml_key_and_cross_checks(tmp_path):

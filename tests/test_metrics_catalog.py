@@ -40,6 +40,8 @@ EXPECTED = {
     "wal_bytes_dropped_total": ("counter", ("worker_id",), ()),
     "deadletter_batches_total": ("counter", ("worker_id",), ()),
     "wal_truncations_total": ("counter", ("worker_id",), ()),
+    "wal_records_skipped_total": ("counter", ("worker_id",), ()),
+    "snapshot_shards_skipped_total": ("counter", ("worker_id",), ()),
     "snapshots_total": ("counter", ("worker_id", "result"), ()),
     "snapshot_duration_seconds": ("histogram", (), (.01, .05, .1, .5, 1, 5, 10, 30, 60, 300)),
     "snapshot_last_success_timestamp_seconds": ("gauge", ("worker_id",), ()),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.config import valid_space
 from engine.errors import InvalidInput
 from engine.control.instance import H_SPACES, LOCK_CONTROL, NAME_BYTES, Instance
 
@@ -32,6 +33,11 @@ class SpaceRegistry:
         return self.cache.get(name)
 
     def register(self, name: str) -> int:
+        # The one gate into the name table: whatever the caller checked, a name
+        # that does not validate is never stored (its first NAME_BYTES bytes
+        # could be another space's name).
+        if not valid_space(name):
+            raise InvalidInput(f"memory space {name!r:.80} must match [a-z0-9_-]{{3,64}}")
         idx = self.lookup(name)
         if idx is not None:
             return idx

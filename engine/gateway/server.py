@@ -202,6 +202,10 @@ class Gateway(pb_grpc.EngramServicer):
             space = validation.space_name(init.space)
             priority = wire.priority_name(init.priority)
         except InvalidInput as exc:
+            # One rejection per refused init (it carries no observations), so
+            # that a remote producer with a bad space name shows on the same
+            # invalid_input panels as a local one; never under its own name.
+            self.engine.count_rejected(None, "invalid_input", 1)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         lane = LANE_INDEX[priority]
         with self.table_lock:

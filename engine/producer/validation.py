@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.config import SPACE_RE
+from engine.config import valid_space
 from engine.errors import InvalidInput
 
 PRIORITIES = ("high", "normal", "low")
@@ -18,7 +18,7 @@ _INT_KINDS = "iu"
 
 
 def space_name(space: object) -> str:
-    if not isinstance(space, str) or not SPACE_RE.match(space):
+    if not valid_space(space):
         raise InvalidInput(f"memory space {space!r} must match [a-z0-9_-]{{3,64}}")
     return space
 
