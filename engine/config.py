@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, shown
 
 # Use these with ``fullmatch`` only: with ``match``, ``$`` also matches before
 # a trailing newline, so "a"*64 + "\n" passed for a space name, was stored as
@@ -240,7 +240,7 @@ def _parse(setting: Setting, raw: Any, source: str) -> Any:
     try:
         return setting.parse(raw)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{setting.flag}={raw!r} ({source}): {exc}") from None
+        raise ConfigError(f"{setting.flag}={shown(raw)} ({source}): {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:

@@ -161,6 +161,25 @@ def test_validation_messages_name_the_problem():
         validation.space_name("UPPER")
 
 
+
+def test_quoted_input_is_cut_to_80_chars_with_its_length():
+    from engine.errors import shown
+    assert shown("abc") == "'abc'" and shown(7) == "7"
+    long = shown("x" * 1_000_000)
+    assert long.startswith("'xxx") and long.endswith("… (1000000 chars)") and len(long) < 100
+    assert shown(b"\0" * 500).endswith("(500 bytes)")
+    assert shown(list(range(1000))).endswith(f"({len(repr(list(range(1000))))} chars)")
+    with pytest.raises(InvalidInput) as info:
+        validation.space_name("q" * 100_000)
+    assert len(str(info.value)) < 200 and "(100000 chars)" in str(info.value)
+    with pytest.raises(InvalidInput) as info:
+        validation.top_k(list(range(100_000)), 10)
+    assert len(str(info.value)) < 200
+    with pytest.raises(ConfigError) as cerr:
+        config.resolve(_args("recall", space="s" * 100_000), "recall", env={})
+    assert len(str(cerr.value)) < 300 and "(100000 chars)" in str(cerr.value)
+
+
 BAD_SPACES = ["a" * 64 + "\n", "abc\n", "abc\r", "ab\rc", "\nabc", "abc\r\n", "abc\x00", "caf\u00e9",
               "\uff41bc", "\u0430bc", "a" * 65, "ab", "", "ABC", "ab c", None, b"abc", 123]
 

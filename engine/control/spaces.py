@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.config import valid_space
-from engine.errors import InvalidInput
+from engine.errors import InvalidInput, shown
 from engine.control.instance import H_SPACES, LOCK_CONTROL, NAME_BYTES, Instance
 
 
@@ -37,7 +37,7 @@ class SpaceRegistry:
         # that does not validate is never stored (its first NAME_BYTES bytes
         # could be another space's name).
         if not valid_space(name):
-            raise InvalidInput(f"memory space {name!r:.80} must match [a-z0-9_-]{{3,64}}")
+            raise InvalidInput(f"memory space {shown(name)} must match [a-z0-9_-]{{3,64}}")
         idx = self.lookup(name)
         if idx is not None:
             return idx
@@ -49,7 +49,7 @@ class SpaceRegistry:
             n = int(hdr[H_SPACES])
             if n >= self.max_spaces:
                 raise InvalidInput(f"engine already holds --max-spaces={self.max_spaces} memory spaces; "
-                                   f"cannot add {name!r}")
+                                   f"cannot add {shown(name)}")
             raw = name.encode("ascii")[:NAME_BYTES]
             row = self.inst.ctl["space_names"][n]
             row[:] = 0

@@ -324,7 +324,9 @@ class Gateway(pb_grpc.EngramServicer):
     def _recall(self, req, context) -> pb.RecallResponse:
         try:
             queries = wire.unpack_rows(req.queries, self.p["dim"], None, "queries")
-            res = self.engine.recall(req.space, queries, k=req.k or 10, ef=req.ef or None, fresh=req.fresh)
+            # k = 0 is what proto3 sends for an unset k: refused like any k
+            # outside [1, --max-k], never taken for a default the caller did not ask
+            res = self.engine.recall(req.space, queries, k=req.k, ef=req.ef or None, fresh=req.fresh)
         except InvalidInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotRunning as exc:

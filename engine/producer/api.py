@@ -20,7 +20,7 @@ import numpy as np
 from engine.control import admission
 from engine.control import pressure
 from engine.producer import validation
-from engine.errors import InvalidInput, NotRunning
+from engine.errors import InvalidInput, NotRunning, shown
 from engine.control.instance import H_ADMISSION_CLOSED, H_SUP_PID, LANE_INDEX, LIVE_SLEEPING, Instance, pid_alive
 from engine.control.query import QueryClient
 from engine.control.spaces import SpaceRegistry
@@ -261,9 +261,9 @@ def connect(name: str = "engram") -> Engine:
     try:
         inst = Instance.attach(name)
     except SegmentMissing:
-        raise NotRunning(f"no running engram instance named {name!r} on this host") from None
+        raise NotRunning(f"no running engram instance named {shown(name)} on this host") from None
     except LayoutError as exc:
-        raise NotRunning(f"instance {name!r} is not ready: {exc}") from None
+        raise NotRunning(f"instance {shown(name)} is not ready: {exc}") from None
     pid = int(inst.hdr[H_SUP_PID])
     if not pid_alive(pid):
         inst.close()
