@@ -92,3 +92,46 @@ def test_huge_user_input_is_quoted_short_in_errors(engine_factory):
     # and the gateway still serves
     with Client(target(ep)) as c:
         assert c.observe("space-ok", [1], vectors(1, 1)).accepted == 1
+
+
+def open_session(stub, space: str, **init) -> tuple[RawStream, int]:
+    raw = RawStream(stub)
+    raw.send(init=pb.Init(space=space, **init))
+    return raw, raw.reply("ready").session_id
+
+
+def test_sessions_without_data_create_no_space(engine_factory):
+    ep = engine_factory(max_spaces=4)
+    stub = stub_of(ep)
+    eng = ep.engine()
+    # eight sessions on new names, no batch: before, the fifth init already got RESOURCE_EXHAUSTED
+    empty = [open_session(stub, f"empty-{i}") for i in range(8)]
+    assert eng.inst.space_names() == {}
+    with Client(target(ep)) as c:
+        assert c.info()["spaces"] == {} and c.info()["active_sessions"] == 8
+        res = c.recall("empty-0", vectors(2, 3), k=5)  # unknown space: empty, not an error
+        assert res.ids.shape == (2, 0) and res.complete
+        ack = c.observe("real-0", np.arange(100), vectors(100, 4))
+        assert ack.accepted == 100 and not ack.rejected
+        wait_for(lambda: c.info()["spaces"] == {"real-0": 100}, 60, message="real-0 inserted")
+        # data into one of the empty sessions creates its space then
+        first = empty[0][0].batch(1, [7, 8], vectors(2, 5))
+        assert first.accepted == 2 and "empty-0" in eng.inst.space_names().values()
+        for name in ("real-1", "real-2"):
+            assert c.observe(name, [1], vectors(1, 6)).accepted == 1
+        # the fifth space with data is refused, in the ack, naming the limit; nothing registered
+        full = c.observe("real-3", [1, 2, 3], vectors(3, 7))
+        assert (full.accepted, full.rejected) == (0, {"invalid_input": 3}) and "--max-spaces=4" in full.message
+        assert sorted(eng.inst.space_names().values()) == ["empty-0", "real-0", "real-1", "real-2"]
+    # a resume must name the space the session was opened with
+    raw = RawStream(stub)
+    raw.send(init=pb.Init(space="empty-2", resume_session_id=empty[1][1]))
+    with pytest.raises(grpc.RpcError) as info:
+        raw.reply("ready")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "another space" in info.value.details()
+    raw.close()
+    again, sid = open_session(stub, "empty-1", resume_session_id=empty[1][1])
+    assert sid == empty[1][1]
+    again.close()
+    for raw, _ in empty:
+        raw.close()

@@ -9,8 +9,10 @@ carry sequence numbers. Per batch, in order:
 2. sequence check against the session's next number: a gap is
    ``invalid_sequence``; an already-accepted prefix is ``duplicate``
    (acknowledged, not queued again);
-3. the rest goes through validate → admit → one ring, whose publish journal
-   advances the session's next number atomically with the records.
+3. the rest goes through validate → admit → register the space (the first
+   accepted batch creates it; ``Init`` only checks the name) → one ring,
+   whose publish journal advances the session's next number atomically
+   with the records.
 
 Protocol errors (no init first, a second init, an unknown message, bytes of
 a recall that do not divide) end the call with a gRPC status and a clear
@@ -50,7 +52,7 @@ from engine.control.instance import (H_ADMISSION_CLOSED, H_BP_STATE, H_GATEWAY_P
 from engine.producer.api import Engine
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
-from engine.control.sessions import S_ACCEPTED, S_LANE, S_SPACE, SessionTable
+from engine.control.sessions import S_ACCEPTED, S_LANE, S_SPACE_KEY, SessionTable, space_key
 from engine.errors import TableFull
 
 log = logging.getLogger("engram.gateway")
@@ -215,19 +217,19 @@ class Gateway(pb_grpc.EngramServicer):
                     context.abort(grpc.StatusCode.NOT_FOUND,
                                   f"session {init.resume_session_id:x} is unknown or expired; open a new one")
                 rec = self.sessions.rows[row]
-                if self.inst.space_name(int(rec[S_SPACE])) != space or int(rec[S_LANE]) != lane:
+                if int(rec[S_SPACE_KEY]) != space_key(space) or int(rec[S_LANE]) != lane:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"session {init.resume_session_id:x} belongs to space "
-                                  f"{self.inst.space_name(int(rec[S_SPACE]))!r} priority {LANES[int(rec[S_LANE])]}")
+                                  f"session {init.resume_session_id:x} was opened for another space or priority "
+                                  f"(priority {LANES[int(rec[S_LANE])]}); resume it with the space and "
+                                  f"priority it was opened with")
                 self.sessions.touch(row)
                 self._event("resumed")
                 return row, space, priority, True
+            # Only validated, not registered: a space exists once a batch of it
+            # is accepted (Engine.observe_into), so sessions that never send
+            # data cannot use up --max-spaces.
             try:
-                idx = self.engine.spaces.register(space)
-            except InvalidInput as exc:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            try:
-                row = self.sessions.open(idx, lane)
+                row = self.sessions.open(space_key(space), lane)
             except TableFull as exc:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             self._event("opened")

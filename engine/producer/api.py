@@ -106,6 +106,9 @@ class Engine:
             self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name,
                        blocked or f"{priority} priority refused while backpressure is {state_name}")
+        # Registered only once the batch is admitted: a space exists when data
+        # is accepted into it, so refused batches and empty sessions do not
+        # use up --max-spaces.
         try:
             idx = self.spaces.register(space)
         except InvalidInput:
