@@ -46,7 +46,7 @@ DOMAINS: dict[str, tuple[str, ...] | None] = {
     "level": ("normal", "warning", "critical", "overloaded"),
     "error_type": ("insert_error", "resize_error", "wal_error", "other"),
     "restart_reason": ("crash", "hung", "signal"),
-    "event": ("opened", "resumed", "closed", "expired"),
+    "event": ("opened", "resumed", "closed", "expired", "evicted"),
     "snapshot_result": ("ok", "failed"),
     WORKER_ID: None,
     MEMORY_SPACE: None,
@@ -129,7 +129,7 @@ CATALOG: tuple[Metric, ...] = (
     _m("active_sessions", GAUGE, "Open gateway sessions (the session table in shared memory).",
        source=LIVE),
     _m("sessions_total", COUNTER, "Gateway session events: opened, resumed after a reconnect, closed "
-       "by the client, expired idle.", ("event",)),
+       "by the client, expired idle, evicted (the table was full and it had no stream).", ("event",)),
     _m("index_vectors", GAUGE, "Vectors held in the HNSW shards of a memory space.", _SPACE),
     # -- latencies and sizes --------------------------------------------------
     _m("observation_latency_seconds", HISTOGRAM,

@@ -1,8 +1,11 @@
-"""What the gateway refuses, and that refusals reach the caller whole: k out
-of range, oversized user input quoted in errors. Real engines, gRPC over
-loopback."""
+"""What the gateway refuses and what it must not let clients use up: k out
+of range, oversized user input quoted in errors, spaces created by sessions
+without data, a session table filled by abandoned streams. Real engines,
+gRPC over loopback."""
 
 from __future__ import annotations
+
+import urllib.request
 
 import grpc
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 
 from conftest import observe_all, wait_for
 from engine.client import Client
+from engine.control.instance import H_EXPORTER_PORT
 from engine.errors import GatewayError, InvalidInput
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
@@ -135,3 +139,51 @@ def test_sessions_without_data_create_no_space(engine_factory):
     again.close()
     for raw, _ in empty:
         raw.close()
+
+
+def sessions_total(ep, event: str) -> float:
+    port = int(ep.engine().inst.hdr[H_EXPORTER_PORT])
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    line = f'engram_streaming_sessions_total{{event="{event}"}} '
+    return float(next(x for x in text.splitlines() if x.startswith(line)).split()[-1])
+
+
+def test_abandoned_streams_do_not_lock_out_new_clients(engine_factory):
+    ep = engine_factory(max_sessions=16)
+    stub = stub_of(ep)
+    abandoned = []
+    for i in range(60):  # open, and go away without Close: each leaves its session for a resume
+        raw, sid = open_session(stub, f"gone-{i % 3}")
+        raw.close()
+        abandoned.append(sid)
+    assert sessions_total(ep, "evicted") == 60 - 16
+    with Client(target(ep)) as c:
+        ack = c.observe("newcomer", np.arange(200), vectors(200, 8))
+        assert ack.accepted == 200 and not ack.rejected
+        wait_for(lambda: inserted(ep, "newcomer") == 200, 60, message="the new client's data inserted")
+        assert c.info()["active_sessions"] == 16
+    assert sessions_total(ep, "evicted") == 60 - 16 + 1
+    # the oldest abandoned sessions were evicted; resuming one says so
+    raw = RawStream(stub)
+    raw.send(init=pb.Init(space="gone-0", resume_session_id=abandoned[0]))
+    with pytest.raises(grpc.RpcError) as info:
+        raw.reply("ready")
+    raw.close()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "was evicted" in info.value.details() and "--max-sessions=16" in info.value.details()
+    # the newest is still there and resumes
+    last, sid = open_session(stub, f"gone-{59 % 3}", resume_session_id=abandoned[-1])
+    assert sid == abandoned[-1]
+
+    # sessions with a live stream are never evicted: the refusal says what to do
+    held = [last] + [open_session(stub, f"held-{i}")[0] for i in range(15)]
+    raw = RawStream(stub)
+    raw.send(init=pb.Init(space="one-more"))
+    with pytest.raises(grpc.RpcError) as info:
+        raw.reply("ready")
+    raw.close()
+    text = info.value.details()
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, text
+    assert "close sessions" in text and "--max-sessions=16" in text and "retry in" in text
+    for r in held:
+        r.close()

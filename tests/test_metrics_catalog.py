@@ -68,7 +68,7 @@ def test_label_domains():
     assert cat.DOMAINS["level"] == ("normal", "warning", "critical", "overloaded")
     assert cat.DOMAINS["error_type"] == ("insert_error", "resize_error", "wal_error", "other")
     assert cat.DOMAINS["restart_reason"] == ("crash", "hung", "signal")
-    assert cat.DOMAINS["event"] == ("opened", "resumed", "closed", "expired")
+    assert cat.DOMAINS["event"] == ("opened", "resumed", "closed", "expired", "evicted")
     assert cat.BY_NAME["worker_restarts_total"].domain_of("reason") == "restart_reason"
     assert cat.BY_NAME["observations_rejected_total"].domain_of("reason") == "rejection_reason"
 

@@ -10,8 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from engine.control.sessions import S_ACCEPTED, S_NEXT_SEQ, SessionTable, space_key
+from engine.control.sessions import S_ACCEPTED, S_LAST_MS, S_NEXT_SEQ, SessionTable, space_key
 from engine.errors import TableFull
+from engine.gateway.eviction import Evictions
 from shm.errors import LayoutError
 from shm.lock import LockFile
 from shm.ring import J_OPEN, Ring, ring_bytes
@@ -127,3 +128,39 @@ def test_space_key_is_stable_positive_and_tells_names_apart():
     # part of the shared-memory contract: the same in every process (no per-process hash seed)
     assert space_key("default") == int.from_bytes(hashlib.blake2b(b"default", digest_size=8).digest(),
                                                   "little") >> 1
+
+
+def test_a_full_table_evicts_the_longest_idle_session_without_a_stream():
+    table = SessionTable(np.zeros((4, 8), np.int64))
+    now = 1_000_000_000
+    ev = Evictions(table, idle_timeout_s=300, clock=lambda: now)
+    rows = [table.open(space_key=i, lane=0) for i in range(4)]
+    ids = [table.session_id(r) for r in rows]
+    for r, age_s in zip(rows, (50, 400, 200, 10)):  # seconds since each session's last message
+        table.rows[r, S_LAST_MS] = now - age_s * 1000
+    # rows[1] is the oldest, but a stream serves it: rows[2] goes
+    assert ev.make_room(attached={rows[1]}) == (ids[2], 200.0)
+    assert table.find(ids[2]) is None and table.count() == 3
+    assert table.open(space_key=9, lane=0) == rows[2]  # the freed row
+    assert "was evicted" in ev.not_found(ids[2]) and "max-sessions=4" in ev.not_found(ids[2])
+    assert "unknown or expired" in ev.not_found(12345)
+    # every session has a stream: nothing is evicted, and the refusal says what to do
+    assert ev.make_room(attached=set(rows)) is None and table.count() == 4
+    text = ev.full()
+    assert "--max-sessions=4" in text and "close sessions" in text and "Close" in text
+    assert "retry in 0 s" in text  # rows[1] is already past the idle timeout: expires at the next tick
+    table.rows[rows[1], S_LAST_MS] = now
+    table.rows[rows[0], S_LAST_MS] = now - 100_000
+    assert "retry in 200 s" in ev.full()
+
+
+def test_evicted_ids_are_remembered_up_to_a_bound(monkeypatch):
+    import engine.gateway.eviction as eviction
+    monkeypatch.setattr(eviction, "REMEMBERED", 3)
+    table = SessionTable(np.zeros((1, 8), np.int64))
+    ev = Evictions(table, 300)
+    gone = []
+    for i in range(5):
+        table.open(space_key=i, lane=0)
+        gone.append(ev.make_room(attached=set())[0])
+    assert [("was evicted" in ev.not_found(s)) for s in gone] == [False, False, True, True, True]

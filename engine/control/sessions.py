@@ -106,6 +106,14 @@ class SessionTable:
     def count(self) -> int:
         return int(np.count_nonzero(self.rows[:, S_ID]))
 
+    def oldest(self, skip: set[int] = frozenset()) -> int | None:
+        """The row in use whose last message is the oldest, except ``skip``; None if none."""
+        rows = [int(i) for i in np.flatnonzero(self.rows[:, S_ID] != 0) if int(i) not in skip]
+        return min(rows, key=lambda i: (int(self.rows[i, S_LAST_MS]), i)) if rows else None
+
+    def last_ms(self, i: int) -> int:
+        return int(self.rows[i, S_LAST_MS])
+
     def idle(self, timeout_s: float, keep: set[int] = frozenset()) -> list[int]:
         """Rows whose last message is older than ``timeout_s`` (except ``keep``)."""
         cutoff = now_ms() - int(timeout_s * 1000)

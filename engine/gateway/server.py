@@ -14,6 +14,10 @@ carry sequence numbers. Per batch, in order:
    whose publish journal advances the session's next number atomically
    with the records.
 
+A stream that ends without Close leaves its session for a resume; when the
+table is full, a new session evicts the longest-idle one no stream serves
+(``engine.gateway.eviction``).
+
 Protocol errors (no init first, a second init, an unknown message, bytes of
 a recall that do not divide) end the call with a gRPC status and a clear
 text; bad data inside a well-formed batch is answered in its ack and the
@@ -46,6 +50,7 @@ from engine.control import pressure
 from engine.producer import validation
 from engine.rpc import wire
 from engine.gateway.drain import DrainMeter, retry_after_s
+from engine.gateway.eviction import Evictions
 from engine.errors import InvalidInput, NotRunning
 from engine.control.instance import (H_ADMISSION_CLOSED, H_BP_STATE, H_GATEWAY_PID, H_GATEWAY_PORT, H_SUP_PID,
                              LANE_INDEX, LANES, Instance)
@@ -115,6 +120,7 @@ class Gateway(pb_grpc.EngramServicer):
         self.table_lock = threading.Lock()
         self.row_locks = [threading.Lock() for _ in range(self.sessions.capacity)]
         self.attached: dict[int, object] = {}  # session row -> token of the stream serving it
+        self.evictions = Evictions(self.sessions, self.p["session_idle_timeout"])
         self.meter = DrainMeter(inst.rings)
         self.capacity = sum(inst.capacity_by_lane())
 
@@ -151,13 +157,11 @@ class Gateway(pb_grpc.EngramServicer):
             if first is None or first is _END or first.WhichOneof("kind") != "init":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               "the first message of ObserveStream must be init (space, priority)")
-            row, space, priority, resumed = self._open(first.init, context)
+            token = object()
+            row, space, priority, resumed = self._open(first.init, context, token)
         except BaseException:
             reader.stop()
             raise
-        token = object()
-        with self.table_lock:
-            self.attached[row] = token  # a resumed session moves to this stream
         try:
             state, refused = self._state(priority)
             yield pb.ServerMessage(ready=pb.Ready(
@@ -199,7 +203,9 @@ class Gateway(pb_grpc.EngramServicer):
                 if self.attached.get(row) is token:
                     del self.attached[row]
 
-    def _open(self, init, context) -> tuple[int, str, str, bool]:
+    def _open(self, init, context, token) -> tuple[int, str, str, bool]:
+        """Open or resume the session of ``init`` and attach it to the stream
+        ``token`` (in the same lock hold: an eviction never sees it detached)."""
         try:
             space = validation.space_name(init.space)
             priority = wire.priority_name(init.priority)
@@ -214,8 +220,7 @@ class Gateway(pb_grpc.EngramServicer):
             if init.resume_session_id:
                 row = self.sessions.find(init.resume_session_id)
                 if row is None:
-                    context.abort(grpc.StatusCode.NOT_FOUND,
-                                  f"session {init.resume_session_id:x} is unknown or expired; open a new one")
+                    context.abort(grpc.StatusCode.NOT_FOUND, self.evictions.not_found(init.resume_session_id))
                 rec = self.sessions.rows[row]
                 if int(rec[S_SPACE_KEY]) != space_key(space) or int(rec[S_LANE]) != lane:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -223,6 +228,7 @@ class Gateway(pb_grpc.EngramServicer):
                                   f"(priority {LANES[int(rec[S_LANE])]}); resume it with the space and "
                                   f"priority it was opened with")
                 self.sessions.touch(row)
+                self.attached[row] = token  # a resumed session moves to this stream
                 self._event("resumed")
                 return row, space, priority, True
             # Only validated, not registered: a space exists once a batch of it
@@ -230,8 +236,14 @@ class Gateway(pb_grpc.EngramServicer):
             # data cannot use up --max-spaces.
             try:
                 row = self.sessions.open(space_key(space), lane)
-            except TableFull as exc:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            except TableFull:
+                evicted = self.evictions.make_room(set(self.attached))
+                if evicted is None:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self.evictions.full())
+                log.info("session %x evicted after %.0fs without a stream: the session table is full", *evicted)
+                self._event("evicted")
+                row = self.sessions.open(space_key(space), lane)
+            self.attached[row] = token
             self._event("opened")
             return row, space, priority, False
 
