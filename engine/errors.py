@@ -4,7 +4,30 @@ Library code raises; only the CLI picks exit codes (``engine.cli.main``).
 Errors of the mechanism packages (``shm.errors``, ``metrics.errors``) stay
 theirs; engine code that lets one through wraps it where the caller needs
 an engine error.
+
+A message that quotes what a caller sent uses ``shown``: the gateway sends
+messages back as gRPC status details, which travel in metadata, and gRPC
+fails a call whose metadata passes its hard limit (RESOURCE_EXHAUSTED
+"metadata size exceeds hard limit") instead of delivering the error, so a
+1 MB space name must not come back whole.
 """
+
+SHOWN_CHARS = 80
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message: at most ``limit`` characters,
+    then "… (N chars)" with the full length of the value."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, str):
+        size = f"{len(value)} chars"
+    elif isinstance(value, (bytes, bytearray)):
+        size = f"{len(value)} bytes"
+    else:
+        size = f"{len(text)} chars"
+    return f"{text[:limit]}… ({size})"
 
 
 class EngineError(Exception):

@@ -46,10 +46,11 @@ DOMAINS: dict[str, tuple[str, ...] | None] = {
     "level": ("normal", "warning", "critical", "overloaded"),
     "error_type": ("insert_error", "resize_error", "wal_error", "other"),
     "restart_reason": ("crash", "hung", "signal"),
-    "event": ("opened", "resumed", "closed", "expired"),
+    "event": ("opened", "resumed", "closed", "expired", "evicted"),
     "snapshot_result": ("ok", "failed"),
-    # A damaged write-ahead log record in the middle of a file (engine.storage.walscan).
-    "wal_damage": ("corrupt_header", "corrupt_payload"),
+    # A damaged write-ahead log record in the middle of a file
+    # (engine.storage.walscan), or an intact one whose space name does not validate.
+    "wal_damage": ("corrupt_header", "corrupt_payload", "invalid_space"),
     # Why the exporter closed a connection unserved (metrics.httpserve.REJECT_REASONS).
     "http_reject": ("queue_full", "timeout", "bad_request", "evicted"),
     WORKER_ID: None,
@@ -136,7 +137,7 @@ CATALOG: tuple[Metric, ...] = (
        "serving them: its queue was full (503), the client was too slow (408), sent a bad request, or "
        "was evicted while idle (503).", ("reason",), reason="http_reject"),
     _m("sessions_total", COUNTER, "Gateway session events: opened, resumed after a reconnect, closed "
-       "by the client, expired idle.", ("event",)),
+       "by the client, expired idle, evicted (the table was full and it had no stream).", ("event",)),
     _m("index_vectors", GAUGE, "Vectors held in the HNSW shards of a memory space.", _SPACE),
     # -- latencies and sizes --------------------------------------------------
     _m("observation_latency_seconds", HISTOGRAM,
@@ -157,8 +158,8 @@ CATALOG: tuple[Metric, ...] = (
     _m("wal_records_recovered_total", COUNTER, "Write-ahead log batches replayed into shards at start.",
        _WORKER),
     _m("wal_records_skipped_total", COUNTER,
-       "Damaged write-ahead log records skipped in the middle of a log at recovery (the records "
-       "after them are replayed), by what was damaged.", ("worker_id", "reason"), reason="wal_damage"),
+       "Write-ahead log records skipped at recovery: damaged in the middle of a log (the records "
+       "after them are replayed), or naming an invalid memory space; by reason.", ("worker_id", "reason"), reason="wal_damage"),
     _m("wal_bytes_skipped_total", COUNTER,
        "Bytes of damaged write-ahead log skipped in the middle of a log at recovery (left in the "
        "file), by what was damaged.", ("worker_id", "reason"), reason="wal_damage"),
@@ -177,6 +178,8 @@ CATALOG: tuple[Metric, ...] = (
        "Unix time of the last snapshot a worker slot finished.", _WORKER, agg=MAX),
     _m("snapshot_fallbacks_total", COUNTER,
        "Snapshots found corrupt or incomplete at recovery and skipped for an older one.", _WORKER),
+    _m("snapshot_shards_skipped_total", COUNTER,
+       "Snapshot shards skipped at recovery because their memory-space name is not valid.", _WORKER),
     _m("data_dir_unwritable", GAUGE,
        "1 while a worker slot cannot write its write-ahead log (disk full, I/O error); admission is stopped.",
        _WORKER, agg=MAX),

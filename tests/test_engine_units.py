@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
 
 import hnswlib
 import numpy as np
@@ -159,6 +161,94 @@ def test_validation_messages_name_the_problem():
         validation.space_name("UPPER")
 
 
+
+def test_quoted_input_is_cut_to_80_chars_with_its_length():
+    from engine.errors import shown
+    assert shown("abc") == "'abc'" and shown(7) == "7"
+    long = shown("x" * 1_000_000)
+    assert long.startswith("'xxx") and long.endswith("… (1000000 chars)") and len(long) < 100
+    assert shown(b"\0" * 500).endswith("(500 bytes)")
+    assert shown(list(range(1000))).endswith(f"({len(repr(list(range(1000))))} chars)")
+    with pytest.raises(InvalidInput) as info:
+        validation.space_name("q" * 100_000)
+    assert len(str(info.value)) < 200 and "(100000 chars)" in str(info.value)
+    with pytest.raises(InvalidInput) as info:
+        validation.top_k(list(range(100_000)), 10)
+    assert len(str(info.value)) < 200
+    with pytest.raises(ConfigError) as cerr:
+        config.resolve(_args("recall", space="s" * 100_000), "recall", env={})
+    assert len(str(cerr.value)) < 300 and "(100000 chars)" in str(cerr.value)
+
+
+BAD_SPACES = ["a" * 64 + "\n", "abc\n", "abc\r", "ab\rc", "\nabc", "abc\r\n", "abc\x00", "caf\u00e9",
+              "\uff41bc", "\u0430bc", "a" * 65, "ab", "", "ABC", "ab c", None, b"abc", 123]
+
+
+@pytest.mark.parametrize("bad", BAD_SPACES, ids=repr)
+def test_space_names_must_match_the_whole_string(bad):
+    assert not config.valid_space(bad)
+    with pytest.raises(InvalidInput, match="must match"):
+        validation.space_name(bad)
+
+
+@pytest.mark.parametrize("good", ["abc", "a" * 64, "a-b_c", "default", "0_9", "---"])
+def test_valid_space_names(good):
+    assert config.valid_space(good) and validation.space_name(good) == good
+
+
+def test_the_space_registry_stores_no_invalid_name():
+    from types import SimpleNamespace
+    from engine.control.spaces import SpaceRegistry
+    # refused before the control block is touched: this stand-in has none
+    reg = SpaceRegistry(SimpleNamespace(params=SimpleNamespace(max_spaces=4)))
+    for bad in ("a" * 64 + "\n", "a" * 65, "x\r"):
+        with pytest.raises(InvalidInput, match="must match"):
+            reg.register(bad)
+
+
+
+# -- one recall signature, local and remote ----------------------------------
+def _recall_params(fn) -> list[tuple]:
+    sig = inspect.signature(fn)
+    return [(p.name, p.kind, p.default) for p in sig.parameters.values() if p.name not in ("self", "timeout")]
+
+
+def test_recall_signature_is_the_same_locally_and_remotely():
+    from engine.client import AsyncClient, Client
+    from engine.producer.api import Engine
+    local = _recall_params(Engine.recall)
+    assert local == _recall_params(Client.recall) == _recall_params(AsyncClient.recall)
+    kinds = {name: kind for name, kind, _ in local}
+    assert kinds["k"] == inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert kinds["ef"] == kinds["fresh"] == inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("extra", [(64,), (64, True), (True,)])
+def test_positional_ef_or_fresh_is_a_type_error_locally(extra):
+    from engine.producer.api import Engine
+    # the arguments are bound before the body runs: no engine is needed to see it
+    with pytest.raises(TypeError, match="positional"):
+        Engine.recall(None, "space", np.ones(4, np.float32), 10, *extra)
+
+
+@pytest.mark.parametrize("extra", [(64,), (64, True), (True,)])
+def test_positional_ef_or_fresh_is_a_type_error_remotely(extra):
+    from engine.client import AsyncClient, Client
+    q = np.ones(4, np.float32)
+    # nothing listens on port 9; a call that got as far as the wire would fail
+    # with GatewayError(UNAVAILABLE) after its short retry budget instead
+    with Client("127.0.0.1:9", retry_timeout=0.1, timeout=0.5) as c:
+        with pytest.raises(TypeError, match="positional"):
+            c.recall("space", q, 10, *extra)
+
+    async def remote():
+        async with AsyncClient("127.0.0.1:9", retry_timeout=0.1, timeout=0.5) as c:
+            with pytest.raises(TypeError, match="positional"):
+                await c.recall("space", q, 10, *extra)
+
+    asyncio.run(remote())
+
+
 # -- configuration -----------------------------------------------------------
 def _args(command="run", **kw):
     ns = argparse.Namespace(config_file=None)
@@ -186,6 +276,15 @@ def test_precedence_cli_over_env_over_toml_over_default(tmp_path):
 def test_bad_values_name_flag_and_value(flag, value, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         config.resolve(_args(**{flag: value}), "run", env={})
+
+
+def test_recall_space_flag_is_checked_whole():
+    assert config.resolve(_args("recall", space="a" * 64), "recall", env={}).space == "a" * 64
+    for bad in ("a" * 64 + "\n", "abc\r", "ab"):
+        with pytest.raises(ConfigError, match="--space"):
+            config.resolve(_args("recall", space=bad), "recall", env={})
+    with pytest.raises(ConfigError, match="--name"):
+        config.resolve(_args(name="engram\n"), "run", env={})
 
 
 def test_unknown_toml_key_and_cross_checks(tmp_path):

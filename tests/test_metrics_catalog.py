@@ -44,6 +44,7 @@ EXPECTED = {
     "wal_bytes_skipped_total": ("counter", ("worker_id", "reason"), ()),
     "wal_records_dropped_total": ("counter", ("worker_id",), ()),
     "exporter_rejected_connections_total": ("counter", ("reason",), ()),
+    "snapshot_shards_skipped_total": ("counter", ("worker_id",), ()),
     "snapshots_total": ("counter", ("worker_id", "result"), ()),
     "snapshot_duration_seconds": ("histogram", (), (.01, .05, .1, .5, 1, 5, 10, 30, 60, 300)),
     "snapshot_last_success_timestamp_seconds": ("gauge", ("worker_id",), ()),
@@ -70,7 +71,7 @@ def test_label_domains():
     assert cat.DOMAINS["level"] == ("normal", "warning", "critical", "overloaded")
     assert cat.DOMAINS["error_type"] == ("insert_error", "resize_error", "wal_error", "other")
     assert cat.DOMAINS["restart_reason"] == ("crash", "hung", "signal")
-    assert cat.DOMAINS["event"] == ("opened", "resumed", "closed", "expired")
+    assert cat.DOMAINS["event"] == ("opened", "resumed", "closed", "expired", "evicted")
     assert cat.BY_NAME["worker_restarts_total"].domain_of("reason") == "restart_reason"
     assert cat.BY_NAME["observations_rejected_total"].domain_of("reason") == "rejection_reason"
 

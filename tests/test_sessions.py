@@ -3,14 +3,16 @@ sequence numbers when the writer dies at any point of an enqueue."""
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 
 import numpy as np
 import pytest
 
-from engine.control.sessions import S_ACCEPTED, S_NEXT_SEQ, SessionTable
+from engine.control.sessions import S_ACCEPTED, S_LAST_MS, S_NEXT_SEQ, SessionTable, space_key
 from engine.errors import TableFull
+from engine.gateway.eviction import Evictions
 from shm.errors import LayoutError
 from shm.lock import LockFile
 from shm.ring import J_OPEN, Ring, ring_bytes
@@ -44,7 +46,7 @@ def journal_words(mem) -> np.ndarray:
 
 def test_a_live_journaled_enqueue_leaves_nothing_behind(shared):
     ring, table, mem = shared
-    row = table.open(space=0, lane=1)
+    row = table.open(space_key=0, lane=1)
     n = ring.enqueue(*batch(5), 0, 1.0, journal=(row, 1), on_publish=lambda k: table.advance(row, 1, k))
     assert n == 5 and table.next_seq(row) == 6 and table.rows[row, S_ACCEPTED] == 5
     assert ring.take_journal() is None and table.repair([ring]) == 0
@@ -52,7 +54,7 @@ def test_a_live_journaled_enqueue_leaves_nothing_behind(shared):
 
 def test_writer_killed_after_publish_is_completed_by_repair(shared):
     ring, table, mem = shared
-    row = table.open(space=0, lane=1)
+    row = table.open(space_key=0, lane=1)
     pid = os.fork()
     if pid == 0:  # dies between publishing the records and advancing the session
         ring.enqueue(*batch(4), 0, 1.0, journal=(row, 1), on_publish=lambda k: os._exit(9))
@@ -69,7 +71,7 @@ def test_writer_killed_after_publish_is_completed_by_repair(shared):
 
 def test_writer_killed_before_publish_advances_nothing(shared):
     ring, table, mem = shared
-    row = table.open(space=0, lane=1)
+    row = table.open(space_key=0, lane=1)
     # what a writer that died after opening the journal, before publishing, leaves
     journal_words(mem)[:] = (J_OPEN, 0, 3, row, 1)
     assert ring.enqueue(*batch(3, 50), 0, 1.0) == 3  # the next writer reuses the positions
@@ -79,7 +81,7 @@ def test_writer_killed_before_publish_advances_nothing(shared):
 
 def test_repair_is_idempotent_when_the_session_was_already_advanced(shared):
     ring, table, mem = shared
-    row = table.open(space=0, lane=1)
+    row = table.open(space_key=0, lane=1)
     pid = os.fork()
     if pid == 0:  # advanced the session, died before clearing the journal
         def advance_then_die(k):
@@ -102,12 +104,12 @@ def test_corrupt_journal_is_refused(shared):
 
 def test_session_table_open_find_close_idle_and_cap(shared):
     _, table, _ = shared
-    rows = [table.open(space=i, lane=0) for i in range(4)]
+    rows = [table.open(space_key=i, lane=0) for i in range(4)]
     ids = [table.session_id(r) for r in rows]
     assert len(set(ids)) == 4 and all(i > 0 for i in ids)
     assert [table.find(i) for i in ids] == rows and table.find(12345) is None and table.find(0) is None
     with pytest.raises(TableFull, match="max-sessions"):
-        table.open(space=0, lane=0)
+        table.open(space_key=0, lane=0)
     table.close(rows[1])
     assert table.count() == 3 and table.find(ids[1]) is None
     table.rows[rows[2], 4] -= 10_000  # last message 10 s ago
@@ -116,3 +118,49 @@ def test_session_table_open_find_close_idle_and_cap(shared):
     table.advance(rows[0], 1, 10)
     table.advance(rows[0], 5, 3)  # an older range: no change
     assert table.rows[rows[0], S_NEXT_SEQ] == 11 and table.rows[rows[0], S_ACCEPTED] == 10
+
+
+def test_space_key_is_stable_positive_and_tells_names_apart():
+    keys = {name: space_key(name) for name in ("default", "a" * 64, "a" * 63, "space-1", "space-2")}
+    assert len(set(keys.values())) == len(keys)
+    assert all(0 < k < 2 ** 63 for k in keys.values())
+    assert space_key("default") == space_key("default")
+    # part of the shared-memory contract: the same in every process (no per-process hash seed)
+    assert space_key("default") == int.from_bytes(hashlib.blake2b(b"default", digest_size=8).digest(),
+                                                  "little") >> 1
+
+
+def test_a_full_table_evicts_the_longest_idle_session_without_a_stream():
+    table = SessionTable(np.zeros((4, 8), np.int64))
+    now = 1_000_000_000
+    ev = Evictions(table, idle_timeout_s=300, clock=lambda: now)
+    rows = [table.open(space_key=i, lane=0) for i in range(4)]
+    ids = [table.session_id(r) for r in rows]
+    for r, age_s in zip(rows, (50, 400, 200, 10)):  # seconds since each session's last message
+        table.rows[r, S_LAST_MS] = now - age_s * 1000
+    # rows[1] is the oldest, but a stream serves it: rows[2] goes
+    assert ev.make_room(attached={rows[1]}) == (ids[2], 200.0)
+    assert table.find(ids[2]) is None and table.count() == 3
+    assert table.open(space_key=9, lane=0) == rows[2]  # the freed row
+    assert "was evicted" in ev.not_found(ids[2]) and "max-sessions=4" in ev.not_found(ids[2])
+    assert "unknown or expired" in ev.not_found(12345)
+    # every session has a stream: nothing is evicted, and the refusal says what to do
+    assert ev.make_room(attached=set(rows)) is None and table.count() == 4
+    text = ev.full()
+    assert "--max-sessions=4" in text and "close sessions" in text and "Close" in text
+    assert "retry in 0 s" in text  # rows[1] is already past the idle timeout: expires at the next tick
+    table.rows[rows[1], S_LAST_MS] = now
+    table.rows[rows[0], S_LAST_MS] = now - 100_000
+    assert "retry in 200 s" in ev.full()
+
+
+def test_evicted_ids_are_remembered_up_to_a_bound(monkeypatch):
+    import engine.gateway.eviction as eviction
+    monkeypatch.setattr(eviction, "REMEMBERED", 3)
+    table = SessionTable(np.zeros((1, 8), np.int64))
+    ev = Evictions(table, 300)
+    gone = []
+    for i in range(5):
+        table.open(space_key=i, lane=0)
+        gone.append(ev.make_room(attached=set())[0])
+    assert [("was evicted" in ev.not_found(s)) for s in gone] == [False, False, True, True, True]

@@ -319,8 +319,8 @@ def test_engine_restarted_on_damaged_logs_loses_only_the_damaged_records(engine_
             keep = present[mine]
             assert (res.ids[keep, 0] == ids[mine][keep]).mean() >= 0.99
         rs, bs = metric(eng2, "wal_records_skipped_total"), metric(eng2, "wal_bytes_skipped_total")
-        assert rs[a].tolist() == [1, 1] and rs[1 - a].tolist() == [0, 0]  # corrupt_header, corrupt_payload
-        assert bs[a].tolist() == [bad_header[2], bad_payload[2]] and bs[1 - a].sum() == 0
+        assert rs[a].tolist() == [1, 1, 0] and rs[1 - a].tolist() == [0, 0, 0]  # corrupt_header, corrupt_payload, invalid_space
+        assert bs[a].tolist() == [bad_header[2], bad_payload[2], 0] and bs[1 - a].sum() == 0
         dropped_records = metric(eng2, "wal_records_dropped_total")
         dropped_bytes = metric(eng2, "wal_bytes_dropped_total")
         assert dropped_records[1 - a] == 1 and dropped_records[a] == 0

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+# Use with ``fullmatch`` only: ``$`` with ``match`` lets a trailing newline through.
 NAME_RE = re.compile(r"[a-z0-9_-]{1,48}")
+SPACE_NAME_RE = re.compile(r"[a-z0-9_-]{3,64}")
 
 
 def positive_int(v: Any) -> int:
@@ -47,6 +49,13 @@ def instance_name(v: Any) -> str:
     s = str(v)
     if not NAME_RE.fullmatch(s):
         raise ValueError("must match [a-z0-9_-]{1,48}")
+    return s
+
+
+def space(v: Any) -> str:
+    s = str(v)
+    if not SPACE_NAME_RE.fullmatch(s):
+        raise ValueError("must match [a-z0-9_-]{3,64}")
     return s
 
 

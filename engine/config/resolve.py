@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config.settings import ALL, BY_NAME, SETTINGS, Setting
-from engine.errors import ConfigError
+from engine.errors import ConfigError, shown
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def _parse(setting: Setting, raw: Any, source: str) -> Any:
     try:
         return setting.parse(raw)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{setting.flag}={raw!r} ({source}): {exc}") from None
+        raise ConfigError(f"{setting.flag}={shown(raw)} ({source}): {exc}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:

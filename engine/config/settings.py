@@ -116,7 +116,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("priority-mix", p.mix, "high:0.1,normal:0.7,low:0.2", "Share of each priority.", "MIX",
             commands=("load",)),
     Setting("load-batch", p.positive_int, 100, "Observations per observe() call.", "N", commands=("load",)),
-    Setting("space", str, "default", "Memory space to query.", "SPACE", commands=("recall",)),
+    Setting("space", p.space, "default", "Memory space to query.", "SPACE", commands=("recall",)),
     Setting("k", p.positive_int, 10, "Neighbours to return.", "K", commands=("recall",)),
     Setting("random", p.boolean, False, "Query with a random vector.", flag_only=True, commands=("recall",)),
     Setting("vector", p.optional_floats, None, "Query vector as comma-separated floats.", "X,Y,...",

@@ -7,10 +7,14 @@ gateway writes it, so a gateway killed at any moment leaves it for the next
 gateway, and a client that reconnects resumes its session where the engine
 really is.
 
+A row names its space by a key (a 63-bit hash of the name), not by a space
+index: opening a session registers nothing, so sessions without data use up
+no ``--max-spaces`` (the space is registered when a batch is accepted).
+
 Row layout (one row per session, all i64)::
 
     S_ID           session id (random, 63 bits); 0 = free row
-    S_SPACE        space index (engine.control.spaces)
+    S_SPACE_KEY    ``space_key`` of the session's space name (checked on resume)
     S_LANE         lane index (priority)
     S_NEXT_SEQ     the sequence number the session expects next
     S_LAST_MS      unix ms of the session's last message (idle expiry)
@@ -30,6 +34,7 @@ reconnect gets ``duplicate`` for what already went in.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 
@@ -37,11 +42,17 @@ import numpy as np
 
 from engine.errors import TableFull
 
-S_ID, S_SPACE, S_LANE, S_NEXT_SEQ, S_LAST_MS, S_ACCEPTED, S_CREATED_MS, S_RESERVED = range(8)
+S_ID, S_SPACE_KEY, S_LANE, S_NEXT_SEQ, S_LAST_MS, S_ACCEPTED, S_CREATED_MS, S_RESERVED = range(8)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def space_key(name: str) -> int:
+    """A stable 63-bit key of a space name (the same in every process and run)."""
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class SessionTable:
@@ -52,7 +63,7 @@ class SessionTable:
     def capacity(self) -> int:
         return len(self.rows)
 
-    def open(self, space: int, lane: int) -> int:
+    def open(self, space_key: int, lane: int) -> int:
         """A new session row; raises TableFull."""
         free = np.flatnonzero(self.rows[:, S_ID] == 0)
         if len(free) == 0:
@@ -60,7 +71,7 @@ class SessionTable:
         i = int(free[0])
         t = now_ms()
         row = self.rows[i]
-        row[S_SPACE], row[S_LANE], row[S_NEXT_SEQ], row[S_ACCEPTED] = space, lane, 1, 0
+        row[S_SPACE_KEY], row[S_LANE], row[S_NEXT_SEQ], row[S_ACCEPTED] = space_key, lane, 1, 0
         row[S_LAST_MS], row[S_CREATED_MS] = t, t
         row[S_ID] = secrets.randbits(63) or 1  # last: the row is in use from here
         return i
@@ -94,6 +105,14 @@ class SessionTable:
 
     def count(self) -> int:
         return int(np.count_nonzero(self.rows[:, S_ID]))
+
+    def oldest(self, skip: set[int] = frozenset()) -> int | None:
+        """The row in use whose last message is the oldest, except ``skip``; None if none."""
+        rows = [int(i) for i in np.flatnonzero(self.rows[:, S_ID] != 0) if int(i) not in skip]
+        return min(rows, key=lambda i: (int(self.rows[i, S_LAST_MS]), i)) if rows else None
+
+    def last_ms(self, i: int) -> int:
+        return int(self.rows[i, S_LAST_MS])
 
     def idle(self, timeout_s: float, keep: set[int] = frozenset()) -> list[int]:
         """Rows whose last message is older than ``timeout_s`` (except ``keep``)."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.errors import InvalidInput
+from engine.config import valid_space
+from engine.errors import InvalidInput, shown
 from engine.control.layouts import LOCK_CONTROL, NAME_BYTES
 from engine.control.instance import Instance
 
@@ -33,6 +34,11 @@ class SpaceRegistry:
         return self.cache.get(name)
 
     def register(self, name: str) -> int:
+        # The one gate into the name table: whatever the caller checked, a name
+        # that does not validate is never stored (its first NAME_BYTES bytes
+        # could be another space's name).
+        if not valid_space(name):
+            raise InvalidInput(f"memory space {shown(name)} must match [a-z0-9_-]{{3,64}}")
         idx = self.lookup(name)
         if idx is not None:
             return idx
@@ -44,7 +50,7 @@ class SpaceRegistry:
             n = int(hdr.spaces)
             if n >= self.max_spaces:
                 raise InvalidInput(f"engine already holds --max-spaces={self.max_spaces} memory spaces; "
-                                   f"cannot add {name!r}")
+                                   f"cannot add {shown(name)}")
             raw = name.encode("ascii")[:NAME_BYTES]
             row = self.inst.ctl["space_names"][n]
             row[:] = 0

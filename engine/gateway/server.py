@@ -9,8 +9,14 @@ carry sequence numbers. Per batch, in order:
 2. sequence check against the session's next number: a gap is
    ``invalid_sequence``; an already-accepted prefix is ``duplicate``
    (acknowledged, not queued again);
-3. the rest goes through validate → admit → one ring, whose publish journal
-   advances the session's next number atomically with the records.
+3. the rest goes through validate → admit → register the space (the first
+   accepted batch creates it; ``Init`` only checks the name) → one ring,
+   whose publish journal advances the session's next number atomically
+   with the records.
+
+A stream that ends without Close leaves its session for a resume; when the
+table is full, a new session evicts the longest-idle one no stream serves
+(``engine.gateway.eviction``).
 
 Protocol errors (no init first, a second init, an unknown message, bytes of
 a recall that do not divide) end the call with a gRPC status and a clear
@@ -44,6 +50,7 @@ from engine.control import pressure
 from engine.producer import validation
 from engine.rpc import wire
 from engine.gateway.drain import DrainMeter, retry_after_s
+from engine.gateway.eviction import Evictions
 from engine.errors import InvalidInput, NotRunning
 from engine.control.layouts import LANES, LANE_INDEX
 from engine.control.records import GATEWAY
@@ -51,7 +58,7 @@ from engine.control.instance import Instance
 from engine.producer.api import Engine
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
-from engine.control.sessions import S_ACCEPTED, S_LANE, S_SPACE, SessionTable
+from engine.control.sessions import S_ACCEPTED, S_LANE, S_SPACE_KEY, SessionTable, space_key
 from engine.errors import TableFull
 
 log = logging.getLogger("engram.gateway")
@@ -114,6 +121,7 @@ class Gateway(pb_grpc.EngramServicer):
         self.table_lock = threading.Lock()
         self.row_locks = [threading.Lock() for _ in range(self.sessions.capacity)]
         self.attached: dict[int, object] = {}  # session row -> token of the stream serving it
+        self.evictions = Evictions(self.sessions, self.p.session_idle_timeout)
         self.meter = DrainMeter(inst.rings)
         self.capacity = sum(inst.capacity_by_lane())
 
@@ -150,13 +158,11 @@ class Gateway(pb_grpc.EngramServicer):
             if first is None or first is _END or first.WhichOneof("kind") != "init":
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               "the first message of ObserveStream must be init (space, priority)")
-            row, space, priority, resumed = self._open(first.init, context)
+            token = object()
+            row, space, priority, resumed = self._open(first.init, context, token)
         except BaseException:
             reader.stop()
             raise
-        token = object()
-        with self.table_lock:
-            self.attached[row] = token  # a resumed session moves to this stream
         try:
             state, refused = self._state(priority)
             yield pb.ServerMessage(ready=pb.Ready(
@@ -198,35 +204,47 @@ class Gateway(pb_grpc.EngramServicer):
                 if self.attached.get(row) is token:
                     del self.attached[row]
 
-    def _open(self, init, context) -> tuple[int, str, str, bool]:
+    def _open(self, init, context, token) -> tuple[int, str, str, bool]:
+        """Open or resume the session of ``init`` and attach it to the stream
+        ``token`` (in the same lock hold: an eviction never sees it detached)."""
         try:
             space = validation.space_name(init.space)
             priority = wire.priority_name(init.priority)
         except InvalidInput as exc:
+            # One rejection per refused init (it carries no observations), so
+            # that a remote producer with a bad space name shows on the same
+            # invalid_input panels as a local one; never under its own name.
+            self.engine.count_rejected(None, "invalid_input", 1)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         lane = LANE_INDEX[priority]
         with self.table_lock:
             if init.resume_session_id:
                 row = self.sessions.find(init.resume_session_id)
                 if row is None:
-                    context.abort(grpc.StatusCode.NOT_FOUND,
-                                  f"session {init.resume_session_id:x} is unknown or expired; open a new one")
+                    context.abort(grpc.StatusCode.NOT_FOUND, self.evictions.not_found(init.resume_session_id))
                 rec = self.sessions.rows[row]
-                if self.inst.space_name(int(rec[S_SPACE])) != space or int(rec[S_LANE]) != lane:
+                if int(rec[S_SPACE_KEY]) != space_key(space) or int(rec[S_LANE]) != lane:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"session {init.resume_session_id:x} belongs to space "
-                                  f"{self.inst.space_name(int(rec[S_SPACE]))!r} priority {LANES[int(rec[S_LANE])]}")
+                                  f"session {init.resume_session_id:x} was opened for another space or priority "
+                                  f"(priority {LANES[int(rec[S_LANE])]}); resume it with the space and "
+                                  f"priority it was opened with")
                 self.sessions.touch(row)
+                self.attached[row] = token  # a resumed session moves to this stream
                 self._event("resumed")
                 return row, space, priority, True
+            # Only validated, not registered: a space exists once a batch of it
+            # is accepted (Engine.observe_into), so sessions that never send
+            # data cannot use up --max-spaces.
             try:
-                idx = self.engine.spaces.register(space)
-            except InvalidInput as exc:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            try:
-                row = self.sessions.open(idx, lane)
-            except TableFull as exc:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                row = self.sessions.open(space_key(space), lane)
+            except TableFull:
+                evicted = self.evictions.make_room(set(self.attached))
+                if evicted is None:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self.evictions.full())
+                log.info("session %x evicted after %.0fs without a stream: the session table is full", *evicted)
+                self._event("evicted")
+                row = self.sessions.open(space_key(space), lane)
+            self.attached[row] = token
             self._event("opened")
             return row, space, priority, False
 
@@ -321,7 +339,9 @@ class Gateway(pb_grpc.EngramServicer):
     def _recall(self, req, context) -> pb.RecallResponse:
         try:
             queries = wire.unpack_rows(req.queries, self.p.dim, None, "queries")
-            res = self.engine.recall(req.space, queries, k=req.k or 10, ef=req.ef or None, fresh=req.fresh)
+            # k = 0 is what proto3 sends for an unset k: refused like any k
+            # outside [1, --max-k], never taken for a default the caller did not ask
+            res = self.engine.recall(req.space, queries, k=req.k, ef=req.ef or None, fresh=req.fresh)
         except InvalidInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NotRunning as exc:

@@ -20,7 +20,7 @@ import numpy as np
 from engine.control import admission
 from engine.control import pressure
 from engine.producer import validation
-from engine.errors import InvalidInput, NotRunning
+from engine.errors import InvalidInput, NotRunning, shown
 from engine.control.layouts import LANE_INDEX
 from engine.control.records import PRODUCER
 from engine.control.instance import Instance, pid_alive
@@ -108,6 +108,9 @@ class Engine:
             self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name,
                        blocked or f"{priority} priority refused while backpressure is {state_name}")
+        # Registered only once the batch is admitted: a space exists when data
+        # is accepted into it, so refused batches and empty sessions do not
+        # use up --max-spaces.
         try:
             idx = self.spaces.register(space)
         except InvalidInput:
@@ -177,9 +180,13 @@ class Engine:
                     break
 
     # -- recall ------------------------------------------------------------
-    def recall(self, space: str, query, k: int = 10, ef: int | None = None, fresh: bool = False,
+    def recall(self, space: str, query, k: int = 10, *, ef: int | None = None, fresh: bool = False,
                timeout: float = DEFAULT_RECALL_TIMEOUT_S) -> RecallResult:
-        """Top-k nearest neighbours of each query vector within one space."""
+        """Top-k nearest neighbours of each query vector within one space.
+
+        ``ef`` and ``fresh`` are keyword-only, as in the remote clients
+        (``engine.client``): a positional call must not mean one thing here
+        and another there."""
         p = self.params
         space = validation.space_name(space)
         queries = validation.queries(query, self.dim)
@@ -259,9 +266,9 @@ def connect(name: str = "engram") -> Engine:
     try:
         inst = Instance.attach(name, PRODUCER)
     except SegmentMissing:
-        raise NotRunning(f"no running engram instance named {name!r} on this host") from None
+        raise NotRunning(f"no running engram instance named {shown(name)} on this host") from None
     except LayoutError as exc:
-        raise NotRunning(f"instance {name!r} is not ready: {exc}") from None
+        raise NotRunning(f"instance {shown(name)} is not ready: {exc}") from None
     pid = int(inst.header.sup_pid)
     if not pid_alive(pid):
         inst.close()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.config import SPACE_RE
-from engine.errors import InvalidInput
+from engine.config import valid_space
+from engine.errors import InvalidInput, shown
 
 PRIORITIES = ("high", "normal", "low")
 _FLOAT_KINDS = "f"
@@ -18,14 +18,14 @@ _INT_KINDS = "iu"
 
 
 def space_name(space: object) -> str:
-    if not isinstance(space, str) or not SPACE_RE.match(space):
-        raise InvalidInput(f"memory space {space!r} must match [a-z0-9_-]{{3,64}}")
+    if not valid_space(space):
+        raise InvalidInput(f"memory space {shown(space)} must match [a-z0-9_-]{{3,64}}")
     return space
 
 
 def priority(value: object) -> str:
     if value not in PRIORITIES:
-        raise InvalidInput(f"priority {value!r} must be one of {', '.join(PRIORITIES)}")
+        raise InvalidInput(f"priority {shown(value)} must be one of {', '.join(PRIORITIES)}")
     return str(value)
 
 
@@ -100,5 +100,5 @@ def queries(values: object, dim: int) -> np.ndarray:
 
 def top_k(k: object, max_k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= max_k:
-        raise InvalidInput(f"k={k!r} must be an integer in [1, {max_k}]")
+        raise InvalidInput(f"k={shown(k)} must be an integer in [1, {max_k}]")
     return int(k)

@@ -14,6 +14,13 @@ Steps (``recover``):
    (``engine.storage.walscan``). Both are logged per file and counted,
    never fatal.
 
+A space name read from disk is untrusted like any input: a snapshot shard or
+a logged batch whose name does not validate (``engine.config.valid_space``)
+is skipped, counted (``snapshot_shards_skipped_total``,
+``wal_records_skipped_total``) and logged. It is never registered: the
+control block keeps 64 bytes of a name, so an over-long name would become
+another space's name, and a recall there would return its ids.
+
 A snapshot covers generations < g and the log holds every batch since, so
 replaying after it adds exactly what is missing; a batch present in both (a
 claim processed again after a crash) is an update of the same label in the
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.config import valid_space
 from engine.storage import snapshots
 from engine.errors import SnapshotError
 from engine.storage.snapshots import Entry
@@ -50,6 +58,8 @@ class Recovered:
     uncovered_bytes: int = 0  # log bytes not covered by the newest snapshot
     records: int = 0
     vectors: int = 0
+    skipped_shards: int = 0  # snapshot shards whose space name does not validate
+    skipped_records: int = 0  # logged batches whose space name does not validate
 
 
 def _candidates(sdir: str, slot: int) -> list[Entry]:
@@ -92,6 +102,13 @@ def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, met
             heartbeat()
             continue
         for name, index in loaded:
+            if not valid_space(name):
+                out.skipped_shards += 1
+                metrics.inc("snapshot_shards_skipped_total", worker_id=slot)
+                log.error("slot %d: snapshot %s holds a shard of %d vectors for %.80r, which is not a valid "
+                          "memory-space name; skipped, not loaded into any space", slot, entry.dir,
+                          index.get_current_count(), name)
+                continue
             space = register(name)
             publish(space, shards.adopt(space, index))
         out.loaded = entry
@@ -123,7 +140,14 @@ def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, met
 def _replay(slot, gens, register, publish, shards, metrics, heartbeat, out: Recovered) -> None:
     last_log = time.monotonic()
 
+    skipped: dict[str, list[int]] = {}  # invalid name -> [batches, vectors], per generation
+
     def apply(name: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if not valid_space(name):
+            counts = skipped.setdefault(name, [0, 0])
+            counts[0] += 1
+            counts[1] += len(ids)
+            return
         space = register(name)
         publish(space, shards.insert(space, ids, vectors))
 
@@ -136,10 +160,19 @@ def _replay(slot, gens, register, publish, shards, metrics, heartbeat, out: Reco
                      slot, gen, out.records + stats.records, out.vectors + stats.vectors)
 
     for gen, path in gens:
+        skipped.clear()
         stats = replay(path, apply, progress)
-        out.records += stats.records
-        out.vectors += stats.vectors
-        metrics.inc("wal_records_recovered_total", stats.records, worker_id=slot)
+        bad_records = sum(c[0] for c in skipped.values())
+        out.records += stats.records - bad_records
+        out.vectors += stats.vectors - sum(c[1] for c in skipped.values())
+        out.skipped_records += bad_records
+        metrics.inc("wal_records_recovered_total", stats.records - bad_records, worker_id=slot)
+        if bad_records:
+            metrics.inc("wal_records_skipped_total", bad_records, worker_id=slot, reason="invalid_space")
+        for name, (batches, vectors) in skipped.items():
+            log.error("slot %d: write-ahead log %s has %d batch(es), %d vectors, for %.80r, which is not a "
+                      "valid memory-space name; skipped, not inserted into any space", slot,
+                      os.path.basename(path), batches, vectors, name)
         _count_damage(slot, path, stats, metrics)
 
 

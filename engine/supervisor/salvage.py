@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.config import valid_space
 from engine.control.layouts import LANES
 from engine.control.records import READER
 from engine.control.instance import Instance
@@ -65,6 +66,7 @@ def collect(name: str, slots: int, dim: int) -> list[Leftover]:
                             "cannot be carried over", name, old.slots, old.dim, queued)
             return []
         names = old.space_names()
+        invalid: dict[str, int] = {}  # space name that does not validate -> observations dropped
         for ring in old.rings:
             slot, lane = divmod(ring.ring_id, len(LANES))
             where, owner = ring.uncommitted()
@@ -75,6 +77,10 @@ def collect(name: str, slots: int, dim: int) -> list[Leftover]:
                     if not name_of or not -1 <= claimer < slots:
                         continue  # untrusted bytes: an unknown space or slot is dropped
                     sel = where[(owner == claimer) & (spaces == space)]
+                    if not valid_space(name_of):
+                        # never mapped onto a valid space, whatever its bytes resemble
+                        invalid[name_of] = invalid.get(name_of, 0) + len(sel)
+                        continue
                     out.append(Leftover(slot, lane, None if claimer < 0 else int(claimer), name_of,
                                         ring.ids[sel].copy(), ring.vectors[sel].copy()))
     except LayoutError as exc:
@@ -82,6 +88,9 @@ def collect(name: str, slots: int, dim: int) -> list[Leftover]:
         return []
     finally:
         old.close()
+    for bad, n in invalid.items():
+        log.error("dead run of %r: %d queued observation(s) name the memory space %.80r, which is not a "
+                  "valid name; dropped, not carried over into any space", name, n, bad)
     return out
 
 

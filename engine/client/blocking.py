@@ -1,0 +1,159 @@
+"""The blocking client: ``Client`` and its ``Session`` (see ``engine.client``).
+
+A session's stream is fed from a queue (the request iterator gRPC reads on
+its own thread) and read in the caller's thread; one lock per session keeps
+sends in order, so a ``Session`` may be shared by threads.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import grpc
+
+from engine.client import common
+from engine.client.session import SessionState
+from engine.errors import GatewayError
+from engine.results import Ack, RecallResult
+from engine.rpc import engram_pb2 as pb
+
+
+class Session(SessionState):
+    """A numbered stream of batches of one space (``Client.stream``)."""
+
+    def __init__(self, client: "Client", space: str, priority: str, client_buffer: int = 1):
+        super().__init__(client, space, priority, client_buffer)
+        self._out: queue.Queue | None = None
+        self._lock = threading.Lock()
+
+    # -- connection --------------------------------------------------------------
+    def _open(self) -> None:
+        out: queue.Queue = queue.Queue()
+        call = self.client._stub.ObserveStream(iter(out.get, None), metadata=self.client._metadata)
+        out.put(self._init_message())
+        self._take_ready(next(call))
+        self._out, self._call = out, call
+
+    def _drop(self) -> None:
+        if self._out is not None:
+            self._out.put(None)
+        if self._call is not None:
+            self._call.cancel()
+        self._out = self._call = None
+
+    def _reply(self, kind: str):
+        """The next reply of ``kind``; status pushes on the way are taken in."""
+        for msg in self._call:
+            got = self._take(msg, kind)
+            if got is not None:
+                return got
+        raise GatewayError(grpc.StatusCode.UNAVAILABLE, "the gateway ended the stream")
+
+    def _exchange(self, message: pb.ClientMessage, kind: str, deadline: float, on_reconnect=None):
+        """Send ``message``, return the reply of ``kind``; reconnect (resuming
+        the session) on UNAVAILABLE and send ``on_reconnect()`` instead."""
+        def once(attempt: int):
+            msg = message
+            if self._call is None:
+                self._open()
+                if on_reconnect is not None and attempt:
+                    msg = on_reconnect()
+            self._out.put(msg)
+            return self._reply(kind)
+        return common.retry(once, deadline, self._drop)
+
+    # -- calls ---------------------------------------------------------------------
+    def send(self, ids, vectors, first_sequence: int | None = None) -> Ack:
+        """Queue one batch; numbered from ``next_sequence`` unless ``first_sequence`` is given."""
+        with self._lock:
+            st, wait = self._sending(ids, vectors, first_sequence)
+            time.sleep(wait)
+
+            def resend():
+                st.resent = True
+                return pb.ClientMessage(batch=st.batch())
+
+            while True:
+                ack = self._exchange(pb.ClientMessage(batch=st.batch()), "ack", st.deadline, resend)
+                self.next_sequence = max(self.next_sequence, ack.next_sequence)
+                wait = st.on_ack(ack)
+                if wait is None:
+                    return st.ack()
+                time.sleep(wait)
+
+    def close(self, drain: bool = False, timeout: float = 30.0) -> pb.Closed | None:
+        """End the session (and, with ``drain``, wait until its observations are inserted)."""
+        with self._lock:
+            if self._call is None and self.session_id == 0:
+                return None
+            try:
+                closed = self._exchange(self._close_message(drain, timeout), "closed",
+                                        time.monotonic() + self.client.retry_timeout)
+            finally:
+                self._drop()
+            self.session_id = 0
+            return closed
+
+    def __enter__(self) -> "Session":
+        with self._lock:
+            common.retry(lambda attempt: self._open(), time.monotonic() + self.client.retry_timeout, self._drop)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._drop()
+
+
+class Client(common.ClientConfig):
+    """Blocking client. ``target`` is HOST:PORT; ``token`` the bearer token when
+    the gateway runs with --auth-token-file; ``tls_root_cert`` (PEM bytes or a
+    path) switches to TLS."""
+
+    def __init__(self, target: str, token: str | None = None, *, tls_root_cert=None,
+                 retry_timeout: float = 30.0, timeout: float = 30.0,
+                 max_message_bytes: int = common.DEFAULT_MAX_MESSAGE_BYTES):
+        super().__init__(target, token, tls_root_cert, retry_timeout, timeout, max_message_bytes, grpc)
+        self._lock = threading.Lock()
+
+    def _unary(self, method, request):
+        return common.retry(lambda attempt: method(request, timeout=self.timeout, metadata=self._metadata),
+                            time.monotonic() + self.retry_timeout)
+
+    def info(self) -> dict:
+        return common.info(self._unary(self._stub.Info, pb.InfoRequest()))
+
+    def recall(self, space: str, query, k: int = 10, *, ef: int | None = None,
+               fresh: bool = False) -> RecallResult:
+        """As ``engine.connect(...).recall``: ``ef``/``fresh`` keyword-only."""
+        request = common.recall_request(space, query, k, ef, fresh)
+        return common.recall_result(self._unary(self._stub.Recall, request))
+
+    def stream(self, space: str, priority: str = "normal", client_buffer: int = 1) -> Session:
+        return Session(self, space, priority, client_buffer)
+
+    def observe(self, space: str, ids, vectors, priority: str = "normal") -> Ack:
+        """Queue observations; a session per (space, priority) is kept open underneath."""
+        with self._lock:
+            s = self._sessions.get((space, priority))
+            if s is None:
+                s = self._sessions[(space, priority)] = Session(self, space, priority)
+        return s.send(ids, vectors)
+
+    def close(self) -> None:
+        for s in list(self._sessions.values()):
+            try:
+                s.close()
+            except GatewayError:
+                s._drop()
+        self._sessions.clear()
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
