@@ -1,7 +1,8 @@
 """The gateway process: a child of the supervisor serving ``Gateway`` over gRPC.
 
-``build_server`` assembles the gRPC server (message limits, the bearer-token
-check, TLS); ``main`` is the forked child's entry point: it repairs sessions a
+``build_server`` assembles the gRPC server (message limits, keepalive, the
+bearer-token check, TLS, health and reflection from
+``engine.gateway.conventions``); ``main`` is the forked child's entry point: it repairs sessions a
 dead predecessor left half-advanced, serves, and runs the main thread's
 periodic work until the supervisor goes away. The service itself is
 ``engine.gateway.service``.
@@ -19,6 +20,7 @@ import grpc
 
 from engine import child
 from engine.control.instance import H_GATEWAY_PID, H_GATEWAY_PORT, H_SUP_PID, Instance
+from engine.gateway import conventions
 from engine.gateway.service import Gateway
 from engine.rpc import engram_pb2_grpc as pb_grpc
 
@@ -29,15 +31,27 @@ EXTRA_THREADS = 16         # handler threads beyond --max-sessions (unary calls,
 
 
 class TokenAuth(grpc.ServerInterceptor):
-    """Every call must carry ``authorization: Bearer <token>``."""
+    """Every call must carry ``authorization: Bearer <token>``, except health
+    checks: probes (Kubernetes' gRPC probe, load balancers) cannot send
+    metadata, and a status reveals nothing a caller could misuse.
+
+    The scheme is matched without regard to case, as HTTP authentication
+    schemes are (RFC 9110 §11.1); the token itself is compared exactly, in
+    constant time."""
+
+    OPEN_PREFIX = "/grpc.health.v1.Health/"
 
     def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
+
+    def accepts(self, header: str) -> bool:
+        scheme, _, credentials = header.strip().partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.expected)
 
     def intercept_service(self, continuation, details):
         got = dict(details.invocation_metadata).get("authorization", "")
         handler = continuation(details)
-        if handler is None or hmac.compare_digest(got.encode(), self.expected):
+        if handler is None or details.method.startswith(self.OPEN_PREFIX) or self.accepts(got):
             return handler
         text = "missing bearer token" if not got else "wrong bearer token"
 
@@ -61,7 +75,7 @@ def read_token(path: str) -> str:
     return token
 
 
-def build_server(gw: Gateway, p: dict) -> tuple[grpc.Server, int]:
+def build_server(gw: Gateway, p: dict, health: conventions.HealthPublisher) -> tuple[grpc.Server, int]:
     """A started server bound to ``--grpc-addr``; returns it and its port."""
     size = p["grpc_max_message_bytes"]
     interceptors = [TokenAuth(read_token(p["auth_token_file"]))] if p["auth_token_file"] else []
@@ -70,9 +84,10 @@ def build_server(gw: Gateway, p: dict) -> tuple[grpc.Server, int]:
                          interceptors=interceptors,
                          options=[("grpc.max_receive_message_length", size),
                                   ("grpc.max_send_message_length", size),
-                                  ("grpc.so_reuseport", 0)],
+                                  ("grpc.so_reuseport", 0), *conventions.KEEPALIVE_OPTIONS],
                          maximum_concurrent_rpcs=p["max_sessions"] + EXTRA_THREADS)
     pb_grpc.add_EngramServicer_to_server(gw, server)
+    conventions.add_to_server(server, health)
     if p["tls_cert"]:
         with open(p["tls_key"], "rb") as fh:
             key = fh.read()
@@ -98,7 +113,8 @@ def main(name: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
     repaired = gw.sessions.repair(inst.rings)
     if repaired:
         log.info("completed %d session batch(es) a previous gateway published as it died", repaired)
-    server, port = build_server(gw, p)
+    health = conventions.HealthPublisher(inst)
+    server, port = build_server(gw, p, health)
     inst.hdr[H_GATEWAY_PID] = os.getpid()
     inst.hdr[H_GATEWAY_PORT] = port
     log.info("gateway serving gRPC on %s (port %d), %d session(s) carried over", p["grpc_addr"], port,
@@ -109,6 +125,8 @@ def main(name: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
                 break
             time.sleep(TICK_S)
             gw.tick()
+            health.update()
     finally:
+        health.shutdown()
         server.stop(grace=1.0)
 

@@ -75,7 +75,7 @@ class Gateway(pb_grpc.EngramServicer):
         self.meter.sample()
         with self.table_lock:
             for row in self.sessions.idle(self.p["session_idle_timeout"], keep=set(self.attached)):
-                log.info("session %x expired after %.0fs idle", self.sessions.session_id(row),
+                log.info("session %d expired after %.0fs idle", self.sessions.session_id(row),
                          self.p["session_idle_timeout"])
                 self.sessions.close(row)
                 self._event("expired")
@@ -159,11 +159,11 @@ class Gateway(pb_grpc.EngramServicer):
                 row = self.sessions.find(init.resume_session_id)
                 if row is None:
                     context.abort(grpc.StatusCode.NOT_FOUND,
-                                  f"session {init.resume_session_id:x} is unknown or expired; open a new one")
+                                  f"session {init.resume_session_id} is unknown or expired; open a new one")
                 rec = self.sessions.rows[row]
                 if self.inst.space_name(int(rec[S_SPACE])) != space or int(rec[S_LANE]) != lane:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"session {init.resume_session_id:x} belongs to space "
+                                  f"session {init.resume_session_id} belongs to space "
                                   f"{self.inst.space_name(int(rec[S_SPACE]))!r} priority {LANES[int(rec[S_LANE])]}")
                 self.sessions.touch(row)
                 self._event("resumed")
