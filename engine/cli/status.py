@@ -1,11 +1,16 @@
-"""``engram-stream status``: one JSON object built from shared memory, and a table."""
+"""``engram-stream status``: one JSON object built from shared memory, and a table.
+
+Each process appears with the title it gives itself (``engine.identity``),
+so what ``status`` prints is what ``ps``/``top`` show.
+"""
 
 from __future__ import annotations
 
 import time
 
+from engine import identity
 from engine.control import admission
-from engine.control.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PORT, H_GATEWAY_PID, H_GATEWAY_PORT,
+from engine.control.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_GATEWAY_PID, H_GATEWAY_PORT,
                              H_READY, H_STARTED, H_SUP_PID, LANES, LIVE_HEARTBEAT, STATE_NAMES, SUP_CPU,
                              SUP_PID, SUP_RESTARTS, SUP_STATE, Instance, pid_alive)
 from engine.control.sessions import SessionTable
@@ -75,6 +80,7 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
             "state": STATE_NAMES.get(int(sup[s, SUP_STATE]), "unknown"),
             "restarts": int(sup[s, SUP_RESTARTS]),
             "heartbeat_age_s": round(now - hb, 3) if hb > 0 else None,
+            "title": identity.title("worker", inst.name, s, cpu),
         })
     queued, capacity = inst.queued_by_lane(), inst.capacity_by_lane()
     counts = inst.ctl["shard_counts"]
@@ -86,6 +92,7 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
     return {
         "name": inst.name,
         "pid": int(hdr[H_SUP_PID]),
+        "title": identity.title("supervisor", inst.name),
         "state": "draining" if hdr[H_DRAINING] else ("running" if hdr[H_READY] else "starting"),
         "started_at": int(hdr[H_STARTED]),
         "dim": inst.dim,
@@ -96,18 +103,34 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
         "pressure": round(inst.pressure(), 4),
         "spaces": spaces,
         "metrics_port": int(hdr[H_EXPORTER_PORT]) or None,
+        "exporter": exporter_status(inst),
         "gateway": gateway_status(inst),
         "throughput": throughput(inst, interval),
     }
 
 
 def gateway_status(inst: Instance) -> dict | None:
-    """pid (None while it restarts), bound port and open sessions; None with --grpc-addr off."""
+    """pid (None while it restarts), bound port, title and open sessions; None with --grpc-addr off."""
     if inst.params["grpc_addr"] == "off":
         return None
-    pid = int(inst.hdr[H_GATEWAY_PID])
-    return {"pid": pid if pid_alive(pid) else None, "port": int(inst.hdr[H_GATEWAY_PORT]) or None,
+    pid, port = int(inst.hdr[H_GATEWAY_PID]), int(inst.hdr[H_GATEWAY_PORT]) or None
+    return {"pid": pid if pid_alive(pid) else None, "port": port,
+            "title": identity.title("gateway", inst.name, port=port),
             "sessions": SessionTable(inst.ctl["sessions"]).count()}
+
+
+def exporter_status(inst: Instance) -> dict:
+    pid, port = int(inst.hdr[H_EXPORTER_PID]), int(inst.hdr[H_EXPORTER_PORT]) or None
+    return {"pid": pid if pid_alive(pid) else None, "port": port,
+            "title": identity.title("exporter", inst.name, port=port)}
+
+
+def processes(st: dict) -> list[tuple[int | None, str]]:
+    """(pid, title) of every process of the instance, supervisor first."""
+    out = [(st["pid"], st["title"])]
+    out += [(w["pid"], w["title"]) for w in st["workers"]]
+    out += [(c["pid"], c["title"]) for c in (st.get("exporter"), st.get("gateway")) if c is not None]
+    return out
 
 
 def _ms(seconds) -> str:
@@ -133,6 +156,10 @@ def render(st: dict) -> str:
     for lane, q in st["queues"].items():
         used = q["depth"] / q["capacity"] if q["capacity"] else 0.0
         lines.append(f"{lane:<7}  {q['depth']:>9}  {q['capacity']:>9}  {used:>6.1%}")
+    lines.append("")
+    lines.append(f"{'pid':>8}  process")
+    for pid, text in processes(st):
+        lines.append(f"{pid or '-':>8}  {text}")
     lines.append("")
     t = st["throughput"]
     rate = "-" if t["observations_per_second"] is None else f"{t['observations_per_second']:.0f}/s"

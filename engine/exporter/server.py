@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from engine import child
+from engine import child, identity
 from engine.control import admission
 from engine.control.instance import (H_BP_STATE, H_DRAINING, H_EXPORTER_PID, H_EXPORTER_PORT, H_GATEWAY_PID,
                              H_GATEWAY_PORT, H_SUP_PID,
@@ -117,11 +117,13 @@ class Health:
 def main(name: str, addr: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
     """Entry point in the forked child."""
     child.prepare(inherited, supervisor_pid)
+    identity.become("exporter", name)  # before the HTTP server's threads; the port follows
     inst = Instance.attach(name)
     collector = ArrayCollector(inst.metrics, inst.space_names, lambda: live_gauges(inst))
     server = serve(addr, collector, Health(inst))
     inst.hdr[H_EXPORTER_PID] = os.getpid()
     inst.hdr[H_EXPORTER_PORT] = server.port
+    identity.become("exporter", name, port=server.port)
     log.info("exporter serving http://%s:%d/metrics", server.server_address[0], server.port)
     try:
         while os.getppid() == supervisor_pid or not supervisor_pid:

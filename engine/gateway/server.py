@@ -18,7 +18,7 @@ from concurrent import futures
 
 import grpc
 
-from engine import child
+from engine import child, identity
 from engine.control.instance import H_GATEWAY_PID, H_GATEWAY_PORT, H_SUP_PID, Instance
 from engine.gateway import conventions
 from engine.gateway.service import Gateway
@@ -106,6 +106,7 @@ def main(name: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
     """Entry point in the forked child."""
     from metrics.writer import MetricWriter, NullWriter
     child.prepare(inherited, supervisor_pid)
+    identity.become("gateway", name)  # before gRPC's threads; the port follows
     inst = Instance.attach(name)
     p = inst.params
     writer = NullWriter() if p["no_metrics"] else MetricWriter(inst.metrics, inst.metrics.row_map.GATEWAY)
@@ -117,6 +118,7 @@ def main(name: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
     server, port = build_server(gw, p, health)
     inst.hdr[H_GATEWAY_PID] = os.getpid()
     inst.hdr[H_GATEWAY_PORT] = port
+    identity.become("gateway", name, port=port)
     log.info("gateway serving gRPC on %s (port %d), %d session(s) carried over", p["grpc_addr"], port,
              gw.sessions.count())
     try:
