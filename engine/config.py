@@ -202,6 +202,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grpc-max-message-bytes", _positive_int, 64 << 20, "Largest gRPC message the gateway "
             "accepts or sends.", "BYTES"),
     Setting("log-level", _choice("debug", "info", "warning", "error"), "info", "Log level.", "LEVEL"),
+    Setting("log-format", _choice("text", "json"), "text", "Log lines on stderr: text for people, json (one "
+            "object per line: time, level, role, slot, pid, message, exception) for log shippers.", "FORMAT"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

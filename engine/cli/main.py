@@ -14,7 +14,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -41,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+def setup_logging(cfg) -> None:
+    from engine import logfmt
+    logfmt.configure(getattr(cfg, "log_level", "info"), getattr(cfg, "log_format", "text"),
+                     instance=getattr(cfg, "name", ""))
 
 
 def cmd_run(cfg) -> int:
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
         return 2
-    setup_logging(getattr(cfg, "log_level", "info"))
+    setup_logging(cfg)
     try:
         return HANDLERS[args.command](cfg)
     except ConfigError as exc:
