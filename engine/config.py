@@ -142,7 +142,7 @@ class Setting:
         return self.name.replace("-", "_")
 
 
-ALL = ("run", "status", "load", "recall", "stop")
+ALL = ("run", "status", "load", "recall", "stop", "top")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("name", _name, "engram", "Instance name; names its shared memory.", "NAME", commands=ALL),
@@ -344,8 +344,10 @@ SETTINGS = SETTINGS + (
     Setting("ef", _optional_positive_int, None, "HNSW ef for this query (default --ef-search).", "EF",
             commands=("recall",)),
     Setting("json", _bool, False, "Print JSON.", flag_only=True, commands=("status", "recall", "deadletter")),
-    Setting("interval", _positive_float, 1.0, "Seconds between the two metric samples behind rates.",
-            "S", commands=("status",)),
+    Setting("interval", _positive_float, 1.0, "Seconds between the two metric samples behind rates "
+            "(top: between refreshes).", "S", commands=("status", "top")),
+    Setting("count", _non_negative_int, 0, "Frames to show before exiting (0: until q is pressed; 1 when "
+            "the output is not a terminal).", "N", commands=("top",)),
     Setting("timeout", _positive_float, 120.0, "Seconds to wait for the instance to stop.", "S",
             commands=("stop",)),
 )

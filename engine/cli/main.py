@@ -27,6 +27,7 @@ COMMANDS = {
     "load": "Synthetic load with a progress line: rate, duration, spaces, priority mix.",
     "recall": "Quick k-NN recall from the shell.",
     "stop": "Graceful stop: drain, then exit.",
+    "top": "Live view: per worker CPU, utilisation, queues, inserted/s, latencies; q quits.",
     "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
 }
 
@@ -61,6 +62,13 @@ def cmd_status(cfg) -> int:
         from engine.cli.status import render
         print(render(st))
     return 0
+
+
+def cmd_top(cfg) -> int:
+    from engine.cli import top
+    from engine.producer.api import connect
+    with connect(cfg.name) as eng:
+        return top.run(eng.inst, cfg.interval, cfg.count)
 
 
 def cmd_stop(cfg) -> int:
@@ -150,7 +158,7 @@ def cmd_deadletter(cfg) -> int:
 
 
 HANDLERS = {"run": cmd_run, "status": cmd_status, "load": cmd_load, "recall": cmd_recall, "stop": cmd_stop,
-            "deadletter": cmd_deadletter}
+            "deadletter": cmd_deadletter, "top": cmd_top}
 
 
 def main(argv: list[str] | None = None) -> int:
