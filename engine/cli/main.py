@@ -14,7 +14,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -28,6 +27,7 @@ COMMANDS = {
     "load": "Synthetic load with a progress line: rate, duration, spaces, priority mix.",
     "recall": "Quick k-NN recall from the shell.",
     "stop": "Graceful stop: drain, then exit.",
+    "top": "Live view: per worker CPU, utilisation, queues, inserted/s, latencies; q quits.",
     "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
 }
 
@@ -41,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+def setup_logging(cfg) -> None:
+    from engine import logfmt
+    logfmt.configure(getattr(cfg, "log_level", "info"), getattr(cfg, "log_format", "text"),
+                     instance=getattr(cfg, "name", ""))
 
 
 def cmd_run(cfg) -> int:
@@ -61,6 +62,13 @@ def cmd_status(cfg) -> int:
         from engine.cli.status import render
         print(render(st))
     return 0
+
+
+def cmd_top(cfg) -> int:
+    from engine.cli import top
+    from engine.producer.api import connect
+    with connect(cfg.name) as eng:
+        return top.run(eng.inst, cfg.interval, cfg.count)
 
 
 def cmd_stop(cfg) -> int:
@@ -150,7 +158,7 @@ def cmd_deadletter(cfg) -> int:
 
 
 HANDLERS = {"run": cmd_run, "status": cmd_status, "load": cmd_load, "recall": cmd_recall, "stop": cmd_stop,
-            "deadletter": cmd_deadletter}
+            "deadletter": cmd_deadletter, "top": cmd_top}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
         return 2
-    setup_logging(getattr(cfg, "log_level", "info"))
+    setup_logging(cfg)
     try:
         return HANDLERS[args.command](cfg)
     except ConfigError as exc:

@@ -1,9 +1,14 @@
-"""``engram-stream status``: one JSON object built from shared memory, and a table."""
+"""``engram-stream status``: one JSON object built from shared memory, and a table.
+
+Each process appears with the title it gives itself (``engine.identity``),
+so what ``status`` prints is what ``ps``/``top`` show.
+"""
 
 from __future__ import annotations
 
 import time
 
+from engine import identity
 from engine.control import admission
 from engine.control.layouts import LANES
 from engine.control.records import STATE_NAMES
@@ -75,6 +80,7 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
             "state": STATE_NAMES.get(int(sup(s).state), "unknown"),
             "restarts": int(sup(s).restarts),
             "heartbeat_age_s": round(now - hb, 3) if hb > 0 else None,
+            "title": identity.title("worker", inst.name, s, cpu),
         })
     queued, capacity = inst.queued_by_lane(), inst.capacity_by_lane()
     counts = inst.shard_counts
@@ -86,6 +92,7 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
     return {
         "name": inst.name,
         "pid": int(hdr.sup_pid),
+        "title": identity.title("supervisor", inst.name),
         "state": "draining" if hdr.draining else ("running" if hdr.ready else "starting"),
         "started_at": int(hdr.started),
         "dim": inst.dim,
@@ -96,18 +103,34 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
         "pressure": round(inst.pressure(), 4),
         "spaces": spaces,
         "metrics_port": int(hdr.exporter_port) or None,
+        "exporter": exporter_status(inst),
         "gateway": gateway_status(inst),
         "throughput": throughput(inst, interval),
     }
 
 
 def gateway_status(inst: Instance) -> dict | None:
-    """pid (None while it restarts), bound port and open sessions; None with --grpc-addr off."""
+    """pid (None while it restarts), bound port, title and open sessions; None with --grpc-addr off."""
     if inst.params.grpc_addr == "off":
         return None
-    pid = int(inst.header.gateway_pid)
-    return {"pid": pid if pid_alive(pid) else None, "port": int(inst.header.gateway_port) or None,
+    pid, port = int(inst.header.gateway_pid), int(inst.header.gateway_port) or None
+    return {"pid": pid if pid_alive(pid) else None, "port": port,
+            "title": identity.title("gateway", inst.name, port=port),
             "sessions": SessionTable(inst.session_rows).count()}
+
+
+def exporter_status(inst: Instance) -> dict:
+    pid, port = int(inst.header.exporter_pid), int(inst.header.exporter_port) or None
+    return {"pid": pid if pid_alive(pid) else None, "port": port,
+            "title": identity.title("exporter", inst.name, port=port)}
+
+
+def processes(st: dict) -> list[tuple[int | None, str]]:
+    """(pid, title) of every process of the instance, supervisor first."""
+    out = [(st["pid"], st["title"])]
+    out += [(w["pid"], w["title"]) for w in st["workers"]]
+    out += [(c["pid"], c["title"]) for c in (st.get("exporter"), st.get("gateway")) if c is not None]
+    return out
 
 
 def _ms(seconds) -> str:
@@ -133,6 +156,10 @@ def render(st: dict) -> str:
     for lane, q in st["queues"].items():
         used = q["depth"] / q["capacity"] if q["capacity"] else 0.0
         lines.append(f"{lane:<7}  {q['depth']:>9}  {q['capacity']:>9}  {used:>6.1%}")
+    lines.append("")
+    lines.append(f"{'pid':>8}  process")
+    for pid, text in processes(st):
+        lines.append(f"{pid or '-':>8}  {text}")
     lines.append("")
     t = st["throughput"]
     rate = "-" if t["observations_per_second"] is None else f"{t['observations_per_second']:.0f}/s"

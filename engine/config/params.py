@@ -62,6 +62,7 @@ class Params:
     tls_key: str | None
     grpc_max_message_bytes: int
     log_level: str
+    log_format: str
     # Derived by the supervisor's plan.
     slots: int = 1
     slot_cpus: tuple[int | None, ...] = ()

@@ -25,7 +25,7 @@ COMMANDS = {
     "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
 }
 # Settings shared by every command that talks to a running instance.
-ALL = ("run", "status", "load", "recall", "stop")
+ALL = ("run", "status", "load", "recall", "stop", "top")
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grpc-max-message-bytes", p.positive_int, 64 << 20, "Largest gRPC message the gateway "
             "accepts or sends.", "BYTES"),
     Setting("log-level", p.choice("debug", "info", "warning", "error"), "info", "Log level.", "LEVEL"),
+    Setting("log-format", p.choice("text", "json"), "text", "Log lines on stderr: text for people, json (one "
+            "object per line: time, level, role, slot, pid, message, exception) for log shippers.", "FORMAT"),
     Setting("rate", p.positive_float, 5000.0, "Target observations per second.", "N", commands=("load",)),
     Setting("duration", p.positive_float, 20.0, "Seconds of load.", "S", commands=("load",)),
     Setting("spaces", p.positive_int, 3, "Memory spaces to load: default, space-1, space-2, ...", "N",
@@ -126,8 +128,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ef", p.optional_positive_int, None, "HNSW ef for this query (default --ef-search).", "EF",
             commands=("recall",)),
     Setting("json", p.boolean, False, "Print JSON.", flag_only=True, commands=("status", "recall", "deadletter")),
-    Setting("interval", p.positive_float, 1.0, "Seconds between the two metric samples behind rates.",
-            "S", commands=("status",)),
+    Setting("interval", p.positive_float, 1.0, "Seconds between the two metric samples behind rates "
+            "(top: between refreshes).", "S", commands=("status", "top")),
+    Setting("count", p.non_negative_int, 0, "Frames to show before exiting (0: until q is pressed; 1 when "
+            "the output is not a terminal).", "N", commands=("top",)),
     Setting("timeout", p.positive_float, 120.0, "Seconds to wait for the instance to stop.", "S",
             commands=("stop",)),
 )

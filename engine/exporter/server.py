@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from engine import child
+from engine import child, identity
 from engine.control import admission
 from engine.control.layouts import LANES
 from engine.control.records import EXPORTER, STATE_NAMES
@@ -118,6 +118,7 @@ class Health:
 def main(name: str, addr: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
     """Entry point in the forked child."""
     child.prepare(inherited, supervisor_pid)
+    identity.become("exporter", name)  # before the HTTP server's threads; the port follows
     inst = Instance.attach(name, EXPORTER)
     collector = ArrayCollector(inst.metrics, inst.space_names, lambda: live_gauges(inst))
     writer = MetricWriter(inst.metrics, inst.metrics.row_map.EXPORTER)
@@ -126,6 +127,7 @@ def main(name: str, addr: str, inherited: list[int] = (), supervisor_pid: int = 
                    on_reject=lambda reason: writer.inc("exporter_rejected_connections_total", reason=reason))
     inst.header.exporter_pid = os.getpid()
     inst.header.exporter_port = server.port
+    identity.become("exporter", name, port=server.port)
     log.info("exporter serving http://%s:%d/metrics", server.server_address[0], server.port)
     try:
         while os.getppid() == supervisor_pid or not supervisor_pid:

@@ -63,7 +63,7 @@ class Evictions:
         """The answer to a resume of a session the table does not hold."""
         if session_id in self.recent:
             n = self.table.capacity
-            return (f"session {session_id:x} was evicted: the session table was full (--max-sessions={n}) "
+            return (f"session {session_id} was evicted: the session table was full (--max-sessions={n}) "
                     f"and it was the longest-idle session without an open stream; open a new session "
                     f"(what it had accepted is kept)")
-        return f"session {session_id:x} is unknown or expired; open a new one"
+        return f"session {session_id} is unknown or expired; open a new one"

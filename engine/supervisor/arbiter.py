@@ -24,6 +24,7 @@ import os
 import signal
 import time
 
+from engine import identity
 from engine.control import pressure
 from engine.supervisor import salvage
 from engine.supervisor.children import Child, RestartPolicy
@@ -67,6 +68,7 @@ class Supervisor:
     # -- setup -------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
+        identity.become("supervisor", cfg.name)  # children inherit it until they name themselves
         n, cpus = plan_cpus(cfg)
         os.makedirs(cfg.data_dir, mode=0o700, exist_ok=True)
         os.chmod(cfg.data_dir, 0o700)

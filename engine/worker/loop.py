@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from engine import child
+from engine import child, identity
 from engine.storage import deadletter
 from engine.storage.slotstore import SlotStore
 from engine.control.layouts import LANES
@@ -326,6 +326,7 @@ def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
          supervisor_pid: int = 0) -> None:
     """Entry point in the forked child."""
     child.prepare(inherited, supervisor_pid)
+    identity.become("worker", name, slot, cpu)
     # A file-size limit (RLIMIT_FSIZE) must fail the write with EFBIG, which
     # the worker handles like a full disk, not kill it with SIGXFSZ.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
