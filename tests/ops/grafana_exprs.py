@@ -26,7 +26,7 @@ import json
 import re
 from pathlib import Path
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "grafana" / "streaming.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "grafana" / "streaming.json"
 
 _INSTANCE = re.compile(r"\$\{instance(?::regex)?\}|\$instance\b|\[\[instance\]\]")
 

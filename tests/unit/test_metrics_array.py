@@ -7,7 +7,6 @@ row (STYLE §7); the lease tests fork real children.
 import os
 import select
 import signal
-import time
 import uuid
 
 import numpy as np
@@ -21,6 +20,7 @@ from metrics.lease import ProducerRowLease
 from metrics.writer import LockedMetricWriter, MetricWriter
 from shm.lock import LockFile
 from shm.segment import SHM_DIR, object_name
+from tests.harness import wait_for
 
 P = cat.PREFIX
 NAMES = {0: "default", 1: "alpha", 2: "beta"}
@@ -379,10 +379,8 @@ def test_lease_held_by_child_is_freed_by_kill_9(tmp_path):
         os.waitpid(pid, 0)
         pid = None
         lock = LockFile.open(lock_path)
-        deadline = time.monotonic() + 10
-        while not lock.try_acquire(child_row):
-            assert time.monotonic() < deadline, "row lock not released after kill -9"
-            time.sleep(0.01)
+        wait_for(lambda: lock.try_acquire(child_row), 10, interval=0.01,
+                 message="the row lock released after kill -9")
         lock.release(child_row)
 
         again = ProducerRowLease(arr, lock_path)

@@ -6,9 +6,6 @@ against a deadline (never a fixed sleep before an assert); children are
 killed and joined in ``finally``. Every POSIX object is named
 ``/engram.test-<pid>-<uuid>.<part>`` and unlinked by a fixture finalizer; an
 autouse fixture fails any test that leaves one behind in /dev/shm.
-
-Tests named ``test_bug_*`` fail against shm/ as of fbec2e1 on purpose: each
-docstring says which documented contract the code breaks.
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ from shm.lock import InstanceLock, LockFile
 from shm.ring import CLAIM_BYTES, COMMITTED, HEADER_BYTES, Claim, Ring, ring_bytes
 from shm.segment import (SHM_DIR, Segment, WakeSignal, instance_objects, object_name,
                          remove_instance_objects, unlink_quietly, unlink_semaphore_quietly)
+from tests.harness import wait_for
 
 FORK = multiprocessing.get_context("fork")
 TEST_PREFIX = f"test-{os.getpid()}-"
@@ -38,17 +36,6 @@ DEADLINE_S = 10.0
 
 
 # ---------------------------------------------------------------- helpers
-def wait_until(predicate, what: str, timeout: float = DEADLINE_S, interval: float = 0.005):
-    """Poll ``predicate`` until it is true; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def recv(conn, what: str, timeout: float = DEADLINE_S):
     """Next message from a child, or fail at the deadline."""
     if not conn.poll(timeout):
@@ -479,7 +466,8 @@ def test_lockfile_excludes_other_processes_and_is_released_on_kill(lockfile):
         lockfile.release(4)
         assert not lockfile.try_acquire(3)
         os.kill(proc.pid, signal.SIGKILL)
-        wait_until(lambda: lockfile.try_acquire(3), "the kernel to release byte 3 of the killed child")
+        wait_for(lambda: lockfile.try_acquire(3), DEADLINE_S, interval=0.005,
+                 message="the kernel to release byte 3 of the killed child")
         lockfile.release(3)
         proc.join(DEADLINE_S)
         assert proc.exitcode == -signal.SIGKILL
@@ -580,7 +568,8 @@ def test_instance_lock_names_its_holder_and_is_released_on_kill(tmp_path):
         assert not mine.try_acquire(), "second instance took the lock"
         assert mine.holder_pid() == proc.pid
         os.kill(proc.pid, signal.SIGKILL)
-        wait_until(mine.try_acquire, "the kernel to release the killed holder's flock")
+        wait_for(mine.try_acquire, DEADLINE_S, interval=0.005,
+                 message="the kernel to release the killed holder's flock")
         assert mine.holder_pid() == os.getpid()
     finally:
         stop(proc)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import threading
-import time
 import urllib.request
 
 import grpc
@@ -19,18 +16,11 @@ import pytest
 
 from engine.client import AsyncClient, Client
 from engine.errors import GatewayError
-pass
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
-from tests.conftest import wait_for
+from tests.harness import wait_for
 
 DIM = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gateway_port(ep) -> int:
@@ -286,47 +276,6 @@ def test_overload_retry_after_status_push_and_exactly_once_retries(engine_factor
     low.close()
 
 
-def test_gateway_kill_9_client_resumes_without_loss_or_duplicate(engine_factory):
-    port = free_port()
-    ep = engine_factory(grpc_addr=f"127.0.0.1:{port}")
-    tgt = f"127.0.0.1:{port}"
-    inst = ep.engine().inst
-    n, batch = 6000, 200
-    ids, vecs = np.arange(n, dtype=np.uint64), vectors(n, 7)
-    sent = {"acks": []}
-    killed = []
-
-    def killer():
-        for _ in range(3):
-            wait_for(lambda: len(sent["acks"]) >= 5 * (len(killed) + 1), 60, interval=0.005,
-                     message="progress before a kill")
-            pid = int(inst.header.gateway_pid)
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-            wait_for(lambda: int(inst.header.gateway_pid) not in (0, pid), 30, message="gateway restarted")
-
-    k = threading.Thread(target=killer)
-    k.start()
-    with Client(tgt, retry_timeout=60) as c, c.stream("resume") as s:
-        first_id = s.session_id
-        for lo in range(0, n, batch):
-            sent["acks"].append(s.send(ids[lo:lo + batch], vecs[lo:lo + batch]))
-        assert s.session_id == first_id  # resumed, not reopened
-    k.join(60)
-    assert len(killed) == 3
-    assert sum(a.accepted for a in sent["acks"]) == n
-    assert all(not a.rejected for a in sent["acks"]), [a for a in sent["acks"] if a.rejected]
-    wait_for(lambda: inserted(ep, "resume") == n, 60, message="all inserted")
-    assert enqueued(ep) == n
-    assert "restarted" in ep.log()
-    st = ep.engine().status()
-    assert st["throughput"]["observations_total"] == n
-    assert st["gateway"]["pid"] not in killed and st["gateway"]["port"] == port
-    health = json.loads(urllib.request.urlopen(
-        f"http://127.0.0.1:{int(inst.header.exporter_port)}/api/v1/system/health", timeout=10).read())
-    assert health["components"]["gateway"]["status"] == "up"
-
-
 def test_recall_over_grpc_equals_local_recall(engine_factory):
     ep = engine_factory()
     eng = ep.engine()
@@ -434,10 +383,9 @@ def test_async_client(engine_factory):
                 assert s.next_sequence == 1001
             info = await c.info()
             assert info["limits"]["dim"] == DIM
-            wait = time.monotonic() + 60
-            while inserted(ep, "asyncio") < 100:
-                assert time.monotonic() < wait, "100 observations not inserted within 60 s"
-                await asyncio.sleep(0.05)
+            # polled in a thread: the event loop keeps serving the channel meanwhile
+            await asyncio.to_thread(wait_for, lambda: inserted(ep, "asyncio") >= 100, 60,
+                                    message="100 observations inserted")
             res = await c.recall("asyncio", vectors(100, 5)[:3], k=1)
             return res
 

@@ -1,4 +1,4 @@
-"""Real engine, real worker processes (2 workers), real shared memory."""
+"""Real engine, real worker processes (2 workers), real shared memory; the CLI against it."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import observe_all, wait_for
 from engine.errors import InvalidInput
 from engine.control.layouts import LANE_INDEX
 from engine.producer.routing import home_slot
 from metrics import readout
 from shm.segment import instance_objects
+from tests.harness import observe_all, wait_for
 
 DIM = 16
 
@@ -275,27 +275,6 @@ def test_second_instance_same_name_is_refused(engine_factory, tmp_path):
     assert same_dir.returncode == 3 and "in use" in same_dir.stderr
     assert not instance_objects("other-name")
     assert ep.status()["state"] == "running"  # the first one is untouched
-
-
-def test_flapping_slot_is_parked_and_its_queue_drained(engine_factory):
-    ep = engine_factory(flap_restarts=3, flap_window=60, park_seconds=300, steal_threshold=100000)
-    eng = ep.engine()
-    space = "parked"
-    slot = home_slot(space, 2)
-    for crash in range(3):
-        pid = wait_for(lambda: next((w["pid"] for w in ep.status()["workers"]
-                                     if w["slot"] == slot and w["state"] == "running"), None),
-                       30, message=f"slot running before crash {crash}")
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: ep.status()["workers"][slot]["pid"] != pid, 30, message="crash noticed")
-    wait_for(lambda: ep.status()["workers"][slot]["state"] == "parked", 30, message="parked")
-    rng = np.random.default_rng(8)
-    vecs = rng.standard_normal((300, DIM)).astype(np.float32)
-    assert eng.observe(space, np.arange(300), vecs).accepted == 300
-    wait_for(lambda: total_vectors(ep, space) == 300, 30, message="parked slot's queue drained")
-    counts = eng.inst.shard_counts[:, eng.spaces.lookup(space)]
-    assert counts[slot] == 0 and counts[1 - slot] == 300
-    assert "parked" in ep.log()
 
 
 def test_invalid_flag_value_fails_fast_naming_it(tmp_path):

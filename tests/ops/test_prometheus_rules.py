@@ -22,7 +22,7 @@ import yaml  # PyYAML
 
 from metrics.catalog import BY_NAME, HISTOGRAM, PREFIX
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "prometheus"
 RULE_FILES = ("alerts.yml", "recording.yml")
 TEST_FILES = ("tests/alerts_test.yml", "tests/recording_test.yml")

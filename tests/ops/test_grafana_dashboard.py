@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from grafana_exprs import DASHBOARD, concrete, dashboard_exprs, iter_panels
 from metrics.catalog import CATALOG, DOMAINS, HISTOGRAM, PREFIX
+from tests.ops.grafana_exprs import DASHBOARD, concrete, dashboard_exprs, iter_panels
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 RATE_WINDOW = "[$__rate_interval]"

@@ -12,10 +12,9 @@ import urllib.request
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import observe_all, wait_for
 from engine.errors import InvalidInput
-pass
 from metrics.catalog import CATALOG, PREFIX
+from tests.harness import observe_all, wait_for
 
 DIM = 16
 

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -25,19 +24,11 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import EngineProcess, observe_all, wait_for
-pass
-from grafana_exprs import concrete, dashboard_exprs
 from shm.segment import instance_objects
+from tests.harness import ROOT, EngineProcess, free_port, observe_all, wait_for
+from tests.ops.grafana_exprs import concrete, dashboard_exprs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIM = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shortened_rules(src: str, dst: str) -> None:

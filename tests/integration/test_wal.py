@@ -1,4 +1,5 @@
-"""The write-ahead log: format, damage handling, and recovery by real workers."""
+"""The write-ahead log with real workers: recovery after kill -9, stop and start,
+damaged tails, a changed worker count, a killed process group, a poison batch."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from conftest import EngineProcess, observe_all, wait_for
 from engine.storage import deadletter
-from engine.storage.wal import WalWriter, replay
 from engine.storage.walgen import generations
 from metrics import readout
+from tests.harness import EngineProcess, observe_all, wait_for
 
 DIM = 16
 
@@ -22,69 +21,6 @@ DIM = 16
 def batch(n, seed, start=0):
     rng = np.random.default_rng(seed)
     return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, DIM)).astype(np.float32)
-
-
-def read_all(path):
-    out = []
-    stats = replay(path, lambda s, i, v: out.append((s, i.copy(), v.copy())))
-    return out, stats
-
-
-def test_round_trip_in_order(tmp_path):
-    path = str(tmp_path / "wal" / "slot-0.log")
-    w = WalWriter(path, "always")
-    written = [("alpha",) + batch(3, 1), ("beta",) + batch(5, 2, 100)]
-    for space, ids, vecs in written:
-        nbytes, synced = w.append(space, ids, vecs)
-        assert nbytes > ids.nbytes + vecs.nbytes and synced is not None  # always: synced each time
-    w.close()
-    assert os.stat(path).st_mode & 0o777 == 0o600
-    got, stats = read_all(path)
-    assert stats.records == 2 and stats.vectors == 8 and stats.dropped_bytes == 0
-    for (s1, i1, v1), (s2, i2, v2) in zip(written, got):
-        assert s1 == s2 and (i1 == i2).all() and np.array_equal(v1, v2)
-
-
-@pytest.mark.parametrize("damage", ["torn", "garbage", "bitflip"])
-def test_damaged_tail_is_cut_off_and_counted(tmp_path, damage):
-    path = str(tmp_path / "slot-0.log")
-    w = WalWriter(path, "never")
-    for k in range(3):
-        w.append("space", *batch(4, k, 10 * k))
-    w.close()
-    size = os.path.getsize(path)
-    with open(path, "r+b") as fh:
-        if damage == "torn":
-            fh.truncate(size - 7)  # the last record lost its end
-        elif damage == "garbage":
-            fh.seek(0, 2)
-            fh.write(os.urandom(100))  # junk after three good records
-        else:
-            fh.seek(size - 20)
-            b = fh.read(1)
-            fh.seek(size - 20)
-            fh.write(bytes([b[0] ^ 0xFF]))  # the last record's checksum no longer matches
-    got, stats = read_all(path)
-    good = 3 if damage == "garbage" else 2
-    assert stats.records == good and len(got) == good
-    assert stats.dropped_bytes > 0
-    # The file now ends at the last good record: appends follow good data.
-    again, stats2 = read_all(path)
-    assert stats2.records == good and stats2.dropped_bytes == 0
-    w = WalWriter(path, "never")
-    w.append("space", *batch(1, 9, 999))
-    w.close()
-    assert read_all(path)[1].records == good + 1
-
-
-def test_interval_policy_syncs_when_a_second_old(tmp_path):
-    now = [0.0]
-    w = WalWriter(str(tmp_path / "x.log"), "interval", clock=lambda: now[0])
-    assert w.append("space", *batch(1, 1))[1] is None  # last sync is fresh
-    assert w.tick() is None
-    now[0] += 1.5
-    assert w.tick() is not None and not w.dirty
-    w.close()
 
 
 def total(ep) -> int:
@@ -121,9 +57,7 @@ def test_stop_and_start_again_keeps_every_vector(tmp_path):
         assert first.terminate(60) == 0
     finally:
         first.cleanup()
-    second = EngineProcess(tmp_path)
-    second.name, second.data_dir = first.name, first.data_dir
-    second.args = first.args
+    second = first.successor()
     try:
         second.start()
         assert second.status()["spaces"]["keep-me"]["vectors"] == 1500
@@ -148,8 +82,7 @@ def test_corrupt_log_tail_is_reported_and_the_rest_recovered(tmp_path):
     newest = generations(first.data_dir, 0)[-1][1]
     with open(newest, "ab") as fh:
         fh.write(b"\x57\x41\x4c\x31" + os.urandom(64))  # a record header and garbage: a torn append
-    second = EngineProcess(tmp_path, workers=1)
-    second.name, second.data_dir, second.args = first.name, first.data_dir, first.args
+    second = first.successor()
     try:
         second.start()
         assert second.status()["spaces"]["damaged"]["vectors"] == 300
@@ -177,54 +110,6 @@ def test_other_worker_count_on_the_same_data_dir_is_refused(tmp_path):
     assert "--workers 2" in out.stderr
 
 
-def test_chaos_random_worker_killed_every_second_loses_and_duplicates_nothing(engine_factory):
-    """30,000 observations over 4 spaces while a random worker is killed every
-    second: afterwards each space holds exactly the accepted ids, each its own top-1."""
-    import random
-    import threading
-    import time
-    ep = engine_factory(fsync="interval", flap_restarts=1000, steal_threshold=200)
-    eng = ep.engine()
-    spaces = ["chaos-0", "chaos-1", "chaos-2", "chaos-3"]
-    rng = np.random.default_rng(77)
-    vecs = rng.standard_normal((30000, DIM)).astype(np.float32)
-    stop = threading.Event()
-    kills = []
-
-    def killer():
-        r = random.Random(7)
-        while not stop.wait(1.0):
-            alive = [w["pid"] for w in ep.status()["workers"] if w["state"] == "running" and w["pid"]]
-            if alive:
-                pid = r.choice(alive)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    kills.append(pid)
-                except ProcessLookupError:
-                    pass
-    t = threading.Thread(target=killer, daemon=True)
-    t.start()
-    try:
-        started = time.monotonic()
-        for k in range(0, 30000, 250):  # about 3,000/s: the stream spans ~10 kills
-            observe_all(eng, spaces[(k // 250) % 4], np.arange(k, k + 250), vecs[k:k + 250], timeout=120)
-            time.sleep(max(0.0, started + (k + 250) / 3000 - time.monotonic()))
-    finally:
-        stop.set()
-        t.join(10)
-    assert len(kills) >= 8
-    wait_for(lambda: all(w["state"] == "running" for w in ep.status()["workers"]), 60, message="all running")
-    wait_for(lambda: total(ep) == 30000, 120, message="every accepted observation inserted")
-    st = ep.status()
-    for i, space in enumerate(spaces):
-        mine = np.concatenate([np.arange(k, k + 250) for k in range(i * 250, 30000, 1000)])
-        assert st["spaces"][space]["vectors"] == len(mine) == 7500
-        res = eng.recall(space, vecs[mine], k=1)
-        assert res.complete
-        assert (res.ids[:, 0] == mine).mean() >= 0.99  # each its own top-1 (HNSW is approximate)
-        assert np.isin(res.ids[:, 0], mine).all()  # nothing from another space
-
-
 def test_killed_process_group_loses_no_acknowledged_observation(tmp_path):
     """kill -9 of supervisor, workers and exporter at once, with observations
     queued and some claimed in flight: the next start carries them over from
@@ -250,13 +135,11 @@ def test_killed_process_group_loses_no_acknowledged_observation(tmp_path):
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         first.proc.wait(30)
-        eng.close()
-        first._engine = None
+        first.disconnect()
     finally:
         if first.proc.poll() is None:
             first.cleanup()
-    second = EngineProcess(tmp_path, fsync="always", steal_threshold=100000)
-    second.name, second.data_dir, second.args = first.name, first.data_dir, first.args
+    second = first.successor()
     try:
         second.start()
         wait_for(lambda: total(second) == 1300, 60, message="every acknowledged observation back")
