@@ -52,9 +52,21 @@ def make_worker(inst, slot, clock=None, shards=None):
     return w
 
 
-def metric(inst, name, **index):
-    block = readout.block(inst.metrics, inst.metrics.snapshot(), name)
-    return float(block.sum())
+def metric(inst, name, **labels):
+    """A counter or gauge summed over the rows of every writer, restricted to
+    the label values given (``memory_space`` as a space index, ``worker_id``
+    as a slot) and summed over the labels not given."""
+    array = inst.metrics
+    p = array.cellmap.placement(name)
+    if p.width != 1:
+        raise ValueError(f"{name} is a histogram: use readout.histogram")
+    unknown = set(labels) - {d.label for d in p.dims}
+    if unknown:
+        raise ValueError(f"{name} has no label {sorted(unknown)} (labels: {[d.label for d in p.dims]})")
+    block = readout.block(array, array.snapshot(), name)[..., 0]  # one axis per label, in catalog order
+    where = tuple(array.cellmap.label_index(p, d, labels[d.label]) if d.label in labels else slice(None)
+                  for d in p.dims)
+    return float(block[where].sum())
 
 
 def drain(worker):
@@ -78,12 +90,17 @@ def test_a_batch_is_inserted_committed_and_recorded(inst):
     batches = drain(w)
     ring = inst.ring(0, LANE_INDEX["low"])
     assert ring.tail == ring.head == 120
-    assert w.shards.count(eng.spaces.lookup(space)) == 120
-    assert metric(inst, "observations_total") == 120
-    assert metric(inst, "batches_processed_total") == batches
+    idx = eng.spaces.lookup(space)
+    assert w.shards.count(idx) == 120
+    assert metric(inst, "observations_total", memory_space=idx, priority="low") == 120
+    assert metric(inst, "observations_total", memory_space=idx, priority="normal") == 0
+    assert metric(inst, "observations_total") == 120  # and nowhere else
+    assert metric(inst, "batches_processed_total", worker_id=0) == batches
+    assert metric(inst, "batches_processed_total", worker_id=1) == 0
     bounds, counts, total = readout.histogram(inst.metrics, inst.metrics.snapshot(), "batch_size")
     assert counts.sum() == batches and total == 120
     assert readout.histogram(inst.metrics, inst.metrics.snapshot(), "observation_latency_seconds")[1].sum() == 120
+    assert metric(inst, "index_vectors", memory_space=idx) == 120
     assert metric(inst, "index_vectors") == 120
 
 
@@ -101,6 +118,7 @@ def test_a_failed_batch_is_counted_left_claimed_and_redone_by_the_next_owner(ins
     claim = broken.next_claim()
     with pytest.raises(RuntimeError, match="simulated"):
         broken.process(claim)
+    assert metric(inst, "batch_failures_total", worker_id=0, error_type="insert_error") == 1
     assert metric(inst, "batch_failures_total") == 1
     ring = inst.ring(0, LANE_INDEX["normal"])
     assert ring.open_claimers() == {0} and ring.tail == 0
@@ -120,10 +138,12 @@ def test_idle_worker_steals_about_half_above_the_threshold(inst):
     claims = thief.steal()
     taken = sum(c.count for c in claims)
     assert 0 < taken <= 500 and all(c.count <= 50 for c in claims)
-    assert metric(inst, "work_stolen_total") == len(claims)
+    assert metric(inst, "work_stolen_total", worker_id=1) == len(claims)
+    assert metric(inst, "work_stolen_total", worker_id=0) == 0
     for c in claims:
         thief.process(c)
     drain(owner)
+    assert metric(inst, "batches_processed_total", worker_id=1) == len(claims)  # one batch per stolen claim
     idx = eng.spaces.lookup(space)
     assert owner.shards.count(idx) + thief.shards.count(idx) == 1000
     assert thief.shards.count(idx) == taken
@@ -152,6 +172,7 @@ def test_space_index_out_of_range_in_a_ring_is_refused(inst):
     w = make_worker(inst, 0)
     with pytest.raises(ValueError, match="outside"):
         w.process(w.next_claim())
+    assert metric(inst, "batch_failures_total", worker_id=0, error_type="other") == 1
     assert metric(inst, "batch_failures_total") == 1
 
 
