@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 import uuid
 
 import numpy as np
@@ -102,6 +103,18 @@ def test_a_batch_is_inserted_committed_and_recorded(inst):
     assert readout.histogram(inst.metrics, inst.metrics.snapshot(), "observation_latency_seconds")[1].sum() == 120
     assert metric(inst, "index_vectors", memory_space=idx) == 120
     assert metric(inst, "index_vectors") == 120
+
+
+def test_the_producer_stamps_enqueue_times_from_the_monotonic_clock(inst):
+    """shm/ring.py: enq_time is what the producer passes; workers subtract it
+    from their own time.monotonic(), so the producer must use that clock too."""
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    before = time.monotonic()
+    assert eng.observe(space, np.arange(10), np.ones((10, DIM), np.float32)).accepted == 10
+    after = time.monotonic()
+    times = inst.ring(0, LANE_INDEX["normal"]).times[:10]
+    assert ((before <= times) & (times <= after)).all(), (before, times, after)
 
 
 def test_a_failed_batch_is_counted_left_claimed_and_redone_by_the_next_owner(inst):
