@@ -6,7 +6,8 @@ Layers, one folder each, marked by folder (``pytest -m unit`` and so on):
                     processes at most; seconds for the whole layer
 * ``integration/``  real engines (``engine_factory``, ``EngineProcess``,
                     ``python -m engine`` subprocesses)
-* ``chaos/``        real engines under kill storms, kill -9 cycles, flapping
+* ``chaos/``        real engines under kill storms, kill -9 cycles, flapping, a
+                    whole process group killed with work in flight
 * ``ops/``          Grafana dashboard, Prometheus rules and a live Prometheus,
                     generated docs
 
