@@ -33,13 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ingest  # noqa: E402
 
 from engine.client import Client  # noqa: E402
-pass
+from tests.harness import wait_for  # noqa: E402  (ingest put the repository root on sys.path)
 
 
 def drained(eng, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while sum(eng.inst.queued_by_lane()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: sum(eng.inst.queued_by_lane()) == 0, timeout, message="the queues drained")
 
 
 def local_round(eng, space: str, ids: np.ndarray, vecs: np.ndarray, batch: int) -> float:
@@ -71,11 +69,7 @@ def measure(dim: int, args) -> dict:
         try:
             run.start()
             eng = run.eng
-            port = int(eng.inst.header.gateway_port)
-            deadline = time.monotonic() + 30
-            while not port and time.monotonic() < deadline:
-                time.sleep(0.05)
-                port = int(eng.inst.header.gateway_port)
+            port = wait_for(lambda: int(eng.inst.header.gateway_port), 30, message="the gateway's port")
             target = f"127.0.0.1:{port}"
             for r in range(args.rounds):
                 base = np.uint64(r * 2 * args.n)

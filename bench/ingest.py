@@ -50,11 +50,9 @@ import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
 from importlib import metadata  # noqa: E402
 
 import hnswlib  # noqa: E402
@@ -65,7 +63,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from engine.producer.routing import home_slot  # noqa: E402
-from shm.segment import instance_objects, remove_instance_objects  # noqa: E402
+from tests.harness import EngineExited, EngineProcess  # noqa: E402
 
 M = 16
 EF_CONSTRUCTION = 200
@@ -153,82 +151,43 @@ def make_data(n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 # -- engine ----------------------------------------------------------------------
 class EngineRun:
-    """One real instance: start, wait until ready, always tear down."""
+    """One real instance (tests/harness.py): start, wait until every worker runs, always tear down."""
 
     def __init__(self, workers: int, dim: int, n: int, batch: int, workdir: str,
                  extra: tuple[str, ...] = ()):
-        self.name = f"bench{os.getpid()}x{uuid.uuid4().hex[:8]}"
-        self.data_dir = os.path.join(workdir, self.name)
-        self.log_path = os.path.join(workdir, self.name + ".log")
         self.capacity_normal = max(n + 1000, math.ceil(n / (OVERLOADED_AT - 0.1)) + batch)
-        self.args = [sys.executable, "-m", "engine", "run", "--name", self.name,
-                     "--data-dir", self.data_dir, "--workers", str(workers), "--dim", str(dim),
-                     "--metric", METRIC, "--hnsw-m", str(M), "--ef-construction", str(EF_CONSTRUCTION),
-                     "--capacity-normal", str(self.capacity_normal),
-                     "--capacity-high", str(16 * workers), "--capacity-low", str(16 * workers),
-                     "--metrics-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--log-level", "warning", *extra]
-        self.proc: subprocess.Popen | None = None
+        self.instance = EngineProcess(
+            workdir, defaults=None, prefix="bench", extra_args=extra, log_tail=5000,
+            workers=workers, dim=dim, metric=METRIC, hnsw_m=M, ef_construction=EF_CONSTRUCTION,
+            capacity_normal=self.capacity_normal, capacity_high=16 * workers, capacity_low=16 * workers,
+            metrics_addr="127.0.0.1:0", grpc_addr="127.0.0.1:0", log_level="warning")
+        self.name = self.instance.name
         self.eng = None
-        self._log = None
 
     def start(self, timeout: float = 60.0) -> None:
-        from engine import connect
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                if self.eng is None:
-                    self.eng = connect(self.name)
-                st = self.eng.status()
-                if st["state"] == "running" and all(w["state"] == "running" for w in st["workers"]):
-                    return
-            except Exception as exc:  # still starting: segments not there yet
-                last = exc
-                if self.eng is not None:
-                    self.eng.close()
-                    self.eng = None
-            time.sleep(0.05)
-        raise BenchError(f"instance {self.name} not ready after {timeout:.0f}s ({last!r})\n{self.log()}")
+        try:
+            self.instance.start(wait=False)
+            self.instance.wait_ready(timeout, workers=True)
+        except AssertionError as exc:  # exited, or not ready in time: the message carries the log
+            raise BenchError(str(exc)) from None
+        self.eng = self.instance.engine()
 
     def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"engine exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            self.instance.check_alive()
+        except EngineExited as exc:
+            raise BenchError(str(exc)) from None
 
     def log(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as fh:
-                return fh.read()[-5000:]
-        except OSError:
-            return ""
+        return self.instance.log()
 
     def teardown(self) -> None:
-        if self.eng is not None:
-            self.eng.close()
-            self.eng = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        remove_instance_objects(self.name)
-        if self._log is not None:
-            self._log.close()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        if instance_objects(self.name):
+        self.eng = None
+        self.instance.disconnect()
+        self.instance.terminate(30)
+        left = self.instance.cleanup()
+        shutil.rmtree(self.instance.data_dir, ignore_errors=True)
+        if left:
             print(f"warning: shared memory of {self.name} left behind", file=sys.stderr)
 
 

@@ -23,8 +23,8 @@ Layout of one ring inside a segment, starting at ``offset`` (64-byte aligned)::
     0    8               head      u64   producers, under the ring lock
     8    8               claimed   u64   consumers, under the ring lock
     16   8               tail      u64   consumers, under the ring lock
-    24   8               capacity  u64   creator, once
-    32   8               dim       u64   creator, once
+    24   8               capacity  u64   creator, once (C)
+    32   8               dim       u64   creator, once (D)
     40   8               claim_slots u64 creator, once (K)
     48   16              reserved
     64   40              publish journal (``enqueue(journal=...)``):
@@ -37,7 +37,9 @@ Layout of one ring inside a segment, starting at ``offset`` (64-byte aligned)::
                            (state 0 free, 1 claimed, 2 committed)
     ...  8*C  (align 64) ids       u64[C]
     ...  4*C  (align 64) space     u32[C]
-    ...  8*C  (align 64) enq_time  f64[C]   (time.time() of enqueue)
+    ...  8*C  (align 64) enq_time  f64[C]   enqueue time, as the producer passes it
+                                           (the engine's: time.monotonic(), one
+                                           clock for every process of the host)
     ...  4*C*D (align 64) vectors  f32[C, D]
 
 Concurrency contract: every mutation happens under the ring's byte lock in a

@@ -9,7 +9,7 @@ import socket
 import numpy as np
 
 from engine.rpc import engram_pb2 as pb
-from tests.conftest import wait_for
+from tests.harness import wait_for
 
 DIM = 16
 

@@ -21,7 +21,7 @@ import time
 
 import psutil
 
-from engine.cli.status import _quantiles, collect
+from engine.control.report import _quantiles, collect
 from engine.control.layouts import LANES, LANE_INDEX
 from engine.control.instance import Instance
 from metrics import readout

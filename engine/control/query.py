@@ -1,6 +1,6 @@
 """Recall requests through shared memory: one client, many answering workers.
 
-Query segment layout (``engine.control.instance.query_layout``; Q slots, S worker
+Query segment layout (``engine.control.layouts.query_layout``; Q slots, S worker
 slots, B query vectors per request, K = max k, D = dim)::
 
     req     i64[Q, 8]        seq, space, nq, k, ef; the client holding slot j

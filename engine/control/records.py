@@ -1,6 +1,6 @@
 """Typed records of the control block, each cell with its single writer named in code.
 
-The control block (``engine.control.instance``) holds three arrays of
+The control block (``engine.control.layouts``) holds three arrays of
 counters and flags that every process reads: the header ``hdr i8[16]``,
 one supervisor record per slot ``slot_sup i8[S, 12]`` and one live record
 per slot ``slot_live f8[S, 8]``. A record object is a view of one row that

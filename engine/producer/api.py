@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.control import admission
 from engine.control import pressure
+from engine.control import report
 from engine.producer import validation
 from engine.errors import InvalidInput, NotRunning, shown
 from engine.control.layouts import LANE_INDEX
@@ -238,8 +239,7 @@ class Engine:
     # -- status / teardown -------------------------------------------------
     def status(self, interval: float = 0.0) -> dict:
         """The ``engram-stream status --json`` object; ``interval`` > 0 adds rates."""
-        from engine.cli.status import collect
-        return collect(self.inst, interval)
+        return report.collect(self.inst, interval)
 
     def close(self) -> None:
         if self._lease is not None:
