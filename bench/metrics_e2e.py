@@ -46,6 +46,7 @@ def in_process(dim: int, n: int, pairs: int) -> dict:
     from engine import config
     from engine.control.instance import Instance
     from engine.control.records import WORKER
+    from shm.lock import InstanceLock
     from engine.producer.api import Engine
     from engine.worker.shards import ShardSet
     from engine.supervisor.preflight import instance_params
@@ -60,7 +61,10 @@ def in_process(dim: int, n: int, pairs: int) -> dict:
     ns.data_dir = data_dir
     cfg = config.resolve(ns, "run", env={})
     inst = Instance.create(instance_params(cfg, 1, [None]))
-    inst.header.sup_pid = os.getpid()  # this process stands in for the supervisor
+    inst.header.sup_pid = os.getpid()  # this process stands in for the supervisor:
+    inst_lock = InstanceLock(os.path.join(inst.params.data_dir, "LOCK"))  # its pid, its lock and its run id
+    assert inst_lock.try_acquire(run_id=1)
+    inst.header.run_id = 1  # the run id producers check the lock against
     vecs = np.random.default_rng(7).standard_normal((n, dim)).astype(np.float32)
     out: dict[str, list[float]] = {"on": [], "off": []}
     try:

@@ -58,6 +58,7 @@ from engine.supervisor.preflight import instance_params  # noqa: E402
 from engine.worker.shards import ShardSet  # noqa: E402
 from engine.worker.loop import Worker  # noqa: E402
 from metrics.writer import MetricWriter  # noqa: E402
+from shm.lock import InstanceLock
 from shm.segment import remove_instance_objects  # noqa: E402
 
 SPACE = "bench"
@@ -87,7 +88,11 @@ def make_instance(args, data_dir: str) -> Instance:
     ns.snapshot_interval, ns.snapshot_wal_bytes, ns.fsync = "0", "0", args.fsync
     cfg = config.resolve(ns, "run", env={})
     inst = Instance.create(instance_params(cfg, 1, [None]))
-    inst.header.sup_pid = os.getpid()  # this process stands in for the supervisor
+    inst.header.sup_pid = os.getpid()  # this process stands in for the supervisor:
+    inst_lock = InstanceLock(os.path.join(inst.params.data_dir, "LOCK"))  # its pid, its lock and its run id
+    assert inst_lock.try_acquire(run_id=1)
+    inst.header.run_id = 1  # the run id producers check the lock against
+    inst.stand_in_lock = inst_lock  # held as long as the instance (the lock goes with its object)
     inst.sup(0).state = RUNNING
     return inst
 

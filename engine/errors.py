@@ -60,6 +60,10 @@ class ResizeError(EngineError, RuntimeError):
     """An HNSW shard could not grow (``resize_index`` failed)."""
 
 
+class SpillError(EngineError):
+    """The file of observations saved by the last stop cannot be read back."""
+
+
 class SnapshotError(EngineError):
     """A snapshot on disk is missing, damaged or does not match its checksums."""
 

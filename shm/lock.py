@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from contextlib import contextmanager
 
 _cache: dict[tuple[int, str], "LockFile"] = {}
@@ -101,7 +102,8 @@ class InstanceLock:
         self.path = path
         self._fd: int | None = None
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, run_id: int = 0) -> bool:
+        """Take the lock; the file then says ``<pid> <run_id>`` (``read_holder``)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -109,9 +111,31 @@ class InstanceLock:
             os.close(fd)
             return False
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {run_id}\n".encode())
         self._fd = fd
         return True
+
+    def acquire_within(self, seconds: float, run_id: int = 0, step: float = 0.05) -> bool:
+        """``try_acquire`` until it succeeds or ``seconds`` pass: a producer
+        checking liveness takes a shared lock for a moment
+        (``engine.control.liveness``), which must not fail a start."""
+        deadline = time.monotonic() + seconds
+        while not self.try_acquire(run_id):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(step)
+        return True
+
+    @staticmethod
+    def held(fd: int) -> bool:
+        """Whether some process holds the exclusive lock on the file of ``fd``
+        (a shared lock taken and dropped at once: it never blocks)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
 
     def fileno(self) -> int | None:
         """The held descriptor (forked children close it), or None."""
@@ -120,9 +144,18 @@ class InstanceLock:
     def holder_pid(self) -> int | None:
         try:
             with open(self.path) as fh:
-                return int(fh.read().strip() or 0) or None
-        except (OSError, ValueError):
+                return int(fh.read().split()[0]) or None
+        except (OSError, ValueError, IndexError):
             return None
+
+    @staticmethod
+    def read_run_id(fd: int) -> int:
+        """The run id the holder wrote (0 if none or unreadable); one pread."""
+        try:
+            fields = os.pread(fd, 64, 0).split()
+            return int(fields[1]) if len(fields) > 1 else 0
+        except (OSError, ValueError):
+            return 0
 
     def release(self) -> None:
         if self._fd is not None:

@@ -45,6 +45,7 @@ class Segment:
         self.created = created
         self._mmap: mmap.mmap | None = None
         self.buf: memoryview | None = None
+        self.inode = 0
 
     @classmethod
     def create(cls, name: str, size: int) -> "Segment":
@@ -70,6 +71,9 @@ class Segment:
 
     def _map(self, mem: "posix_ipc.SharedMemory") -> None:
         try:
+            # Which object this mapping is: a later create of the same name
+            # (a restart) is another inode (engine.control.liveness).
+            self.inode = os.fstat(mem.fd).st_ino
             self._mmap = mmap.mmap(mem.fd, mem.size)
         finally:
             mem.close_fd()

@@ -16,6 +16,7 @@ the repository root on ``sys.path``).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -105,11 +106,13 @@ class EngineProcess:
 
     ``flags`` (underscores or dashes; ``""`` for a flag without value) are
     laid over ``defaults`` (the test flags unless given); ``extra_args`` are
-    appended verbatim.
+    appended verbatim. ``hooks`` (``engine.config.hooks.Hooks`` fields) start
+    the engine through ``tests.launch``, which injects them.
     """
 
     def __init__(self, workdir, *, defaults: dict | None = TEST_FLAGS, prefix: str = "t",
-                 extra_args: tuple[str, ...] = (), log_tail: int = 20000, **flags):
+                 extra_args: tuple[str, ...] = (), log_tail: int = 20000, hooks: dict | None = None,
+                 **flags):
         self.workdir = str(workdir)
         self.name = f"{prefix}{os.getpid()}x{uuid.uuid4().hex[:8]}"
         self.data_dir = os.path.join(self.workdir, f"data-{self.name}")
@@ -117,7 +120,8 @@ class EngineProcess:
         self.log_tail = log_tail
         merged = {k.replace("_", "-"): v for k, v in (defaults or {}).items()}
         merged.update({k.replace("_", "-"): v for k, v in flags.items()})
-        self.args = [sys.executable, "-m", "engine", "run", "--name", self.name,
+        launcher = ["-m", "tests.launch", json.dumps(hooks)] if hooks else ["-m", "engine"]
+        self.args = [sys.executable, *launcher, "run", "--name", self.name,
                      "--data-dir", self.data_dir, *flag_args(merged), *extra_args]
         self.proc: subprocess.Popen | None = None
         self._engine = None

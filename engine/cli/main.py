@@ -19,23 +19,13 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 from engine import config  # noqa: E402
-from engine.errors import ConfigError, EngineError, InstanceRunning, InvalidInput, NotRunning  # noqa: E402
-
-COMMANDS = {
-    "run": "Start an instance: supervisor and one pinned worker per CPU.",
-    "status": "Workers, pids, CPUs, states, queue depths, spaces.",
-    "load": "Synthetic load with a progress line: rate, duration, spaces, priority mix.",
-    "recall": "Quick k-NN recall from the shell.",
-    "stop": "Graceful stop: drain, then exit.",
-    "top": "Live view: per worker CPU, utilisation, queues, inserted/s, latencies; q quits.",
-    "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
-}
-
+from engine import exitcodes  # noqa: E402
+from engine.errors import ConfigError, EngineError, InstanceRunning  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engram-stream", description="Streaming vector ingestion engine.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in COMMANDS.items():
+    for name, help_text in config.COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         config.add_arguments(p, name)
     return parser
@@ -48,8 +38,8 @@ def setup_logging(cfg) -> None:
 
 
 def cmd_run(cfg) -> int:
-    from engine.supervisor.arbiter import Supervisor
-    return Supervisor(cfg).run()
+    from engine.cli.entries import supervisor
+    return supervisor(cfg).run()
 
 
 def cmd_status(cfg) -> int:
@@ -61,7 +51,7 @@ def cmd_status(cfg) -> int:
     else:
         from engine.cli.status import render
         print(render(st))
-    return 0
+    return exitcodes.OK
 
 
 def cmd_top(cfg) -> int:
@@ -86,7 +76,7 @@ def cmd_stop(cfg) -> int:
             return _report_exit(cfg.name, pid, record_path)
         time.sleep(0.1)
     print(f"instance {cfg.name!r} still running after {cfg.timeout:.0f}s", file=sys.stderr)
-    return 1
+    return exitcodes.ERROR
 
 
 def _running(pid: int) -> bool:
@@ -106,9 +96,10 @@ def _report_exit(name: str, pid: int, record_path: str) -> int:
         record = None
     if record is None or record.get("pid") != pid:
         print(f"instance {name!r} stopped (no exit record found)")
-        return 0
+        return exitcodes.OK
     print(f"instance {name!r} stopped: {record['reason']} (exit code {record['exit_code']})")
-    return 0 if record["exit_code"] == 0 else 1
+    # A backlog saved for the next start is a clean stop too: nothing acknowledged was lost.
+    return exitcodes.OK if record["exit_code"] in (exitcodes.OK, exitcodes.BACKLOG) else exitcodes.ERROR
 
 
 def cmd_recall(cfg) -> int:
@@ -127,12 +118,12 @@ def cmd_recall(cfg) -> int:
     if cfg.json:
         print(json.dumps({"ids": res.ids[0].tolist(), "distances": res.distances[0].tolist(),
                           "complete": res.complete, "ms": round(ms, 3)}))
-        return 0
+        return exitcodes.OK
     print(f"space {cfg.space}: {res.ids.shape[1]} result(s) in {ms:.2f} ms"
           f"{'' if res.complete else ' (INCOMPLETE: a shard did not answer)'}")
     for rank, (i, d) in enumerate(zip(res.ids[0], res.distances[0]), 1):
         print(f"{rank:>3}  id {int(i):<20}  distance {float(d):.6f}")
-    return 0
+    return exitcodes.OK
 
 
 def cmd_load(cfg) -> int:
@@ -145,16 +136,16 @@ def cmd_deadletter(cfg) -> int:
     records = deadletter.read_all(cfg.data_dir)
     if cfg.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "vectors"} for r in records]))
-        return 0
+        return exitcodes.OK
     if not records:
         print(f"no dead-lettered batches in {cfg.data_dir}")
-        return 0
+        return exitcodes.OK
     for r in records:
         ids = r.get("ids", [])
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.get("time", 0)))
         print(f"{when}  slot {r.get('slot')}  {len(ids)} observation(s) of {', '.join(r.get('spaces', []))}"
               f"  ids {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}  reason: {r.get('reason')}")
-    return 0
+    return exitcodes.OK
 
 
 HANDLERS = {"run": cmd_run, "status": cmd_status, "load": cmd_load, "recall": cmd_recall, "stop": cmd_stop,
@@ -167,21 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.resolve(args, args.command)
     except ConfigError as exc:
         print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return exitcodes.CONFIG
     setup_logging(cfg)
     try:
         return HANDLERS[args.command](cfg)
     except ConfigError as exc:
         print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return exitcodes.CONFIG
     except InstanceRunning as exc:
         print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
-        return 3
-    except (NotRunning, InvalidInput, EngineError) as exc:
+        return exitcodes.RUNNING
+    except EngineError as exc:
         print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return exitcodes.ERROR
     except KeyboardInterrupt:
-        return 130
+        return exitcodes.FORCED
 
 
 def entry() -> None:

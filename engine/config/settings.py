@@ -22,6 +22,7 @@ COMMANDS = {
     "load": "Synthetic load with a progress line: rate, duration, spaces, priority mix.",
     "recall": "Quick k-NN recall from the shell.",
     "stop": "Graceful stop: drain, then exit.",
+    "top": "Live view: per worker CPU, utilisation, queues, inserted/s, latencies; q quits.",
     "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
 }
 # Settings shared by every command that talks to a running instance.

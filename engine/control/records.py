@@ -98,7 +98,7 @@ class Header(Record):
 
     WIDTH = 16
     params_len = Cell(0, (SUPERVISOR,), doc="bytes of the JSON parameters at offset 64")
-    sup_pid = Cell(1, (SUPERVISOR,), doc="supervisor pid (for signals; liveness uses run_id)")
+    sup_pid = Cell(1, (SUPERVISOR,), doc="supervisor pid, for signals (liveness: engine.control.liveness)")
     ready = Cell(2, (SUPERVISOR,), doc="1 once every slot runs")
     admission_closed = Cell(3, (SUPERVISOR,), doc="1 from the start of a graceful stop")
     draining = Cell(4, (SUPERVISOR,), doc="1 while the queues drain before a stop")
@@ -111,7 +111,8 @@ class Header(Record):
     exporter_port = Cell(11, (EXPORTER,), doc="bound port (--metrics-addr may name port 0)")
     gateway_pid = Cell(12, (GATEWAY,))
     gateway_port = Cell(13, (GATEWAY,), doc="bound gRPC port")
-    # 14, 15: unused
+    run_id = Cell(14, (SUPERVISOR,), doc="random id of this run, also in <data-dir>/LOCK (liveness)")
+    # 15: unused
 
 
 # Slot states, written by the supervisor into SupervisorRecord.state.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 
 from engine import child, identity
@@ -18,12 +19,15 @@ from engine.control.layouts import LANES
 from engine.control.records import EXPORTER, STATE_NAMES
 from engine.control.instance import Instance, pid_alive
 from engine.control.pressure import unwritable
+from engine.signals import SignalQueue
 from engine.control.sessions import SessionTable
 from metrics.collector import ArrayCollector
 from metrics.exporter import serve
 from metrics.writer import MetricWriter
 
 log = logging.getLogger("engram.exporter")
+
+PARENT_CHECK_S = 0.5
 
 
 
@@ -129,8 +133,17 @@ def main(name: str, addr: str, inherited: list[int] = (), supervisor_pid: int = 
     inst.header.exporter_port = server.port
     identity.become("exporter", name, port=server.port)
     log.info("exporter serving http://%s:%d/metrics", server.server_address[0], server.port)
+    # SIGTERM (the supervisor's stop, sent once the workers are gone) ends the
+    # loop; the handler only enqueues. Without a supervisor pid (run alone)
+    # only SIGTERM ends it, and the wait still sleeps: it never spins.
+    signals = SignalQueue()
+    signals.install((signal.SIGTERM,))
     try:
-        while os.getppid() == supervisor_pid or not supervisor_pid:
-            time.sleep(0.5)
+        while not supervisor_pid or os.getppid() == supervisor_pid:
+            signals.wait(PARENT_CHECK_S)
+            if signals.pop() == signal.SIGTERM:
+                log.info("exporter stopping (SIGTERM)")
+                break
     finally:
         server.shutdown()
+        signals.uninstall()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import time
+import signal
 from concurrent import futures
 
 import grpc
@@ -23,11 +23,15 @@ from engine.control.instance import Instance
 from engine.control.records import GATEWAY
 from engine.gateway import conventions
 from engine.gateway.service import Gateway
+from engine.signals import SignalQueue
 from engine.rpc import engram_pb2_grpc as pb_grpc
 
 log = logging.getLogger("engram.gateway")
 
 TICK_S = 0.25
+# Calls still running at a stop get this long to end (streams end within one
+# poll of stop_streams); then gRPC cancels them.
+STOP_GRACE_S = 2.0
 EXTRA_THREADS = 16         # handler threads beyond --max-sessions (unary calls, recall streams)
 
 
@@ -122,14 +126,24 @@ def main(name: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
     identity.become("gateway", name, port=port)
     log.info("gateway serving gRPC on %s (port %d), %d session(s) carried over", p.grpc_addr, port,
              gw.sessions.count())
+    # SIGTERM (the supervisor's stop) ends the loop; the handler only enqueues.
+    # Without a supervisor pid (run alone) only SIGTERM ends it; the wait
+    # sleeps either way, it never spins.
+    signals = SignalQueue()
+    signals.install((signal.SIGTERM,))
     try:
-        while os.getppid() == supervisor_pid or not supervisor_pid:
-            if int(inst.header.sup_pid) != supervisor_pid and supervisor_pid:
+        while not supervisor_pid or (os.getppid() == supervisor_pid
+                                     and int(inst.header.sup_pid) == supervisor_pid):
+            signals.wait(TICK_S)
+            if signals.pop() == signal.SIGTERM:
+                log.info("gateway stopping (SIGTERM): ending %d open stream(s) with a final status",
+                         len(gw.attached))
                 break
-            time.sleep(TICK_S)
             gw.tick()
             health.update()
     finally:
+        gw.stop_streams()  # each open stream pushes a final Status and ends (OK), within a poll
         health.shutdown()
-        server.stop(grace=1.0)
+        server.stop(grace=STOP_GRACE_S).wait()
+        signals.uninstall()
 

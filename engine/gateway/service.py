@@ -67,6 +67,7 @@ class Gateway(pb_grpc.EngramServicer):
         self.p = inst.params
         self.engine = Engine(inst, writer=writer)
         self.sessions = SessionTable(inst.session_rows)
+        self.stopping = threading.Event()  # set at the process's stop: streams end with a final status
         self.table_lock = threading.Lock()
         self.row_locks = [threading.Lock() for _ in range(self.sessions.capacity)]
         self.attached: dict[int, object] = {}  # session row -> token of the stream serving it
@@ -120,6 +121,9 @@ class Gateway(pb_grpc.EngramServicer):
             last_status = (state, refused)
             last_msg = time.monotonic()
             while True:
+                if self.stopping.is_set():
+                    yield pb.ServerMessage(status=self._final_status(row, priority))
+                    return
                 msg = reader.get(POLL_S)
                 if self.attached.get(row) is not token:
                     context.abort(grpc.StatusCode.ABORTED, "this session was resumed on another stream")
@@ -157,6 +161,21 @@ class Gateway(pb_grpc.EngramServicer):
         with self.table_lock:
             self.sessions.close(row)
         self.event(event)
+
+    def stop_streams(self) -> None:
+        """Make every open ObserveStream push a final Status and end (the process is stopping)."""
+        self.stopping.set()
+
+    def _final_status(self, row: int, priority: str) -> pb.Status:
+        state = int(self.inst.header.bp_state)
+        kept = (f"every batch acknowledged so far is kept (session {self.sessions.session_id(row)}, next "
+                f"sequence {self.sessions.next_seq(row)})")
+        if self.inst.header.stop:  # the whole engine stops: the session table goes with its shared memory
+            text = f"the engine is stopping: this stream ends now; {kept}; open a new session when it is back"
+        else:
+            text = f"the gateway is restarting: this stream ends now; {kept}; reconnect and resume the session"
+        return pb.Status(backpressure=state, paused=True, retry_after_ms=self._retry_ms(state, priority),
+                         message=text)
 
     def _status(self, priority: str, state: int, refused: bool) -> pb.Status:
         blocked = pressure.unwritable(self.inst)

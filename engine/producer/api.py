@@ -24,7 +24,8 @@ from engine.producer import validation
 from engine.errors import InvalidInput, NotRunning, shown
 from engine.control.layouts import LANE_INDEX
 from engine.control.records import PRODUCER
-from engine.control.instance import Instance, pid_alive
+from engine.control.instance import Instance
+from engine.control.liveness import Liveness
 from engine.control.query import QueryClient
 from engine.control.spaces import SpaceRegistry
 from engine.producer.recall import exact_distances, merge
@@ -37,10 +38,12 @@ DEFAULT_RECALL_TIMEOUT_S = 5.0
 
 
 class Engine:
-    def __init__(self, inst: Instance, writer=None):
+    def __init__(self, inst: Instance, writer=None, liveness: Liveness | None = None):
         """``writer``: record metrics into this writer (the gateway's own
-        row) instead of a leased producer row."""
+        row) instead of a leased producer row. ``liveness``: how to tell the
+        run is still live (tests inject their own)."""
         self.inst = inst
+        self.liveness = liveness if liveness is not None else Liveness(inst)
         self.params = inst.params
         self.dim = inst.dim
         self.metric = self.params.metric
@@ -131,12 +134,12 @@ class Engine:
                    f"{priority} lane full: {n - written} of {n} rejected")
 
     def _check_alive(self) -> None:
-        """Refuse to queue into the shared memory of a supervisor that is gone:
-        nothing would ever insert it, yet the ack would say accepted."""
-        pid = int(self.inst.header.sup_pid)
-        if not pid_alive(pid):
-            raise NotRunning(f"instance {self.inst.name!r} is gone (supervisor pid {pid} exited); "
-                             f"reconnect once it runs again")
+        """Refuse to queue into the shared memory of a run that is gone: nothing
+        would ever insert it, yet the ack would say accepted (``Liveness``:
+        not a pid, which another process may have by now)."""
+        why = self.liveness.why_not()
+        if why is not None:
+            raise NotRunning(f"instance {self.inst.name!r} is not running: {why}")
 
     def _targets(self, space: str, lane: int) -> tuple[list, list[int], list[int]]:
         """(the lane's rings, free room of each, slots in spill order)."""
@@ -245,6 +248,7 @@ class Engine:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+        self.liveness.close()
         self.inst.close()
 
     def __enter__(self) -> "Engine":
@@ -269,11 +273,12 @@ def connect(name: str = "engram") -> Engine:
         raise NotRunning(f"no running engram instance named {shown(name)} on this host") from None
     except LayoutError as exc:
         raise NotRunning(f"instance {shown(name)} is not ready: {exc}") from None
-    pid = int(inst.header.sup_pid)
-    if not pid_alive(pid):
+    liveness = Liveness(inst)
+    why = liveness.why_not()
+    if why is not None:
+        liveness.close()
         inst.close()
         # Shared memory outlives a killed supervisor; the next start of the
         # name carries its queued observations over and removes it.
-        raise NotRunning(f"instance {name!r} is not running (shared memory of a dead run, supervisor "
-                         f"pid {pid}, is still there; the next start of {name!r} takes it over)")
-    return Engine(inst)
+        raise NotRunning(f"instance {shown(name)} is not running: {why}")
+    return Engine(inst, liveness=liveness)

@@ -78,7 +78,7 @@ def _candidates(sdir: str, slot: int) -> list[Entry]:
 
 
 def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, metrics,
-            heartbeat=lambda: None) -> Recovered:
+            heartbeat=lambda: None, delay_s: float = 0.0) -> Recovered:
     """Load the newest good snapshot into ``shards`` and replay the log after it.
     ``register(name) -> space index``; ``publish(space, count)`` after each change."""
     started = time.monotonic()
@@ -112,6 +112,8 @@ def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, met
             space = register(name)
             publish(space, shards.adopt(space, index))
         out.loaded = entry
+        if delay_s:
+            time.sleep(delay_s)  # test hook (engine.config.hooks): a load that takes long
         log.info("slot %d: loaded snapshot %s (%d vectors) in %.1fs", slot, entry.dir,
                  sum(i.get_current_count() for _, i in loaded), time.monotonic() - started)
         break

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from engine.storage import recovery
 from engine.control.instance import Instance
+from engine.config.hooks import NONE as NO_HOOKS, Hooks
 from engine.storage.snapshotter import Snapshotter
 from engine.storage.walgen import WalLog
 from shm.ring import Claim
@@ -48,8 +49,9 @@ class Blocked:
 
 class SlotStore:
     def __init__(self, inst: Instance, slot: int, shards, spaces, metrics, clock=time.monotonic,
-                 snapshot_cpus: set[int] | None = None):
+                 snapshot_cpus: set[int] | None = None, hooks: Hooks = NO_HOOKS):
         self.inst = inst
+        self.hooks = hooks
         self.slot = slot
         self.shards = shards
         self.spaces = spaces
@@ -66,12 +68,12 @@ class SlotStore:
         p = self.inst.params
         meta = {"slot": self.slot, "dim": p.dim, "metric": p.metric}
         rec = recovery.recover(p.data_dir, self.slot, meta, self.shards, self.spaces.register, publish,
-                               self.metrics, heartbeat)
+                               self.metrics, heartbeat, self.hooks.recovery_delay_s)
         self.wal = WalLog(p.data_dir, self.slot, p.fsync, rec.first_generation)
         self.snapshots = Snapshotter(p.data_dir, self.slot, self.shards, self.inst.space_name, self.wal,
                                      rec.entries, meta, self.metrics, p.snapshot_interval,
                                      p.snapshot_wal_bytes, rec.uncovered_bytes, self.snapshot_cpus,
-                                     self.clock)
+                                     self.clock, self.hooks.snapshot_pause_s)
         self.metrics.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
 
     # -- appending ------------------------------------------------------------------

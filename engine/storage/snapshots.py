@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import hnswlib
 
 from engine.errors import SnapshotError
-from engine.storage.walgen import fsync_dir
+from engine.fsutil import fsync_dir
 
 FORMAT = 1
 KEEP = 2

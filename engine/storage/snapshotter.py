@@ -55,14 +55,14 @@ RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 # Test hook: the child pauses this long after writing its files, before the
 # rename (tests/test_snapshot.py kills a worker mid-snapshot). Unset in production.
-PAUSE_S = float(os.environ.get("ENGRAM_TEST_SNAPSHOT_PAUSE_S") or 0)
 
 
 class Snapshotter:
     def __init__(self, data_dir: str, slot: int, shards, name_of, wal, entries: list[Entry], meta: dict,
                  metrics, interval_s: float, wal_bytes: int, uncovered: int = 0, cpus=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, pause_s: float = 0.0):
         self.sdir = snapshots.slot_dir(data_dir, slot)
+        self.pause_s = pause_s  # test hook (engine.config.hooks): the child waits before writing
         self.slot = slot
         self.shards = shards
         self.name_of = name_of
@@ -136,7 +136,7 @@ class Snapshotter:
             # The rotation left these syncs to this process, off the insert path.
             self.wal.sync_closed(gen - 1)
             entry = snapshots.write(self.sdir, gen, shards, self.meta,
-                                    (lambda tmp: time.sleep(PAUSE_S)) if PAUSE_S else None)
+                                    (lambda tmp: time.sleep(self.pause_s)) if self.pause_s else None)
             # The bookkeeping too (its fsyncs and deletions would stall the
             # worker): the manifest, then what retention no longer needs.
             kept, dropped, wal_from = snapshots.retain(self.entries + [entry])

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from engine.fsutil import fsync_dir
 from engine.storage.wal import WalWriter
 
 
@@ -48,15 +49,6 @@ def generations(data_dir: str, slot: int) -> list[tuple[int, str]]:
         elif name == f"slot-{slot}.log":
             out.append((0, os.path.join(wal_dir(data_dir), name)))
     return sorted(out)
-
-
-def fsync_dir(path: str) -> None:
-    """Make a create, rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class WalLog:

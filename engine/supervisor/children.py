@@ -43,12 +43,13 @@ class RestartPolicy:
     park_seconds: float
     backoff_max: float
 
-    def on_exit(self, child: Child, now: float) -> bool:
-        """Record an unexpected exit; returns True if the child is now parked."""
+    def on_exit(self, child: Child, now: float, may_park: bool = True) -> bool:
+        """Record an unexpected exit; returns True if the child is now parked.
+        ``may_park`` False (the last slot that can run) backs off instead."""
         child.exits.append(now)
         while child.exits and now - child.exits[0] > self.flap_window:
             child.exits.popleft()
-        if child.kind == "worker" and len(child.exits) >= self.flap_restarts:
+        if may_park and child.kind == "worker" and len(child.exits) >= self.flap_restarts:
             child.parked_until = now + self.park_seconds
             return True
         child.next_start = now + min(FIRST_BACKOFF_S * 2 ** (len(child.exits) - 1), self.backoff_max)

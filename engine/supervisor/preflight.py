@@ -8,14 +8,17 @@ removed), room in /dev/shm, a bindable exporter address.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
 
 from engine.config import Params
 from engine.errors import ConfigError, InstanceRunning
+from engine.fsutil import atomic_write
 from engine.control.layouts import required_bytes
-from engine.control.instance import pid_alive, read_header, read_params
+from engine.control.instance import read_header, read_params
+from shm.lock import InstanceLock
 from shm.errors import LayoutError, SegmentMissing
 from shm.segment import Segment, instance_objects, object_name
 
@@ -43,24 +46,42 @@ def instance_params(cfg, slots: int, cpus: list[int | None]) -> Params:
     return Params.plan(cfg, slots, cpus)
 
 
-def check_name_free(name: str) -> bool:
-    """Refuse if a live instance uses ``name``; True if a dead one left objects behind."""
+def check_name_free(name: str, data_dir: str) -> bool:
+    """Refuse if a live instance uses ``name``; True if a dead one left objects behind.
+
+    Live means its supervisor still holds the lock of its data directory (a
+    pid is no proof: a dead supervisor's pid may be another process's now).
+    The caller holds ``data_dir``'s lock already, so a run of the same data
+    directory is dead by construction."""
     try:
         seg = Segment.attach(object_name(name, "ctl"))
     except SegmentMissing:
         seg = None
     if seg is not None:
         try:
-            read_params(seg.buf)
+            params = read_params(seg.buf)
             pid = read_header(seg.buf).sup_pid
         except LayoutError:
-            pid = 0
+            params, pid = None, 0
         finally:
             seg.close()
-        if pid and pid != os.getpid() and pid_alive(pid):
+        if params is not None and os.path.abspath(params.data_dir) != os.path.abspath(data_dir) \
+                and _lock_held(os.path.join(params.data_dir, "LOCK")):
             raise InstanceRunning(f"an engram instance named {name!r} is already running "
-                                  f"(supervisor pid {pid}); stop it or choose another --name")
+                                  f"(supervisor pid {pid}, data directory {params.data_dir}); stop it or "
+                                  f"choose another --name")
     return bool(instance_objects(name))
+
+
+def _lock_held(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return InstanceLock.held(fd)
+    finally:
+        os.close(fd)
 
 
 def check_bindable(addr: str, flag: str) -> None:
@@ -92,7 +113,7 @@ def check_gateway_files(cfg) -> None:
             raise ConfigError(f"{flag}={path!r}: the file is empty")
 
 
-def check_shm_room(params: dict, shm_dir: str = "/dev/shm") -> None:
+def check_shm_room(params: Params, shm_dir: str = "/dev/shm") -> None:
     """Fail before creating anything if /dev/shm cannot hold the instance:
     tmpfs allocates on first touch, so an overfull one would SIGBUS a worker.
     A dead run's segments of the same name are about to be removed: they count as free."""
@@ -111,33 +132,55 @@ def check_shm_room(params: dict, shm_dir: str = "/dev/shm") -> None:
                           f"{shm_dir} (e.g. docker --shm-size)")
 
 
-def check_wal_manifest(data_dir: str, params: dict) -> None:
-    """The write-ahead logs of a data directory belong to one shape of engine:
-    a start with another worker count, dimension or metric would leave some
-    logs unread or unreadable, so it is refused rather than silently losing data.
-    The first start writes ``<data-dir>/wal/manifest.json``."""
-    import json
-    shape = {"slots": params.slots, "dim": params.dim, "metric": params.metric}
-    wal_dir = os.path.join(data_dir, "wal")
-    path = os.path.join(wal_dir, "manifest.json")
+def _manifest_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "wal", "manifest.json")
+
+
+def _shape(params: Params) -> dict:
+    return {"slots": params.slots, "dim": params.dim, "metric": params.metric, "hnsw_m": params.hnsw_m,
+            "ef_construction": params.ef_construction}
+
+
+def check_wal_manifest(data_dir: str, params: Params) -> None:
+    """The write-ahead logs and snapshots of a data directory belong to one
+    shape of engine: a start with another worker count, dimension or metric
+    would leave some logs unread or unreadable, and another ``--hnsw-m`` or
+    ``--ef-construction`` would be ignored by the shards loaded from disk
+    (hnswlib keeps the values an index was built with). Such a start is
+    refused, naming the flags to give, rather than losing data or silently
+    running with other values. Reads only; ``write_wal_manifest`` records
+    the shape."""
+    path = _manifest_path(data_dir)
     try:
         with open(path) as fh:
             found = json.load(fh)
     except FileNotFoundError:
-        found = None
+        return
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable ({exc}); move it aside only if the logs beside it "
                           f"are not needed") from None
-    if found is not None and {k: found.get(k) for k in shape} != shape:
-        raise ConfigError(
-            f"--data-dir={data_dir!r} holds write-ahead logs of an engine with {found.get('slots')} "
-            f"workers, dim {found.get('dim')}, metric {found.get('metric')}; start with --workers "
-            f"{found.get('slots')} --dim {found.get('dim')} --metric {found.get('metric')}, or use "
-            f"another --data-dir (this one keeps its data)")
-    os.makedirs(wal_dir, mode=0o700, exist_ok=True)
-    if found is None:
-        with open(path + ".tmp", "w") as fh:
-            json.dump(shape, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(path + ".tmp", path)
+    flags = {"slots": "--workers", "dim": "--dim", "metric": "--metric", "hnsw_m": "--hnsw-m",
+             "ef_construction": "--ef-construction"}
+    # A manifest of an older version lacks the HNSW keys: those are not checked (and are recorded).
+    differ = {k: v for k, v in _shape(params).items() if k in found and found[k] != v}
+    if differ:
+        given = " ".join(f"{flags[k]}={v}" for k, v in differ.items())
+        keep = " ".join(f"{flags[k]} {found[k]}" for k in differ)
+        raise ConfigError(f"--data-dir={data_dir!r} holds data of an engine built with {keep} ({given} "
+                          f"given): start with {keep}, or use another --data-dir (this one keeps its data)")
+
+
+def write_wal_manifest(data_dir: str, params: Params) -> None:
+    """Record the shape ``check_wal_manifest`` accepted (first start, or keys an older manifest lacks)."""
+    path = _manifest_path(data_dir)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        with open(path) as fh:
+            found = json.load(fh)
+    except (OSError, ValueError):
+        found = {}
+    shape = {**_shape(params), **found}
+    if shape != found:
+        atomic_write(path, json.dumps(shape).encode())
+
+

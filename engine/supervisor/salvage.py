@@ -57,7 +57,6 @@ def collect(name: str, slots: int, dim: int) -> list[Leftover]:
         log.warning("dead run of %r left shared memory that cannot be read (%s); its queued "
                     "observations are dropped", name, exc)
         return []
-    out: list[Leftover] = []
     try:
         if old.slots != slots or old.dim != dim:
             queued = sum(old.queued_by_lane())
@@ -65,36 +64,45 @@ def collect(name: str, slots: int, dim: int) -> list[Leftover]:
                 log.warning("dead run of %r had %d worker(s) at dim %d; %d queued observation(s) "
                             "cannot be carried over", name, old.slots, old.dim, queued)
             return []
-        names = old.space_names()
-        invalid: dict[str, int] = {}  # space name that does not validate -> observations dropped
-        for ring in old.rings:
-            slot, lane = divmod(ring.ring_id, len(LANES))
-            where, owner = ring.uncommitted()
-            spaces = ring.spaces[where]
-            for claimer in np.unique(owner):
-                for space in np.unique(spaces[owner == claimer]):
-                    name_of = names.get(int(space))
-                    if not name_of or not -1 <= claimer < slots:
-                        continue  # untrusted bytes: an unknown space or slot is dropped
-                    sel = where[(owner == claimer) & (spaces == space)]
-                    if not valid_space(name_of):
-                        # never mapped onto a valid space, whatever its bytes resemble
-                        invalid[name_of] = invalid.get(name_of, 0) + len(sel)
-                        continue
-                    out.append(Leftover(slot, lane, None if claimer < 0 else int(claimer), name_of,
-                                        ring.ids[sel].copy(), ring.vectors[sel].copy()))
+        return collect_from(old)
     except LayoutError as exc:
         log.warning("dead run of %r: corrupt ring (%s); its queued observations are dropped", name, exc)
         return []
     finally:
         old.close()
+
+
+def collect_from(inst: Instance) -> list[Leftover]:
+    """Copy every uncommitted record out of ``inst``'s rings (a dead run's, or
+    this run's own once its workers are gone: ``engine.supervisor.spill``).
+    Raises LayoutError on a ring whose counters are out of bounds."""
+    slots = inst.slots
+    out: list[Leftover] = []
+    names = inst.space_names()
+    invalid: dict[str, int] = {}  # space name that does not validate -> observations dropped
+    for ring in inst.rings:
+        slot, lane = divmod(ring.ring_id, len(LANES))
+        where, owner = ring.uncommitted()
+        spaces = ring.spaces[where]
+        for claimer in np.unique(owner):
+            for space in np.unique(spaces[owner == claimer]):
+                name_of = names.get(int(space))
+                if not name_of or not -1 <= claimer < slots:
+                    continue  # untrusted bytes: an unknown space or slot is dropped
+                sel = where[(owner == claimer) & (spaces == space)]
+                if not valid_space(name_of):
+                    # never mapped onto a valid space, whatever its bytes resemble
+                    invalid[name_of] = invalid.get(name_of, 0) + len(sel)
+                    continue
+                out.append(Leftover(slot, lane, None if claimer < 0 else int(claimer), name_of,
+                                    ring.ids[sel].copy(), ring.vectors[sel].copy()))
     for bad, n in invalid.items():
-        log.error("dead run of %r: %d queued observation(s) name the memory space %.80r, which is not a "
-                  "valid name; dropped, not carried over into any space", name, n, bad)
+        log.error("run of %r: %d queued observation(s) name the memory space %.80r, which is not a "
+                  "valid name; dropped, not carried over into any space", inst.name, n, bad)
     return out
 
 
-def restore(inst: Instance, leftovers: list[Leftover]) -> int:
+def restore(inst: Instance, leftovers: list[Leftover], source: str = "left queued by a dead run") -> int:
     """Put carried-over records into the new rings; returns how many were restored."""
     spaces = SpaceRegistry(inst)
     restored = 0
@@ -116,5 +124,5 @@ def restore(inst: Instance, leftovers: list[Leftover]) -> int:
         if n < len(ids):
             log.error("could not carry over %d observation(s) of %r: ring full", len(ids) - n, space)
     if restored:
-        log.warning("carried over %d acknowledged observation(s) left queued by a dead run", restored)
+        log.warning("carried over %d acknowledged observation(s) %s", restored, source)
     return restored

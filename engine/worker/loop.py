@@ -34,6 +34,7 @@ import time
 import numpy as np
 
 from engine import child, identity
+from engine.config.hooks import NONE as NO_HOOKS, Hooks
 from engine.storage import deadletter
 from engine.storage.slotstore import SlotStore
 from engine.control.layouts import LANES
@@ -58,13 +59,12 @@ UTILIZATION_WINDOW_S = 1.0
 QUERY_CHECK_S = 0.005
 MAX_STEAL_CLAIMS = 32
 POISON_AFTER_DEATHS = 2
-# Test hook: a worker whose batch contains this id exits as if it crashed
-# (tests/test_wal.py injects a poison batch with it). Unset in production.
-CRASH_ON_ID = os.environ.get("ENGRAM_TEST_CRASH_ON_ID")
 class Worker:
-    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic):
+    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic,
+                 hooks: Hooks = NO_HOOKS):
         p = inst.params
         self.inst = inst
+        self.hooks = hooks
         self.slot = slot
         self.shards = shards
         self.clock = clock
@@ -99,7 +99,7 @@ class Worker:
             def publish(space: int, count: int) -> None:
                 self.counts[space] = count
             self.store = SlotStore(self.inst, self.slot, self.shards, self.spaces, self.metrics, self.clock,
-                                   snapshot_cpus)
+                                   snapshot_cpus, self.hooks)
             self.store.open(publish, self.heartbeat)
             for space in np.flatnonzero(self.counts):
                 self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
@@ -292,7 +292,7 @@ class Worker:
                     self.answer_queries()
                 if positions is not None:
                     self.live.claim_start = positions[lo]
-                if CRASH_ON_ID is not None and int(CRASH_ON_ID) in ids[lo:lo + step]:
+                if self.hooks.crash_on_id is not None and self.hooks.crash_on_id in ids[lo:lo + step]:
                     os._exit(70)  # test hook: behave like a batch that crashes its worker
                 self.counts[space] = self.shards.insert(space, ids[lo:lo + step], vectors[lo:lo + step])
         except ResizeError:
@@ -323,7 +323,7 @@ def pin(cpu: int | None) -> None:
 
 
 def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
-         supervisor_pid: int = 0) -> None:
+         supervisor_pid: int = 0, hooks: Hooks = NO_HOOKS) -> None:
     """Entry point in the forked child."""
     child.prepare(inherited, supervisor_pid)
     identity.become("worker", name, slot, cpu)
@@ -340,7 +340,7 @@ def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
                       p.shard_initial_capacity)
     worker = None
     try:
-        worker = Worker(inst, slot, shards)
+        worker = Worker(inst, slot, shards, hooks=hooks)
         worker.start(durable=True, snapshot_cpus=usable)
         while not worker.stopping():
             worker.step()

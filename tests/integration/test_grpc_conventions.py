@@ -20,7 +20,8 @@ from engine.gateway import conventions
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
 from tests.harness import wait_for
-from tests.test_gateway import RawStream, _stop_workers, target, vectors
+from tests.gateway_helpers import RawStream, target, vectors
+from tests.integration.test_gateway import _stop_workers
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -125,12 +125,11 @@ def test_stop_takes_a_final_snapshot_and_a_corrupt_newest_falls_back(tmp_path):
         second.cleanup()
 
 
-def test_kill_9_during_a_snapshot_loses_nothing_and_leaves_no_temp_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("ENGRAM_TEST_SNAPSHOT_PAUSE_S", "30")  # the child holds its temp directory open
-    ep = EngineProcess(tmp_path, workers=1, snapshot_wal_bytes=30000)
+def test_kill_9_during_a_snapshot_loses_nothing_and_leaves_no_temp_files(tmp_path):
+    # The snapshot child holds its temp directory open for 30 s (hook).
+    ep = EngineProcess(tmp_path, workers=1, snapshot_wal_bytes=30000, hooks={"snapshot_pause_s": 30})
     try:
         ep.start()
-        monkeypatch.delenv("ENGRAM_TEST_SNAPSHOT_PAUSE_S")
         placed = ingest(ep.engine(), ["mid-a", "mid-b"], 2000, 4)
         wait_for(lambda: total(ep) == 2000, 60, message="inserted")
         sdir = snapshots.slot_dir(ep.data_dir, 0)

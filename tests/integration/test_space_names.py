@@ -101,7 +101,7 @@ def test_a_dead_runs_records_of_an_invalid_name_are_not_carried_over(monkeypatch
     ids, vecs = batch(6, 7)
     ring = SimpleNamespace(ring_id=0, ids=ids, vectors=vecs, spaces=np.array([0, 0, 1, 1, 1, 0]),
                            uncommitted=lambda: (np.arange(6), np.full(6, -1)))
-    old = SimpleNamespace(slots=1, dim=DIM, rings=[ring], space_names=lambda: {0: LONG, 1: BAD},
+    old = SimpleNamespace(name="x", slots=1, dim=DIM, rings=[ring], space_names=lambda: {0: LONG, 1: BAD},
                           close=lambda: None)
     monkeypatch.setattr(salvage.Instance, "attach", staticmethod(lambda name, role: old))
     with caplog.at_level(logging.ERROR, logger="engram.supervisor"):

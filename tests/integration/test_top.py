@@ -46,7 +46,7 @@ def test_top_in_a_terminal_refreshes_and_quits_on_q(engine_factory):
         assert [int(r[1]) for r in rows] == pids
         # refreshes: a session opened after the first frame shows up
         from engine.client import Client
-        from tests.test_gateway import target
+        from tests.gateway_helpers import target
         with Client(target(ep)) as c, c.stream("top-live"):
             wait_for(lambda: "gateway sessions 1" in pane(), 15, message="the frame to refresh")
         subprocess.run([*tmux, "send-keys", "-t", "top", "q"], check=True)

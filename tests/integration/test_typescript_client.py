@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.client import Client
 from tests.harness import wait_for
-from tests.test_gateway import enqueued, free_port, inserted, target, vectors
+from tests.gateway_helpers import enqueued, free_port, inserted, target, vectors
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "typescript"

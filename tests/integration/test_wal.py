@@ -116,16 +116,8 @@ def test_poison_batch_is_dead_lettered_after_two_crashes(tmp_path):
     the dead-letter file after it killed two workers; everything else is
     inserted and the engine keeps serving."""
     import json as _json
-    ep = EngineProcess(tmp_path, steal_threshold=100000)
-    env_before = os.environ.get("ENGRAM_TEST_CRASH_ON_ID")
-    os.environ["ENGRAM_TEST_CRASH_ON_ID"] = "777"
-    try:
-        ep.start()  # the hook reaches the engine through its environment
-    finally:
-        if env_before is None:
-            del os.environ["ENGRAM_TEST_CRASH_ON_ID"]
-        else:
-            os.environ["ENGRAM_TEST_CRASH_ON_ID"] = env_before
+    ep = EngineProcess(tmp_path, steal_threshold=100000, hooks={"crash_on_id": 777})
+    ep.start()
     try:
         eng = ep.engine()
         good_ids, good_vecs = batch(400, 9, 1000)

@@ -24,7 +24,8 @@ OURS = ("engine", "shm", "metrics")
 
 # Modules of the engine that are no process's own: any process package may use them.
 SHARED = ("shm", "metrics", "engine.control", "engine.config", "engine.errors", "engine.results",
-          "engine.child", "engine.rpc")
+          "engine.child", "engine.rpc", "engine.identity", "engine.signals", "engine.fsutil", "engine.exitcodes",
+          "engine.logfmt")
 PROCESSES = ("engine.supervisor", "engine.worker", "engine.storage", "engine.producer",
              "engine.gateway", "engine.exporter", "engine.cli")
 
@@ -32,7 +33,8 @@ PROCESSES = ("engine.supervisor", "engine.worker", "engine.storage", "engine.pro
 RULES: dict[str, tuple[str, ...]] = {
     "shm": (),
     "metrics": ("shm",),
-    "engine.control": ("shm", "metrics", "engine.config", "engine.errors", "engine.results"),
+    # (engine.identity: the status report names each process as ps shows it)
+    "engine.control": ("shm", "metrics", "engine.config", "engine.errors", "engine.results", "engine.identity"),
     "engine.client": ("engine.rpc", "engine.results", "engine.errors"),
     # What the client and every process lean on stays light: no shared memory.
     "engine.rpc": ("engine.results", "engine.errors"),
@@ -40,10 +42,15 @@ RULES: dict[str, tuple[str, ...]] = {
     "engine.errors": (),
     "engine.results": (),
     "engine.child": (),
-    "engine.supervisor": SHARED + (
-        # The children's entry points, named where they are spawned
-        # (Supervisor.spawn); nothing else of theirs.
-        "engine.worker.loop", "engine.gateway.server", "engine.exporter.server"),
+    # Leaf modules every process uses: no shared memory, nothing of a process.
+    "engine.identity": (),
+    "engine.signals": (),
+    "engine.fsutil": (),
+    "engine.exitcodes": (),
+    "engine.logfmt": ("engine.identity",),
+    # The children's entry points and the storage checks come from the CLI
+    # (engine.cli.entries): the supervisor names no other process package.
+    "engine.supervisor": SHARED,
     "engine.worker": SHARED + ("engine.storage",),
     "engine.storage": SHARED,
     "engine.producer": SHARED,
@@ -159,6 +166,7 @@ FORBIDDEN = [
     ("engine.worker.loop", "from engine.gateway import server\n", "engine.gateway.server"),
     ("engine.exporter.server", "from engine.supervisor.arbiter import Supervisor\n", "engine.supervisor.arbiter"),
     ("engine.supervisor.arbiter", "from engine.worker.shards import ShardSet\n", "engine.worker.shards"),
+    ("engine.supervisor.arbiter", "def spawn():\n    from engine.worker.loop import main\n", "engine.worker.loop"),
     ("engine.storage.wal", "from ..producer import api\n", "engine.producer.api"),
 ]
 
@@ -175,7 +183,7 @@ ALLOWED = [
     ("engine.worker.loop", "from engine.storage.slotstore import SlotStore\n"),
     ("engine.gateway.server", "from engine.producer.api import Engine\n"),
     ("engine.cli.main", "from engine.supervisor.arbiter import Supervisor\n"),
-    ("engine.supervisor.arbiter", "def spawn():\n    from engine.worker import loop\n"),
+    ("engine.cli.entries", "def resolve():\n    from engine.worker import loop\n"),
     ("engine.control.report", "import numpy as np\nfrom metrics import readout\nfrom engine.errors import NotRunning\n"),
     ("engine.client", "from engine.rpc import wire\nfrom engine.results import Ack\n"),
 ]

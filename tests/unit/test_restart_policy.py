@@ -41,7 +41,7 @@ def test_signal_queue_handlers_only_enqueue_and_wake_the_wait():
     import signal
     import time
 
-    from engine.supervisor.signals import SignalQueue
+    from engine.signals import SignalQueue
     q = SignalQueue()
     q.install((signal.SIGUSR1,))
     try:

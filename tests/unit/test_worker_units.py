@@ -24,6 +24,7 @@ from engine.worker.shards import ShardSet
 from engine.supervisor.preflight import instance_params
 from engine.worker.loop import Worker
 from metrics import readout
+from shm.lock import InstanceLock
 from shm.segment import instance_objects, remove_instance_objects
 
 DIM = 8
@@ -37,11 +38,15 @@ def inst(tmp_path):
     ns.capacity_normal, ns.steal_threshold, ns.batch_max = "4000", "100", "50"
     cfg = config.resolve(ns, "run", env={})
     instance = Instance.create(instance_params(cfg, 2, [None, None]))
-    instance.header.sup_pid = os.getpid()  # this process stands in for the supervisor
+    instance.header.sup_pid = os.getpid()  # this process stands in for the supervisor:
+    instance_lock = InstanceLock(os.path.join(instance.params.data_dir, "LOCK"))  # its pid, its lock and its run id
+    assert instance_lock.try_acquire(run_id=1)
+    instance.header.run_id = 1  # the run id producers check the lock against
     try:
         yield instance
     finally:
         instance.close()
+        instance_lock.release()
         remove_instance_objects(name)
         assert not instance_objects(name)
 
@@ -215,8 +220,7 @@ def test_parked_slot_keeps_the_claim_its_worker_died_in(inst):
     """Handing a parked slot's claims to another slot must not hand over the
     claim the dead worker may already have logged (its ids would then sit in
     two shards); the others go."""
-    from engine.supervisor.children import Child
-    from engine.supervisor.arbiter import Supervisor
+    from engine.supervisor.claims import hand_over
     eng = Engine(inst)
     space = next(f"space-{i}" for i in range(100) if home_slot(f"space-{i}", 2) == 0)
     rng = np.random.default_rng(3)
@@ -228,11 +232,10 @@ def test_parked_slot_keeps_the_claim_its_worker_died_in(inst):
     live, sup = inst.as_role(WORKER, 0).live, inst.sup  # this process plays the dead worker of slot 0
     live(0).claim_ring, live(0).claim_start = died_in.ring, died_in.start + 3
     sup(1).state = RUNNING
-    sv = Supervisor.__new__(Supervisor)
-    sv.inst, sv.slots = inst, [Child(0, None), Child(1, None)]
-    sv.hand_over_claims(0)
+    claims_moved = hand_over(inst, 0, [0, 1])
+    assert claims_moved == 4
     assert [c.start for c in ring.claims_of(0)] == [died_in.start]
     assert sorted(c.start for c in ring.claims_of(1)) == sorted(c.start for c in claims if c != died_in)
     live(0).claim_ring = -1  # a worker that died between claims: everything goes
-    sv.hand_over_claims(0)
+    hand_over(inst, 0, [0, 1])
     assert ring.claims_of(0) == [] and len(ring.claims_of(1)) == 5

@@ -5,6 +5,7 @@ the signal number to ``pending`` and nothing else (STYLE §2), and points
 ``signal.set_wakeup_fd`` at a non-blocking pipe, so ``wait(timeout)``
 returns as soon as a signal arrives instead of sleeping out its timeout.
 ``fds`` are the pipe's descriptors, which forked children must close.
+Shared by every process with a main loop (supervisor, gateway, exporter).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 
 
 class SignalQueue:
@@ -42,6 +44,7 @@ class SignalQueue:
     def wait(self, timeout: float) -> None:
         """Sleep up to ``timeout``, less if a signal arrives."""
         if self._pipe is None:
+            time.sleep(timeout)  # nothing installed: still a wait, never a spin
             return
         try:
             ready, _, _ = select.select([self._pipe[0]], [], [], timeout)
