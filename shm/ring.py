@@ -47,6 +47,8 @@ Concurrency contract: every mutation happens under the ring's byte lock in a
 counters without the lock and may be slightly stale; they are for decisions
 that are re-checked under the lock. The mapping is untrusted: counters and
 claim entries are bounds-checked and a violation raises ``LayoutError``.
+Every locked operation waits at most ``lock_timeout`` (set per role by the
+engine) and then raises ``shm.errors.LockTimeout``, having changed nothing.
 
 Publish journal: a producer that must record, atomically with the records,
 that it published them (the gateway's session sequence numbers) passes
@@ -101,7 +103,8 @@ class Claim:
 
 class Ring:
     def __init__(self, buf, offset: int, capacity: int, dim: int, claim_slots: int,
-                 lock: LockFile, lock_index: int, ring_id: int = 0, init: bool = False):
+                 lock: LockFile, lock_index: int, ring_id: int = 0, init: bool = False,
+                 lock_timeout: float | None = None):
         if offset % 64:
             raise LayoutError(f"ring offset {offset} is not 64-byte aligned")
         if len(buf) < offset + ring_bytes(capacity, dim, claim_slots):
@@ -112,6 +115,10 @@ class Ring:
         self.ring_id = ring_id
         self._lock = lock
         self._lock_index = lock_index
+        # How long an operation waits for the ring lock before raising
+        # LockTimeout (None: forever). A producer stopped (SIGSTOP) while it
+        # holds the lock must not freeze its consumers: each role sets its own.
+        self.lock_timeout = lock_timeout
         self._hdr = np.frombuffer(buf, np.uint64, 8, offset)
         self._journal = np.frombuffer(buf, np.uint64, 5, offset + 64)
         self._claims = np.frombuffer(buf, np.int64, 4 * claim_slots, offset + HEADER_BYTES).reshape(
@@ -173,7 +180,7 @@ class Ring:
         right after the records are published, inside the journal's open
         window (see the module docstring)."""
         n = len(ids)
-        with self._lock.hold(self._lock_index):
+        with self._lock.hold(self._lock_index, self.lock_timeout):
             self._settle_journal()
             head, _, tail = self._counters()
             n = min(n, self.capacity - (head - tail))
@@ -208,7 +215,7 @@ class Ring:
     def take_journal(self) -> tuple[bool, int, int, int] | None:
         """A journal its writer did not close, settled and cleared:
         (published, records published, tag_a, tag_b), or None."""
-        with self._lock.hold(self._lock_index):
+        with self._lock.hold(self._lock_index, self.lock_timeout):
             self._settle_journal()
             state = int(self._journal[0])
             if state == J_NONE:
@@ -233,7 +240,7 @@ class Ring:
         out: list[Claim] = []
         if total <= 0 or per_claim <= 0:
             return out
-        with self._lock.hold(self._lock_index):
+        with self._lock.hold(self._lock_index, self.lock_timeout):
             head, claimed, _ = self._counters()
             free_entries = np.flatnonzero(self._claims[:, 3] == FREE)[:max_claims]
             for entry in free_entries:
@@ -253,7 +260,7 @@ class Ring:
         """Mark a claim processed; advance ``tail`` over committed claims in order."""
         if not 0 <= claim.entry < self.claim_slots:
             raise LayoutError(f"ring {self.ring_id}: claim entry {claim.entry} out of range")
-        with self._lock.hold(self._lock_index):
+        with self._lock.hold(self._lock_index, self.lock_timeout):
             row = self._claims[claim.entry]
             if int(row[3]) != CLAIMED or int(row[0]) != claim.start:
                 raise LayoutError(f"ring {self.ring_id}: commit of a claim not held: {claim}")
@@ -292,7 +299,7 @@ class Ring:
 
     def claims_of(self, claimer: int) -> list[Claim]:
         """Open claims recorded for ``claimer`` (e.g. left by a dead process)."""
-        with self._lock.hold(self._lock_index):
+        with self._lock.hold(self._lock_index, self.lock_timeout):
             head, claimed, tail = self._counters()
             out = []
             for e in np.flatnonzero((self._claims[:, 3] == CLAIMED) & (self._claims[:, 2] == claimer)):
@@ -310,7 +317,7 @@ class Ring:
     def reassign(self, old: int, new: int, keep: int | None = None) -> list[Claim]:
         """Hand every open claim of ``old`` to ``new``, except one covering
         position ``keep``; returns the claims handed over."""
-        with self._lock.hold(self._lock_index):
+        with self._lock.hold(self._lock_index, self.lock_timeout):
             out = []
             for e in np.flatnonzero((self._claims[:, 3] == CLAIMED) & (self._claims[:, 2] == old)):
                 start, count = int(self._claims[e, 0]), int(self._claims[e, 1])
@@ -333,7 +340,7 @@ class Ring:
         """Records not yet committed, as (slot index of each, claimer of each or
         -1 if never claimed). Records of claims already committed (waiting only
         for ``tail`` to pass) are left out. For carrying over a dead run."""
-        with self._lock.hold(self._lock_index):
+        with self._lock.hold(self._lock_index, self.lock_timeout):
             head, claimed, tail = self._counters()
             n = head - tail
             owner = np.full(n, -1, np.int64)
@@ -349,7 +356,7 @@ class Ring:
 
     def scan(self, space: int) -> tuple[np.ndarray, np.ndarray]:
         """Copies of (ids, vectors) of every uncommitted record of ``space``."""
-        with self._lock.hold(self._lock_index):
+        with self._lock.hold(self._lock_index, self.lock_timeout):
             head, _, tail = self._counters()
             if head == tail:
                 return self.ids[:0].copy(), self.vectors[:0].copy()

@@ -128,14 +128,18 @@ class EngineProcess:
         self._log = None
         self._runs = 1
 
-    def successor(self, **flags) -> "EngineProcess":
+    def successor(self, hooks: dict | None = None, **flags) -> "EngineProcess":
         """An instance of the same name on the same data directory (a restart),
-        with ``flags`` added; it logs to a file of its own."""
+        with ``flags`` added (and ``hooks`` injected, if given); it logs to a
+        file of its own."""
         nxt = EngineProcess.__new__(EngineProcess)
         nxt.__dict__.update(self.__dict__)
         nxt._runs = self._runs + 1
         nxt.log_path = os.path.join(self.workdir, f"{self.name}.{nxt._runs}.log")
         nxt.args = self.args + flag_args(flags)
+        if hooks is not None:
+            run = nxt.args.index("run")
+            nxt.args = [sys.executable, "-m", "tests.launch", json.dumps(hooks)] + nxt.args[run:]
         nxt.proc = nxt._engine = nxt._log = None
         return nxt
 

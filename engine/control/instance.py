@@ -18,13 +18,22 @@ from engine.config import Params
 from engine.control.layouts import (ABSENT_AFTER_S, CLAIM_SLOTS, HEADER_CELLS, LANES, LOCK_RING_BASE,
                                     PARAMS_BYTES, control_layout, query_layout, ring_capacity, ring_id,
                                     ring_offsets)
-from engine.control.records import (RUNNING, SUPERVISOR, WORKER, Header, LiveRecord, SupervisorRecord)
+from engine.control.records import (GATEWAY, PRODUCER, READER, RUNNING, SUPERVISOR, WORKER, Header, LiveRecord,
+                                    SupervisorRecord)
 from metrics.array import MetricArray
 from shm.errors import LayoutError
 from shm.layout import MAGIC
 from shm.lock import LockFile
 from shm.ring import Ring
 from shm.segment import Segment, WakeSignal, object_name
+
+# How long each role waits for a ring lock (None: forever). A lock is held
+# for microseconds, unless its holder was stopped (SIGSTOP) inside it: then a
+# worker moves on to other work and keeps beating and answering recalls, a
+# producer is told ``over_capacity`` after a short wait, and the supervisor
+# skips what it wanted this tick. Nothing waits without bound.
+RING_LOCK_TIMEOUT_S = {WORKER: 0.02, PRODUCER: 0.5, GATEWAY: 0.5, SUPERVISOR: 2.0, READER: 2.0}
+CONTROL_LOCK_TIMEOUT_S = 0.5
 
 # Byte offsets inside the control block of what must be read before its
 # sizes are known (the parameters say how many slots, spaces, sessions).
@@ -117,7 +126,8 @@ class Instance:
             for lane in range(len(LANES)):
                 r = ring_id(slot, lane)
                 self.rings.append(Ring(rseg.buf, offsets[r], ring_capacity(p, lane), p.dim,
-                                       CLAIM_SLOTS, self.locks, LOCK_RING_BASE + r, r, init=create))
+                                       CLAIM_SLOTS, self.locks, LOCK_RING_BASE + r, r, init=create,
+                                       lock_timeout=RING_LOCK_TIMEOUT_S.get(self.role)))
         qlayout = query_layout(p)
         qseg = self._segment("query", qlayout.size, create)
         if create:

@@ -53,8 +53,8 @@ class Liveness:
         if st.st_ino != self.inode:
             return "it was restarted: this handle belongs to a run that has ended; connect again"
         if self.lock_fd is None or not InstanceLock.held(self.lock_fd):
-            return ("its supervisor is gone (the data-directory lock is free); the next start of "
-                    f"{self.name!r} takes its shared memory over")
+            return ("its supervisor is gone (the data-directory lock is free): this is the shared memory "
+                    f"of a dead run, which the next start of {self.name!r} takes over")
         mine = self.header.run_id
         if mine == 0 or InstanceLock.read_run_id(self.lock_fd) != mine:
             return "another run holds its data directory (it is restarting); connect again once it runs"

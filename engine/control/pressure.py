@@ -20,7 +20,8 @@ import time
 from engine.control import admission
 from engine.control.layouts import LOCK_CONTROL
 from engine.control.records import RUNNING
-from engine.control.instance import Instance
+from engine.control.instance import CONTROL_LOCK_TIMEOUT_S, Instance
+from shm.errors import LockTimeout
 
 
 def unwritable(inst: Instance) -> str:
@@ -53,7 +54,11 @@ def refresh(inst: Instance, on_change=None) -> int:
     new = _target(inst, current)
     if new == current:
         return current
-    with inst.locks.hold(LOCK_CONTROL):
+    try:
+        inst.locks.acquire(LOCK_CONTROL, CONTROL_LOCK_TIMEOUT_S)
+    except LockTimeout:
+        return current  # a holder is stopped: the state moves at the next call
+    try:
         current = int(hdr.bp_state)
         if not 0 <= current < len(admission.STATES):
             current = admission.NORMAL
@@ -63,4 +68,6 @@ def refresh(inst: Instance, on_change=None) -> int:
             hdr.bp_changed_ms = int(time.time() * 1000)
             if on_change is not None:
                 on_change(current, new)
+    finally:
+        inst.locks.release(LOCK_CONTROL)
     return new

@@ -151,8 +151,8 @@ class LiveRecord(Record):
     heartbeat = Cell(0, (WORKER,), float, doc="time.monotonic() of the last heartbeat")
     sleeping = Cell(1, (WORKER,), doc="1 while blocked on its wake signal: producers post it")
     pid = Cell(2, (WORKER,), doc="written last at start: the supervisor sees the slot running")
-    # 3: unused (was a ready flag nobody read)
+    recovering = Cell(3, (WORKER,), doc="1 while the worker rebuilds its shards from disk")
     claim_ring = Cell(4, (WORKER,))
     claim_start = Cell(5, (WORKER,))
     unwritable = Cell(6, (WORKER,), doc="errno of a failing log append, 0 when writable")
-    # 7: unused
+    recovery_progress = Cell(7, (WORKER,), float, doc="share of the bytes to recover done, 0-1")

@@ -67,6 +67,20 @@ def throughput(inst: Instance, interval: float = 0.0) -> dict:
     return out
 
 
+def slot_state(inst: Instance, slot: int, now: float) -> str:
+    """The supervisor's state of the slot, corrected by what its worker shows:
+    ``recovering`` while it rebuilds its shards, ``unresponsive`` when it is
+    meant to run but has not beaten for ``ABSENT_AFTER_S`` (stopped, wedged:
+    what ``worker_up 0`` says; the watchdog kills it after --worker-timeout)."""
+    state = STATE_NAMES.get(inst.sup(slot).state, "unknown")
+    live = inst.live(slot)
+    if state in ("starting", "running") and live.recovering and live.pid != inst.sup(slot).pid:
+        return "recovering"
+    if state == "running" and not inst.slot_up(slot, now):
+        return "unresponsive"
+    return state
+
+
 def collect(inst: Instance, interval: float = 0.0) -> dict:
     hdr = inst.header
     now = time.monotonic()
@@ -75,15 +89,18 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
     for s in range(inst.slots):
         cpu = int(sup(s).cpu)
         hb = float(live(s).heartbeat)
-        workers.append({
+        worker = {
             "slot": s,
             "pid": int(sup(s).pid) or None,
             "title": identity.title("worker", inst.name, s, cpu),
             "cpus": [cpu] if cpu >= 0 else [],
-            "state": STATE_NAMES.get(int(sup(s).state), "unknown"),
+            "state": slot_state(inst, s, now),
             "restarts": int(sup(s).restarts),
             "heartbeat_age_s": round(now - hb, 3) if hb > 0 else None,
-        })
+        }
+        if live(s).recovering:
+            worker["recovery_progress"] = round(live(s).recovery_progress, 3)
+        workers.append(worker)
     queued, capacity = inst.queued_by_lane(), inst.capacity_by_lane()
     counts = inst.shard_counts
     spaces = {}

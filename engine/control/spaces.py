@@ -7,7 +7,8 @@ import numpy as np
 from engine.config import valid_space
 from engine.errors import InvalidInput, shown
 from engine.control.layouts import LOCK_CONTROL, NAME_BYTES
-from engine.control.instance import Instance
+from engine.control.instance import CONTROL_LOCK_TIMEOUT_S, Instance
+from engine.control.records import WORKER
 
 
 class SpaceRegistry:
@@ -43,7 +44,10 @@ class SpaceRegistry:
         if idx is not None:
             return idx
         hdr = self.inst.header
-        with self.inst.locks.hold(LOCK_CONTROL):
+        # Producers wait a bounded time (LockTimeout: a stopped holder); a
+        # recovering worker waits as long as it takes (it heartbeats meanwhile).
+        timeout = None if self.inst.role == WORKER else CONTROL_LOCK_TIMEOUT_S
+        with self.inst.locks.hold(LOCK_CONTROL, timeout):
             self._scan()
             if name in self.cache:
                 return self.cache[name]

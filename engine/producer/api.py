@@ -32,9 +32,13 @@ from engine.producer.recall import exact_distances, merge
 from engine.results import Ack, RecallResult
 from engine.producer.routing import home_slot, spill_order
 from metrics.lease import ProducerRowLease
-from shm.errors import LayoutError, SegmentMissing
+from shm.errors import LayoutError, LockTimeout, SegmentMissing
 
 DEFAULT_RECALL_TIMEOUT_S = 5.0
+# The refusal when a ring or the control block stayed locked past its deadline
+# (shm.errors.LockTimeout): its holder is most likely a stopped producer.
+BUSY = ("queues busy: a ring stayed locked past its deadline (a producer holding it may be stopped); "
+        "retry shortly")
 
 
 class Engine:
@@ -120,18 +124,21 @@ class Engine:
         except InvalidInput:
             self.count_rejected(None, "invalid_input", n)
             raise
+        except LockTimeout:
+            self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
+            return Ack(0, {"over_capacity": n}, state_name, BUSY)
         lane = LANE_INDEX[priority]
         if journal is None:
-            written = self._enqueue(space, idx, ids, vectors, lane)
+            written, busy = self._enqueue(space, idx, ids, vectors, lane)
         else:
-            written = self._enqueue_one_ring(space, idx, ids, vectors, lane, journal, on_publish)
+            written, busy = self._enqueue_one_ring(space, idx, ids, vectors, lane, journal, on_publish)
         # The ack carries the state after this batch: what the next one meets.
         state_name = admission.STATES[self.backpressure()]
         if written == n:
             return Ack(n, {}, state_name)
         self.count_rejected(idx, "over_capacity", n - written)
         return Ack(written, {"over_capacity": n - written}, state_name,
-                   f"{priority} lane full: {n - written} of {n} rejected")
+                   BUSY if busy else f"{priority} lane full: {n - written} of {n} rejected")
 
     def _check_alive(self) -> None:
         """Refuse to queue into the shared memory of a run that is gone: nothing
@@ -148,30 +155,39 @@ class Engine:
         free = [r.capacity - r.queued() for r in rings]
         return rings, free, spill_order(home_slot(space, inst.slots), free)
 
-    def _enqueue(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int) -> int:
+    def _enqueue(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int) -> tuple[int, bool]:
+        """(records written, whether a ring's lock was not free in time)."""
         rings, _, order = self._targets(space, lane)
         now = time.monotonic()
         written = 0
+        busy = 0
         for slot in order:
-            n = rings[slot].enqueue(ids[written:], vectors[written:], idx, now)
+            try:
+                n = rings[slot].enqueue(ids[written:], vectors[written:], idx, now)
+            except LockTimeout:
+                busy += 1  # its lock holder is stopped: the next ring in spill order
+                continue
             if n:
                 written += n
                 self._wake(slot, rings[slot].depth())
             if written == len(ids):
                 break
-        return written
+        return written, busy > 0
 
     def _enqueue_one_ring(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int,
-                          journal: tuple[int, int], on_publish) -> int:
+                          journal: tuple[int, int], on_publish) -> tuple[int, bool]:
         """Into the first ring in spill order with room for the whole batch,
         else the one with the most room (a leading part goes in)."""
         rings, free, order = self._targets(space, lane)
         fits = [s for s in order if free[s] >= len(ids)]
         slot = fits[0] if fits else max(order, key=lambda s: free[s])
-        n = rings[slot].enqueue(ids, vectors, idx, time.monotonic(), journal=journal, on_publish=on_publish)
+        try:
+            n = rings[slot].enqueue(ids, vectors, idx, time.monotonic(), journal=journal, on_publish=on_publish)
+        except LockTimeout:
+            return 0, True  # nothing published: the session's number did not move; the client resends
         if n:
             self._wake(slot, rings[slot].depth())
-        return n
+        return n, False
 
     def _wake(self, slot: int, depth: int) -> None:
         live = self.inst.live
@@ -204,12 +220,14 @@ class Engine:
         deadline = started + timeout
         # Scan rings before reading shard counts: a record committed between
         # the two is then seen in the ring or in a shard we ask (DESIGN §5).
-        fresh_part = self._scan_rings(idx, queries, k) if fresh else None
+        fresh_part, scanned = None, True
+        if fresh:
+            *fresh_part, scanned = self._scan_rings(idx, queries, k)
         counts = self.inst.shard_counts[:, idx]
         holders = [s for s in range(self.inst.slots) if counts[s] > 0]
         now = time.monotonic()
         targets = [s for s in holders if self.inst.slot_up(s, now)]
-        complete = len(targets) == len(holders)
+        complete = len(targets) == len(holders) and scanned
         chunk = p.query_batch
         out_ids, out_dist = [], []
         for lo in range(0, q, chunk):
@@ -228,16 +246,23 @@ class Engine:
         return RecallResult(np.vstack([x[:, :width] for x in out_ids]),
                             np.vstack([x[:, :width] for x in out_dist]), complete)
 
-    def _scan_rings(self, idx: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        found = [r.scan(idx) for r in self.inst.rings]
-        ids = np.concatenate([f[0] for f in found])
+    def _scan_rings(self, idx: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Exact candidates among queued records; False when a ring could not
+        be read before its lock deadline (the answer is then incomplete)."""
+        found, ok = [], True
+        for r in self.inst.rings:
+            try:
+                found.append(r.scan(idx))
+            except LockTimeout:
+                ok = False
+        ids = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.uint64)
         if len(ids) == 0:
-            return np.zeros((len(queries), 0), np.uint64), np.zeros((len(queries), 0), np.float32)
+            return np.zeros((len(queries), 0), np.uint64), np.zeros((len(queries), 0), np.float32), ok
         vecs = np.concatenate([f[1] for f in found])
         dist = exact_distances(queries, vecs, self.metric)
         kk = min(k, len(ids))
         top = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
-        return ids[top], np.take_along_axis(dist, top, axis=1)
+        return ids[top], np.take_along_axis(dist, top, axis=1), ok
 
     # -- status / teardown -------------------------------------------------
     def status(self, interval: float = 0.0) -> dict:

@@ -78,9 +78,11 @@ def _candidates(sdir: str, slot: int) -> list[Entry]:
 
 
 def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, metrics,
-            heartbeat=lambda: None, delay_s: float = 0.0) -> Recovered:
+            heartbeat=lambda: None, delay_s: float = 0.0, progress=lambda share: None) -> Recovered:
     """Load the newest good snapshot into ``shards`` and replay the log after it.
-    ``register(name) -> space index``; ``publish(space, count)`` after each change."""
+    ``register(name) -> space index``; ``publish(space, count)`` after each change;
+    ``progress(share)``: the share of the bytes to read done so far (a snapshot
+    file at a time, a log generation at a time)."""
     started = time.monotonic()
     sdir = snapshots.slot_dir(data_dir, slot)
     out = Recovered()
@@ -89,6 +91,8 @@ def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, met
     if removed:
         log.info("slot %d: removed %d unfinished or unlisted snapshot file(s): %s", slot, len(removed), removed)
     bad: list[Entry] = []
+    wal_bytes = sum(_size(p) for _, p in generations(data_dir, slot))
+    total = max(1, wal_bytes + (entries[-1].bytes if entries else 0))
     for entry in reversed(entries):
         path = os.path.join(sdir, entry.dir)
         try:
@@ -112,6 +116,7 @@ def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, met
             space = register(name)
             publish(space, shards.adopt(space, index))
         out.loaded = entry
+        progress(min(1.0, entry.bytes / total))
         if delay_s:
             time.sleep(delay_s)  # test hook (engine.config.hooks): a load that takes long
         log.info("slot %d: loaded snapshot %s (%d vectors) in %.1fs", slot, entry.dir,
@@ -129,8 +134,14 @@ def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, met
     out.first_generation = max([e.generation for e in entries] + [1])
     start_gen = out.loaded.generation if out.loaded is not None else 0
     heartbeat()
+    done = out.loaded.bytes if out.loaded is not None else 0
+
+    def generation_done(path: str) -> None:
+        nonlocal done
+        done += _size(path)
+        progress(min(1.0, done / total))
     _replay(slot, [(g, p) for g, p in generations(data_dir, slot) if g >= start_gen], register, publish,
-            shards, metrics, heartbeat, out)
+            shards, metrics, heartbeat, out, generation_done)
     out.uncovered_bytes = sum(os.path.getsize(p) for g, p in generations(data_dir, slot) if g >= start_gen)
     if out.records or out.loaded is not None:
         log.info("slot %d: recovered %d vectors (%s + %d vectors from %d logged batches) in %.1fs", slot,
@@ -139,7 +150,15 @@ def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, met
     return out
 
 
-def _replay(slot, gens, register, publish, shards, metrics, heartbeat, out: Recovered) -> None:
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _replay(slot, gens, register, publish, shards, metrics, heartbeat, out: Recovered,
+            generation_done=lambda path: None) -> None:
     last_log = time.monotonic()
 
     skipped: dict[str, list[int]] = {}  # invalid name -> [batches, vectors], per generation
@@ -176,6 +195,7 @@ def _replay(slot, gens, register, publish, shards, metrics, heartbeat, out: Reco
                       "valid memory-space name; skipped, not inserted into any space", slot,
                       os.path.basename(path), batches, vectors, name)
         _count_damage(slot, path, stats, metrics)
+        generation_done(path)
 
 
 def _count_damage(slot: int, path: str, stats: Replayed, metrics) -> None:

@@ -31,6 +31,7 @@ from engine.control.instance import Instance
 from engine.config.hooks import NONE as NO_HOOKS, Hooks
 from engine.storage.snapshotter import Snapshotter
 from engine.storage.walgen import WalLog
+from shm.errors import LockTimeout
 from shm.ring import Claim
 
 log = logging.getLogger("engram.worker")
@@ -63,12 +64,12 @@ class SlotStore:
         self.snapshots: Snapshotter | None = None
         self.blocked: Blocked | None = None
 
-    def open(self, publish, heartbeat) -> None:
+    def open(self, publish, heartbeat, progress=lambda share: None) -> None:
         """Recover the shards (``publish(space, count)`` as they fill), open the log."""
         p = self.inst.params
         meta = {"slot": self.slot, "dim": p.dim, "metric": p.metric}
         rec = recovery.recover(p.data_dir, self.slot, meta, self.shards, self.spaces.register, publish,
-                               self.metrics, heartbeat, self.hooks.recovery_delay_s)
+                               self.metrics, heartbeat, self.hooks.recovery_delay_s, progress)
         self.wal = WalLog(p.data_dir, self.slot, p.fsync, rec.first_generation)
         self.snapshots = Snapshotter(p.data_dir, self.slot, self.shards, self.inst.space_name, self.wal,
                                      rec.entries, meta, self.metrics, p.snapshot_interval,
@@ -113,7 +114,10 @@ class SlotStore:
         b = self.blocked
         if not self.log(b.claim, b.todo):
             return False
-        self.inst.rings[b.claim.ring].commit(b.claim)
+        try:
+            self.inst.rings[b.claim.ring].commit(b.claim)
+        except LockTimeout:
+            return False  # logged now; the commit is tried again at the next retry
         self.blocked = None
         self.live.unwritable = 0
         self.metrics.set("data_dir_unwritable", 0, worker_id=self.slot)

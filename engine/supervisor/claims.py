@@ -16,6 +16,7 @@ import logging
 
 from engine.control.instance import Instance
 from engine.control.records import RUNNING
+from shm.errors import LockTimeout
 
 log = logging.getLogger("engram.supervisor")
 
@@ -50,7 +51,12 @@ def hand_over(inst: Instance, slot: int, slots: list[int]) -> int:
     heir = heirs[slot % len(heirs)]
     live = inst.live(slot)
     ring, pos = live.claim_ring, live.claim_start
-    moved = sum(len(r.reassign(slot, heir, keep=pos if r.ring_id == ring else None)) for r in inst.rings)
+    moved = 0
+    for r in inst.rings:
+        try:
+            moved += len(r.reassign(slot, heir, keep=pos if r.ring_id == ring else None))
+        except LockTimeout:
+            log.error("ring %d stayed locked: the claims of parked slot %d on it stay with it", r.ring_id, slot)
     if moved:
         log.info("handed %d open claim(s) of parked slot %d to slot %d%s", moved, slot, heir,
                  f" (the claim at ring {ring} position {pos} it died in stays with it)" if ring >= 0 else "")

@@ -166,8 +166,10 @@ def check_wal_manifest(data_dir: str, params: Params) -> None:
     if differ:
         given = " ".join(f"{flags[k]}={v}" for k, v in differ.items())
         keep = " ".join(f"{flags[k]} {found[k]}" for k in differ)
-        raise ConfigError(f"--data-dir={data_dir!r} holds data of an engine built with {keep} ({given} "
-                          f"given): start with {keep}, or use another --data-dir (this one keeps its data)")
+        built = (f"{found.get('slots')} workers, dim {found.get('dim')}, metric {found.get('metric')}"
+                 + "".join(f", {flags[k][2:]} {found[k]}" for k in ("hnsw_m", "ef_construction") if k in found))
+        raise ConfigError(f"--data-dir={data_dir!r} holds write-ahead logs of an engine with {built}; {given} "
+                          f"given: start with {keep}, or use another --data-dir (this one keeps its data)")
 
 
 def write_wal_manifest(data_dir: str, params: Params) -> None:

@@ -29,7 +29,7 @@ import time
 from engine import exitcodes
 from engine.fsutil import atomic_write
 from engine.supervisor import salvage, spill
-from shm.errors import LayoutError
+from shm.errors import LayoutError, LockTimeout
 
 log = logging.getLogger("engram.supervisor")
 
@@ -96,7 +96,7 @@ class Shutdown:
         sv = self.sv
         try:
             leftovers = salvage.collect_from(sv.inst)
-        except LayoutError as exc:
+        except (LayoutError, LockTimeout) as exc:
             log.error("rings unreadable at stop (%s): their records stay in shared memory", exc)
             self.keep_shared_memory = True
             return sum(sv.inst.queued_by_lane())

@@ -41,11 +41,13 @@ from engine.control.layouts import LANES
 from engine.control.records import WORKER
 from engine.control.instance import Instance
 from engine.control.query import serve_pending
+from engine.worker.recovering import Recovering
 from engine.worker.scheduler import BatchSizer, LaneScheduler
 from engine.errors import ResizeError
 from engine.worker.shards import ShardSet
 from engine.control.spaces import SpaceRegistry
 from metrics.writer import MetricWriter, NullWriter
+from shm.errors import LockTimeout
 from shm.ring import Claim
 
 log = logging.getLogger("engram.worker")
@@ -77,6 +79,7 @@ class Worker:
         self.own = [inst.ring(slot, lane) for lane in range(len(LANES))]
         self.others = [r for r in inst.rings if r.ring_id // len(LANES) != slot]
         self.backlog: list[Claim] = []
+        self.uncommitted: list = []  # (ring, claim) whose commit met a lock past its deadline
         self.next_orphan_check = 0.0
         self.metrics = NullWriter() if p.no_metrics else \
             MetricWriter(inst.metrics, inst.metrics.row_map.worker(slot))
@@ -100,7 +103,8 @@ class Worker:
                 self.counts[space] = count
             self.store = SlotStore(self.inst, self.slot, self.shards, self.spaces, self.metrics, self.clock,
                                    snapshot_cpus, self.hooks)
-            self.store.open(publish, self.heartbeat)
+            with Recovering(self.live, self.clock) as rec:
+                self.store.open(publish, self.heartbeat, rec.progress)
             for space in np.flatnonzero(self.counts):
                 self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
         self.heartbeat()
@@ -121,6 +125,8 @@ class Worker:
             if self.store.blocked is not None:
                 return self.step_blocked()
             self.store.snapshots.poll()  # between batches: reap a finished child, start one if due
+        if self.uncommitted:
+            self.retry_commits()
         t0 = self.clock()
         answered = self.answer_queries()
         claim = self.next_claim()
@@ -159,7 +165,10 @@ class Worker:
                 return self.backlog.pop(0)
         depths = [r.depth() for r in self.own]
         for lane in self.lanes.order(depths):
-            claim = self.own[lane].claim(self.sizer.size(depths[lane]), self.slot)
+            try:
+                claim = self.own[lane].claim(self.sizer.size(depths[lane]), self.slot)
+            except LockTimeout:
+                continue  # its lock holder is stopped: the other lanes, then stealing
             if claim is not None:
                 self.lanes.served(lane, depths)
                 return claim
@@ -170,8 +179,11 @@ class Worker:
         """Open claims recorded under this slot that this process is not working on."""
         out: list[Claim] = []
         for ring in self.inst.rings:
-            if self.slot in ring.open_claimers():
-                out.extend(ring.claims_of(self.slot))
+            try:
+                if self.slot in ring.open_claimers():
+                    out.extend(ring.claims_of(self.slot))
+            except LockTimeout:
+                continue  # looked at again at the next check
         if out:
             log.info("slot %d: processing %d claim(s) left open by a previous owner", self.slot, len(out))
         return out
@@ -192,7 +204,10 @@ class Worker:
             return []
         total = best_depth if absent else max(1, best_depth // 2)
         per_claim = self.sizer.size(total)
-        claims = best.claim_many(total, per_claim, self.slot, max_claims=MAX_STEAL_CLAIMS)
+        try:
+            claims = best.claim_many(total, per_claim, self.slot, max_claims=MAX_STEAL_CLAIMS)
+        except LockTimeout:
+            return []
         if claims:
             self.metrics.inc("work_stolen_total", len(claims), worker_id=self.slot)
         return claims
@@ -241,8 +256,23 @@ class Worker:
             # Logged before the commit: from here a crash loses nothing (DESIGN §6).
             if not self.store.log(claim, [(space, ids[sel], vectors[sel]) for space, sel in groups]):
                 return  # blocked: the store commits it once the log takes it
-        ring.commit(claim)
+        self.commit(ring, claim)
+
+    def commit(self, ring, claim: Claim) -> None:
+        """Commit, or keep the claim for a later try when the ring's lock stays
+        taken (a stopped producer holds it): the batch is inserted and logged,
+        so the worker goes on beating, answering recalls and taking other
+        rings' work meanwhile; a crash before the commit replays it as an update."""
+        try:
+            ring.commit(claim)
+        except LockTimeout:
+            self.uncommitted.append((ring, claim))
         self.live.claim_ring = -1
+
+    def retry_commits(self) -> None:
+        waiting, self.uncommitted = self.uncommitted, []
+        for ring, claim in waiting:
+            self.commit(ring, claim)
 
     def suspect(self, claim: Claim) -> tuple[bool, int | None]:
         """(a worker died inside this claim, the position that killed two workers or None)."""

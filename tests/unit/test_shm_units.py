@@ -749,3 +749,27 @@ def test_uncommitted_lists_waiting_and_open_claims_but_not_committed_ones(lockfi
     ring.commit(a)
     slots, owner = ring.uncommitted()
     assert slots.tolist() == [4, 5] and owner.tolist() == [-1, -1]
+
+
+def test_lockfile_acquire_with_a_deadline_gives_up_on_a_stopped_holder(lockfile):
+    from shm.errors import LockTimeout
+    parent, child = FORK.Pipe()
+    proc = FORK.Process(target=_child_hold_byte, args=(lockfile.path, 5, child), daemon=True)
+    proc.start()
+    try:
+        assert recv(parent, "that it holds byte 5") == "held"
+        os.kill(proc.pid, signal.SIGSTOP)  # stopped, not dead: the kernel keeps its lock
+        t0 = time.monotonic()
+        with pytest.raises(LockTimeout, match="byte 5"):
+            lockfile.acquire(5, timeout=0.2)
+        assert time.monotonic() - t0 < DEADLINE_S
+        lockfile.acquire(6, timeout=0.2)  # another byte is free at once
+        lockfile.release(6)
+        with pytest.raises(LockTimeout):
+            with lockfile.hold(5, timeout=0.05):
+                pass
+        os.kill(proc.pid, signal.SIGKILL)
+        lockfile.acquire(5, timeout=DEADLINE_S)  # released by the holder's death, within the deadline
+        lockfile.release(5)
+    finally:
+        stop(proc)
