@@ -29,6 +29,7 @@ from engine.control.spaces import SpaceRegistry
 from engine.producer.recall import exact_distances, merge
 from engine.results import Ack, RecallResult
 from engine.producer.routing import home_slot, spill_order
+from engine.recallhealth.board import BreakerBoard
 from metrics.lease import ProducerRowLease
 from shm.errors import LayoutError, SegmentMissing
 
@@ -48,6 +49,8 @@ class Engine:
         self._lease: ProducerRowLease | None = None
         self._writer = writer
         self._metrics_lock = threading.Lock()  # a row has one writer: serialise threads
+        # Per-slot recall circuit breakers, shared with every recaller (engine.recallhealth.board).
+        self.breakers = BreakerBoard(inst, self.record, enabled=self.params.breaker == "on")
 
     # -- metrics -----------------------------------------------------------
     def record(self, fn) -> None:
@@ -206,11 +209,16 @@ class Engine:
         now = time.monotonic()
         targets = [s for s in holders if self.inst.slot_up(s, now)]
         complete = len(targets) == len(holders)
+        targets, skipped = self.breakers.admit(targets)  # open breakers: skipped at once
+        outcomes: dict[int, str | None] = {}
+        complete = complete and not skipped
         chunk = p.query_batch
         out_ids, out_dist = [], []
         for lo in range(0, q, chunk):
             part_q = queries[lo:lo + chunk]
-            parts, ok = self.queries.ask(idx, part_q, k, max(ef, k), targets, deadline)
+            answered: dict = {}
+            parts, ok = self.queries.ask(idx, part_q, k, max(ef, k), targets, deadline, answered)
+            self.breakers.note(targets, answered, outcomes)
             complete = complete and ok
             if fresh_part is not None:
                 parts.append((fresh_part[0][lo:lo + chunk], fresh_part[1][lo:lo + chunk]))
@@ -218,11 +226,12 @@ class Engine:
             out_ids.append(ids)
             out_dist.append(dist)
         width = min(x.shape[1] for x in out_ids)
+        self.breakers.record(outcomes)
         elapsed = time.monotonic() - started
         self.record(lambda w: (w.observe("recall_latency_seconds", elapsed, memory_space=idx),
                                 w.inc("recall_queries_total", q, memory_space=idx)))
         return RecallResult(np.vstack([x[:, :width] for x in out_ids]),
-                            np.vstack([x[:, :width] for x in out_dist]), complete)
+                            np.vstack([x[:, :width] for x in out_dist]), complete, tuple(skipped))
 
     def _scan_rings(self, idx: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         found = [r.scan(idx) for r in self.inst.rings]
