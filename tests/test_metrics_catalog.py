@@ -50,6 +50,13 @@ EXPECTED = {
     "snapshot_last_success_timestamp_seconds": ("gauge", ("worker_id",), ()),
     "snapshot_fallbacks_total": ("counter", ("worker_id",), ()),
     "data_dir_unwritable": ("gauge", ("worker_id",), ()),
+    "recall_probe_latency_seconds": ("histogram", ("worker_id",), (.001, .005, .01, .025, .05, .1, .25, .5)),
+    "recall_probe_failures_total": ("counter", ("worker_id", "reason"), ()),
+    "recall_probe_state": ("gauge", ("worker_id",), ()),
+    "recall_breaker_state": ("gauge", ("worker_id",), ()),
+    "recall_breaker_transitions_total": ("counter", ("worker_id", "from", "to"), ()),
+    "recall_breaker_short_circuits_total": ("counter", ("worker_id",), ()),
+    "autotune_changes_total": ("counter", ("setting",), ()),
 }
 
 
