@@ -40,6 +40,8 @@ from engine.control.layouts import LANES
 from engine.control.records import WORKER
 from engine.control.instance import Instance
 from engine.control.query import serve_pending
+from engine.control.recallstate import live_settings
+from engine.recallhealth.probeset import ProbeShard
 from engine.worker.scheduler import BatchSizer, LaneScheduler
 from engine.errors import ResizeError
 from engine.worker.shards import ShardSet
@@ -62,7 +64,8 @@ POISON_AFTER_DEATHS = 2
 # (tests/test_wal.py injects a poison batch with it). Unset in production.
 CRASH_ON_ID = os.environ.get("ENGRAM_TEST_CRASH_ON_ID")
 class Worker:
-    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic):
+    def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic,
+                 probe_shard: ProbeShard | None = None):
         p = inst.params
         self.inst = inst
         self.slot = slot
@@ -84,6 +87,8 @@ class Worker:
         self.busy_s = 0.0
         self.query_s = 0.0  # time answering queries inside batches (kept out of batch sizing)
         self.window_start = clock()
+        # Recall health: the reserved probe shard answers PROBE_SPACE (engine.recallhealth.probeset).
+        self.search = (probe_shard or ProbeShard.for_params(p)).route(self.shards.search)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, durable: bool = False, snapshot_cpus: set[int] | None = None) -> None:
@@ -123,6 +128,9 @@ class Worker:
             self.store.snapshots.poll()  # between batches: reap a finished child, start one if due
         t0 = self.clock()
         answered = self.answer_queries()
+        # Live settings (the supervisor's auto-tuner), read before each batch.
+        self.sizer.budget_s, self.steal_threshold = live_settings(self.inst) or (self.sizer.budget_s,
+                                                                                self.steal_threshold)
         claim = self.next_claim()
         if claim is not None:
             self.process(claim)
@@ -134,7 +142,7 @@ class Worker:
     def answer_queries(self) -> int:
         """Answer recall requests addressed to this slot (between insert slices)."""
         t0 = time.perf_counter()
-        answered = serve_pending(self.inst, self.slot, self.shards.search)
+        answered = serve_pending(self.inst, self.slot, self.search)
         if answered:
             self.query_s += time.perf_counter() - t0
         return answered
