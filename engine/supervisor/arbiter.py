@@ -27,6 +27,8 @@ import time
 from engine import identity
 from engine.control import pressure
 from engine.supervisor import salvage
+from engine.control import recallstate
+from engine.supervisor.autotune import AutoTune
 from engine.supervisor.children import Child, RestartPolicy
 from engine.supervisor.signals import SignalQueue
 from engine.errors import InstanceRunning
@@ -55,6 +57,8 @@ class Supervisor:
         self.slots: list[Child] = []
         self.exporter = Child(-1, None, kind="exporter")
         self.gateway = Child(-1, None, kind="gateway") if cfg.grpc_addr != "off" else None
+        self.prober = Child(-1, None, kind="prober")  # recall probes (engine.prober)
+        self.autotune = None  # engine.supervisor.autotune, made in setup
         self.policy = RestartPolicy(cfg.flap_restarts, cfg.flap_window, cfg.park_seconds,
                                     cfg.restart_backoff_max)
         self.metrics = None
@@ -91,6 +95,7 @@ class Supervisor:
             removed = remove_instance_objects(cfg.name)
             log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), cfg.name)
         self.inst = Instance.create(params)
+        recallstate.init(self.inst)  # live settings start at the configured values
         salvage.restore(self.inst, leftovers)
         hdr = self.inst.header
         hdr.sup_pid = os.getpid()
@@ -98,6 +103,8 @@ class Supervisor:
         self.slots = [Child(i, cpus[i]) for i in range(n)]
         from metrics.writer import MetricWriter
         self.metrics = MetricWriter(self.inst.metrics, self.inst.metrics.row_map.SUPERVISOR)
+        if params.autotune == "on":
+            self.autotune = AutoTune(self.inst, self.metrics, self.clock)
         for s in self.slots:
             self.inst.sup(s.index).cpu = -1 if s.cpu is None else s.cpu
         self.signals.install((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD))
@@ -127,6 +134,8 @@ class Supervisor:
         if self.exit_code is None:
             self.reconcile()
         self.publish()
+        if self.autotune is not None and self.draining_since is None:
+            self.autotune.tick(self.clock())  # pure bookkeeping on shared memory: never blocks
         self.check_drain()
 
     def handle_signals(self) -> None:
@@ -150,7 +159,7 @@ class Supervisor:
         self.draining_since = self.clock()
 
     def children(self) -> list[Child]:
-        return self.slots + [c for c in (self.exporter, self.gateway) if c is not None]
+        return self.slots + [c for c in (self.exporter, self.gateway, self.prober) if c is not None]
 
     def reap(self) -> None:
         now = self.clock()
@@ -259,6 +268,9 @@ class Supervisor:
         if s.kind == "worker":
             from engine.worker import loop as worker
             target, args = worker.main, (s.index, self.cfg.name, s.cpu, inherited, os.getpid())
+        elif s.kind == "prober":
+            from engine.prober import main as prober
+            target, args = prober.main, (self.cfg.name, inherited, os.getpid())
         elif s.kind == "gateway":
             from engine.gateway import server as gateway
             target, args = gateway.main, (self.cfg.name, inherited, os.getpid())
