@@ -21,8 +21,9 @@ Models (the assumptions are the documented part of the tuner):
 * Batch budget, raising: when workers are saturated (≥ 90 %) and
   observations queue for longer than two budgets, a longer batch spreads a
   fixed per-batch cost (``BATCH_OVERHEAD_S``: claim, log append, commit,
-  metrics) over more items; doubling is predicted to raise throughput by the
-  overhead share it saves.
+  metrics) over more items, raising capacity by a factor f; with queueing
+  delay taken as proportional to 1 / (1 - utilization) (M/M/1), the
+  predicted latency gain is 1 - (1 - U) / (1 - U / f).
 * Steal threshold: a ring is worth splitting when its owner needs more
   than two batch budgets to drain it, so the threshold scales with the
   insert cost: ``2 x budget / item_s``. Lowering it is predicted to win back
@@ -135,7 +136,9 @@ class Tuner:
         if e.utilization >= 0.9 and (e.wait_s or 0) > 2 * b:
             new = self.rails.budget(self.budget_ms * 2)
             c, b2 = BATCH_OVERHEAD_S, new / 1000.0
-            gain = (b2 / (b2 + c)) / (b / (b + c)) - 1
+            u = min(e.utilization, 0.99)
+            f = (b2 / (b2 + c)) / (b / (b + c))
+            gain = 1 - (1 - u) / (1 - u / f)
             return Change("batch_budget_ms", self.budget_ms, new, gain, why + ": saturated, backlog")
         return None
 
