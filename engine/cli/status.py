@@ -14,6 +14,7 @@ from engine.control.layouts import LANES
 from engine.control.records import STATE_NAMES
 from engine.control.instance import Instance, pid_alive
 from engine.control.sessions import SessionTable
+from engine.recallhealth import report as recall_report
 from metrics import readout
 
 LATENCY_QUANTILES = (0.5, 0.99, 0.999)
@@ -106,6 +107,8 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
         "exporter": exporter_status(inst),
         "gateway": gateway_status(inst),
         "throughput": throughput(inst, interval),
+        "recall_health": recall_report.recall_health(inst),  # probes and breakers
+        "config": recall_report.config_report(inst),  # live settings and the tuner's changes
     }
 
 
@@ -172,7 +175,7 @@ def render(st: dict) -> str:
         shown = "  ".join(f"{k} {'>=' if q[k] is not None and q[k] >= q['top_bucket'] else ''}{_ms(q[k])}"
                           for k in q if k.startswith("p"))
         lines.append(f"{label} ({window}, {q['count']} samples): {shown}")
-    lines.append("")
+    lines += recall_report.render_lines(st.get("recall_health"), st.get("config")) + [""]
     if st["spaces"]:
         lines.append(f"{'space':<32}  {'vectors':>10}  {'shards':>6}")
         for name, sp in sorted(st["spaces"].items()):

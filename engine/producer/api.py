@@ -207,11 +207,11 @@ class Engine:
         counts = self.inst.shard_counts[:, idx]
         holders = [s for s in range(self.inst.slots) if counts[s] > 0]
         now = time.monotonic()
-        targets = [s for s in holders if self.inst.slot_up(s, now)]
-        complete = len(targets) == len(holders)
-        targets, skipped = self.breakers.admit(targets)  # open breakers: skipped at once
+        allowed, _ = self.breakers.admit(holders)  # open breakers: skipped at once
+        targets = [s for s in allowed if self.inst.slot_up(s, now)]
+        skipped = [s for s in holders if s not in targets]  # breaker open or worker down
         outcomes: dict[int, str | None] = {}
-        complete = complete and not skipped
+        complete = not skipped
         chunk = p.query_batch
         out_ids, out_dist = [], []
         for lo in range(0, q, chunk):

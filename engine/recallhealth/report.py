@@ -68,3 +68,23 @@ def live_gauges(inst: Instance) -> dict:
         "recall_probe_state": [({"worker_id": str(s)}, float(probe_rows[s, 0])) for s in range(inst.slots)],
         "recall_breaker_state": [({"worker_id": str(s)}, float(breaker_rows[s, 0])) for s in range(inst.slots)],
     }
+
+
+def render_lines(recall: dict | None, config: dict | None) -> list[str]:
+    """The ``engram-stream status`` section: probe and breaker per slot, live settings and changes."""
+    lines: list[str] = []
+    if recall:
+        lines.append(f"recall health: {recall['status']} ({recall['reason']})")
+        lines.append(f"{'slot':>4}  {'probe':<9}  {'fails':>5}  {'last':>9}  {'breaker':<9}  override")
+        for r in recall["slots"]:
+            lines.append(f"{r['slot']:>4}  {r['state']:<9}  {r['consecutive_failures']:>5}  "
+                         f"{r['last_latency_ms']:>7.1f}ms  {r['breaker']:<9}  {r['breaker_override']}")
+    if config:
+        s = config["settings"]
+        pins = [k for k, v in s.items() if v["pinned"]]
+        lines.append(f"live settings (autotune {config['autotune']}"
+                     f"{', pinned: ' + ', '.join(pins) if pins else ''}): batch-budget-ms "
+                     f"{s['batch_budget_ms']['value']:g}, steal-threshold {s['steal_threshold']['value']}")
+        for h in config["history"][-5:]:
+            lines.append(f"  {h.get('setting')} {h.get('old')} -> {h.get('new')}: {h.get('evidence')}")
+    return lines
