@@ -65,10 +65,10 @@ def test_catalog_matches_design():
     assert got == {k: (t, labels, tuple(float(b) for b in b_)) for k, (t, labels, b_) in EXPECTED.items()}
 
 
-def test_live_gauges_are_the_queue_gauges():
+def test_live_gauges_are_the_queue_and_recall_health_gauges():
     live = {m.name for m in cat.CATALOG if m.source == cat.LIVE}
     assert live == {"queue_depth", "queue_capacity", "queue_memory_bytes", "backpressure_state",
-                    "active_sessions"}
+                    "active_sessions", "recall_probe_state", "recall_breaker_state"}
 
 
 def test_label_domains():
