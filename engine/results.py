@@ -31,3 +31,7 @@ class RecallResult:
     ids: np.ndarray        # uint64 (q, k') ; k' < k when the space holds fewer than k
     distances: np.ndarray  # float32 (q, k')
     complete: bool         # False if a shard missed the deadline or is down
+    # Worker slots holding a shard of the space that were not asked: their
+    # recall circuit breaker is open (engine.recallhealth) or their worker is
+    # down. Their results are missing, and the recall did not wait for them.
+    skipped: tuple[int, ...] = ()

@@ -53,6 +53,11 @@ DOMAINS: dict[str, tuple[str, ...] | None] = {
     "wal_damage": ("corrupt_header", "corrupt_payload", "invalid_space"),
     # Why the exporter closed a connection unserved (metrics.httpserve.REJECT_REASONS).
     "http_reject": ("queue_full", "timeout", "bad_request", "evicted"),
+    # Recall health (engine.recallhealth): why a probe failed, breaker states,
+    # settings the auto-tuner changes.
+    "probe_failure": ("wrong_answer", "timeout"),
+    "breaker_state": ("closed", "half_open", "open"),
+    "tuned_setting": ("batch_budget_ms", "steal_threshold"),
     WORKER_ID: None,
     MEMORY_SPACE: None,
 }
@@ -185,6 +190,22 @@ CATALOG: tuple[Metric, ...] = (
        _WORKER, agg=MAX),
     _m("deadletter_batches_total", COUNTER,
        "Batches set aside in the dead-letter file after killing a worker twice.", _WORKER),
+    # -- recall health (engine.recallhealth) -------------------------------------
+    _m("recall_probe_latency_seconds", HISTOGRAM, "Time a worker slot took to answer the recall probe "
+       "(its wait when it did not answer).", _WORKER, (.001, .005, .01, .025, .05, .1, .25, .5)),
+    _m("recall_probe_failures_total", COUNTER, "Recall probes that failed, by slot and reason: "
+       "wrong_answer (not the known neighbours) or timeout (slower than --probe-budget-ms).",
+       ("worker_id", "reason"), reason="probe_failure"),
+    _m("recall_probe_state", GAUGE, "Recall probe state of a worker slot: 0 unknown, 1 healthy, "
+       "2 degraded, 3 unhealthy.", _WORKER, source=LIVE),
+    _m("recall_breaker_state", GAUGE, "Recall circuit breaker of a worker slot: 0 closed, 1 half-open, "
+       "2 open.", _WORKER, source=LIVE),
+    _m("recall_breaker_transitions_total", COUNTER, "Recall breaker transitions, by slot and states.",
+       ("worker_id", "from", "to"), **{"from": "breaker_state", "to": "breaker_state"}),
+    _m("recall_breaker_short_circuits_total", COUNTER, "Recall requests that skipped a worker slot "
+       "because its breaker was open.", _WORKER),
+    _m("autotune_changes_total", COUNTER, "Live setting changes made by the auto-tuner, by setting.",
+       ("setting",), setting="tuned_setting"),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOG}

@@ -11,6 +11,9 @@ Routes (GET; HEAD answers the same without a body):
   else 503 ``{"status": "not_ready", "reason": …}``.
 * ``/api/v1/system/health`` — 200 with ``health()`` as JSON: ``live``,
   ``ready``, ``reason``, and ``components: {name: {status, reason, since}}``.
+* extra JSON routes the engine injects (``routes``: path → ``fn() -> (status
+  code, object)``), e.g. ``/health/recall`` and ``/api/v1/system/config``;
+  if ``fn`` raises, 500 naming the error.
 * anything else — 404 JSON; other methods — 405 JSON.
 
 ``health`` is injected (the engine knows what "ready" means); if it raises,
@@ -65,20 +68,23 @@ class MetricsServer(BoundedHTTPServer):
     """The exporter's HTTP server. ``port``/``url`` say where it listens."""
 
     def __init__(self, addr: str, registry: CollectorRegistry, health: Health,
-                 limits: Limits | None = None, on_reject: Callable[[str], None] | None = None):
+                 limits: Limits | None = None, on_reject: Callable[[str], None] | None = None,
+                 routes: dict[str, Callable[[], tuple[int, dict]]] | None = None):
         host, port = parse_addr(addr)
         self.registry = registry
         self.health = health
+        self.routes = dict(routes or {})
         super().__init__((host, port), _Handler, limits, lane_of=_lane_of, on_reject=on_reject,
                          family=socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
 def serve(addr: str, collector, health: Health, limits: Limits | None = None,
-          on_reject: Callable[[str], None] | None = None) -> MetricsServer:
-    """Serve ``collector`` (in a fresh registry) and ``health`` on ``addr``."""
+          on_reject: Callable[[str], None] | None = None,
+          routes: dict[str, Callable[[], tuple[int, dict]]] | None = None) -> MetricsServer:
+    """Serve ``collector`` (in a fresh registry), ``health`` and ``routes`` on ``addr``."""
     registry = CollectorRegistry()
     registry.register(collector)
-    return MetricsServer(addr, registry, health, limits, on_reject).start()
+    return MetricsServer(addr, registry, health, limits, on_reject, routes).start()
 
 
 class _Handler(HeadHandler):
@@ -87,6 +93,10 @@ class _Handler(HeadHandler):
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
+        extra = self.server.routes.get(path.rstrip("/") or "/")
+        if extra is not None:
+            self._extra(extra)
+            return
         route = _ROUTES.get(path.rstrip("/") or "/")
         if route is None:
             self._json(404, {"error": "not found", "path": path})
@@ -148,6 +158,15 @@ class _Handler(HeadHandler):
         else:
             self._json(200, h)
 
+    def _extra(self, fn) -> None:
+        try:
+            code, obj = fn()
+        except Exception as exc:
+            log.exception("route %s failed", self.path)
+            self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
+            return
+        self._json(code, obj)
+
     # -- plumbing -------------------------------------------------------------
     def _json(self, code: int, obj) -> None:
         body = (json.dumps(obj, default=str, sort_keys=True) + "\n").encode()
@@ -173,7 +192,7 @@ _ROUTES: dict[str, Callable[[_Handler], None]] = {
 }
 
 #: Served on their own lane: an orchestrator's probe must not queue behind scrapes.
-_HEALTH_PATHS = frozenset({"/health/live", "/health/ready", "/api/v1/system/health"})
+_HEALTH_PATHS = frozenset({"/health/live", "/health/ready", "/api/v1/system/health", "/health/recall"})
 
 
 def _lane_of(path: str) -> str:

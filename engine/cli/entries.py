@@ -21,6 +21,8 @@ def resolve(kind: str) -> Callable:
         from engine.gateway.server import main
     elif kind == "exporter":
         from engine.exporter.server import main
+    elif kind == "prober":
+        from engine.prober.main import main
     else:
         raise ValueError(f"no child of kind {kind!r}")
     return main

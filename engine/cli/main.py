@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in config.COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         config.add_arguments(p, name)
+        if name == "breaker":
+            from engine.cli import breaker
+            breaker.add_arguments(p)
     return parser
 
 
@@ -148,14 +151,30 @@ def cmd_deadletter(cfg) -> int:
     return exitcodes.OK
 
 
+def cmd_breaker(cfg) -> int:
+    from engine.cli import breaker
+    from engine.producer.api import connect
+    with connect(cfg.name) as eng:
+        print(breaker.run(eng, cfg.slot, cfg.action))
+    return 0
+
+
+def cmd_tune(cfg) -> int:
+    from engine.cli import tune
+    return tune.run(cfg)
+
+
 HANDLERS = {"run": cmd_run, "status": cmd_status, "load": cmd_load, "recall": cmd_recall, "stop": cmd_stop,
-            "deadletter": cmd_deadletter, "top": cmd_top}
+            "deadletter": cmd_deadletter, "top": cmd_top, "tune": cmd_tune,
+            "breaker": cmd_breaker}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config.resolve(args, args.command)
+        if args.command == "breaker":  # positional arguments, not settings
+            cfg = type(cfg)({**cfg.values, "slot": args.slot, "action": args.action}, cfg.explicit)
     except ConfigError as exc:
         print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
         return exitcodes.CONFIG

@@ -6,6 +6,8 @@ so what ``status`` prints is what ``ps``/``top`` show.
 
 from __future__ import annotations
 
+from engine.recallhealth import report as recall_report
+
 
 def processes(st: dict) -> list[tuple[int | None, str]]:
     """(pid, title) of every process of the instance, supervisor first."""
@@ -50,7 +52,7 @@ def render(st: dict) -> str:
         shown = "  ".join(f"{k} {'>=' if q[k] is not None and q[k] >= q['top_bucket'] else ''}{_ms(q[k])}"
                           for k in q if k.startswith("p"))
         lines.append(f"{label} ({window}, {q['count']} samples): {shown}")
-    lines.append("")
+    lines += recall_report.render_lines(st.get("recall_health"), st.get("config")) + [""]
     if st["spaces"]:
         lines.append(f"{'space':<32}  {'vectors':>10}  {'shards':>6}")
         for name, sp in sorted(st["spaces"].items()):

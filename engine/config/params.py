@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 
+# Settings the auto-tuner may change live (engine.supervisor.autotune).
+TUNABLE = ("batch_budget_ms", "steal_threshold")
+
+
 @dataclass(frozen=True)
 class Params:
     name: str
@@ -63,17 +67,26 @@ class Params:
     grpc_max_message_bytes: int
     log_level: str
     log_format: str
+    probe_interval: float = 10.0
+    probe_budget_ms: float = 50.0
+    breaker: str = "on"
+    breaker_cooldown: float = 30.0
+    autotune: str = "on"
+    autotune_interval: float = 300.0
     # Derived by the supervisor's plan.
     slots: int = 1
     slot_cpus: tuple[int | None, ...] = ()
     capacity: tuple[int, int, int] = (1, 1, 1)  # engine-wide, per lane high, normal, low
+    # Tunable settings the operator gave explicitly: the auto-tuner leaves them alone.
+    pinned: tuple[str, ...] = ()
 
     @classmethod
     def plan(cls, cfg, slots: int, cpus: list[int | None]) -> "Params":
         """From resolved ``run`` settings (``engine.config.Config``) and the CPU plan."""
         values = {f.name: cfg.values[f.name] for f in dataclasses.fields(cls) if f.name in cfg.values}
         values.update(data_dir=os.path.abspath(cfg.data_dir), slots=slots, slot_cpus=tuple(cpus),
-                      capacity=(cfg.capacity_high, cfg.capacity_normal, cfg.capacity_low))
+                      capacity=(cfg.capacity_high, cfg.capacity_normal, cfg.capacity_low),
+                      pinned=tuple(sorted(a for a in TUNABLE if a in getattr(cfg, "explicit", ()))))
         return cls(**values)
 
     def replace(self, **changes: Any) -> "Params":

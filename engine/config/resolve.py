@@ -20,6 +20,9 @@ from engine.errors import ConfigError, shown
 @dataclass(frozen=True)
 class Config:
     values: dict[str, Any] = field(default_factory=dict)
+    # Attributes whose value an operator gave (flag, environment or file),
+    # not defaulted: the auto-tuner leaves those settings pinned.
+    explicit: frozenset[str] = frozenset()
 
     def __getattr__(self, attr: str) -> Any:
         try:
@@ -78,6 +81,7 @@ def resolve(args: argparse.Namespace | None, command: str, env: dict[str, str] |
             raise ConfigError(f"--config={toml_path!r}: unknown setting(s) {', '.join(sorted(unknown))}")
         toml = {k.replace("_", "-"): v for k, v in toml.items()}
     values: dict[str, Any] = {}
+    explicit: set[str] = set()
     for s in SETTINGS:
         if command not in s.commands:
             continue
@@ -90,8 +94,10 @@ def resolve(args: argparse.Namespace | None, command: str, env: dict[str, str] |
             values[s.attr] = _parse(s, toml[s.name], f"config file {toml_path}")
         else:
             values[s.attr] = s.default if s.default is None else _parse(s, s.default, "default")
+            continue
+        explicit.add(s.attr)
     _cross_check(values)
-    return Config(values)
+    return Config(values, frozenset(explicit))
 
 
 def _cross_check(v: dict[str, Any]) -> None:

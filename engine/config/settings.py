@@ -24,9 +24,15 @@ COMMANDS = {
     "stop": "Graceful stop: drain, then exit.",
     "top": "Live view: per worker CPU, utilisation, queues, inserted/s, latencies; q quits.",
     "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
+    "breaker": "Force a worker slot's recall circuit breaker open or closed, or back to auto.",
+    "tune": "Measure this host with short calibrated ingests; recommend --workers-per-core.",
+    "breaker": "Force a worker slot's recall circuit breaker open or closed, or back to auto.",
+    "tune": "Measure this host with short calibrated ingests; recommend --workers-per-core.",
 }
 # Settings shared by every command that talks to a running instance.
-ALL = ("run", "status", "load", "recall", "stop", "top")
+ALL = ("run", "status", "load", "recall", "stop", "top", "breaker")
+# Settings of the index that ``tune`` measures with (the configured ones).
+INDEX = ("run", "tune")
 
 
 @dataclass(frozen=True)
@@ -60,11 +66,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers-per-core", p.positive_float, 1.0, "Workers per usable CPU when --workers auto.", "X"),
     Setting("cpus", p.cpus, None, "CPUs to pin workers to (default: this process's affinity).", "LIST"),
     Setting("no-pin", p.boolean, False, "Do not pin workers to CPUs.", flag_only=True),
-    Setting("dim", p.positive_int, 768, "Vector dimension.", "D"),
-    Setting("metric", p.choice("cosine", "l2", "ip"), "cosine", "Distance: cosine, l2 (squared) or ip.", "NAME"),
-    Setting("hnsw-m", p.positive_int, 16, "HNSW M (links per node).", "M"),
-    Setting("ef-construction", p.positive_int, 200, "HNSW ef at construction.", "EF"),
-    Setting("ef-search", p.positive_int, 64, "HNSW ef at query time (raised to k when smaller).", "EF"),
+    Setting("dim", p.positive_int, 768, "Vector dimension.", "D", commands=INDEX),
+    Setting("metric", p.choice("cosine", "l2", "ip"), "cosine", "Distance: cosine, l2 (squared) or ip.", "NAME", commands=INDEX),
+    Setting("hnsw-m", p.positive_int, 16, "HNSW M (links per node).", "M", commands=INDEX),
+    Setting("ef-construction", p.positive_int, 200, "HNSW ef at construction.", "EF", commands=INDEX),
+    Setting("ef-search", p.positive_int, 64, "HNSW ef at query time (raised to k when smaller).", "EF", commands=INDEX),
     Setting("capacity-high", p.positive_int, 10_000, "Engine-wide capacity of the high lane.", "N"),
     Setting("capacity-normal", p.positive_int, 100_000, "Engine-wide capacity of the normal lane.", "N"),
     Setting("capacity-low", p.positive_int, 50_000, "Engine-wide capacity of the low lane.", "N"),
@@ -109,6 +115,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls-key", p.optional_path, None, "PEM private key for gRPC over TLS (with --tls-cert).", "FILE"),
     Setting("grpc-max-message-bytes", p.positive_int, 64 << 20, "Largest gRPC message the gateway "
             "accepts or sends.", "BYTES"),
+    Setting("probe-interval", p.positive_float, 10.0, "Seconds between recall probes of every worker slot.", "S"),
+    Setting("probe-budget-ms", p.positive_float, 50.0, "A recall probe slower than this fails (timeout); the "
+            "recall breaker counts answers slower than 1.5 x this as failures.", "MS"),
+    Setting("breaker", p.choice("on", "off"), "on", "Per worker slot circuit breakers on the recall fan-out.",
+            "on|off"),
+    Setting("breaker-cooldown", p.positive_float, 30.0, "Seconds an open recall breaker waits before letting "
+            "trial requests through (half-open).", "S"),
+    Setting("autotune", p.choice("on", "off"), "on", "Let the supervisor tune --batch-budget-ms and "
+            "--steal-threshold live (a value given explicitly by flag, environment or file stays pinned).",
+            "on|off"),
+    Setting("autotune-interval", p.positive_float, 300.0, "Seconds between auto-tuner decisions (at most one "
+            "change per setting per interval).", "S"),
     Setting("log-level", p.choice("debug", "info", "warning", "error"), "info", "Log level.", "LEVEL"),
     Setting("log-format", p.choice("text", "json"), "text", "Log lines on stderr: text for people, json (one "
             "object per line: time, level, role, slot, pid, message, exception) for log shippers.", "FORMAT"),
@@ -133,6 +151,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(top: between refreshes).", "S", commands=("status", "top")),
     Setting("count", p.non_negative_int, 0, "Frames to show before exiting (0: until q is pressed; 1 when "
             "the output is not a terminal).", "N", commands=("top",)),
+    Setting("seconds", p.positive_float, 10.0, "Seconds of ingest per measured step.", "S",
+            commands=("tune",)),
+    Setting("write", p.optional_path, None, "Write the recommended settings as a TOML file that run --config "
+            "accepts.", "FILE", commands=("tune",)),
     Setting("timeout", p.positive_float, 120.0, "Seconds to wait for the instance to stop.", "S",
             commands=("stop",)),
 )

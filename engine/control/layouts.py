@@ -23,6 +23,11 @@ X = 256 sessions (``Layout.describe()``; tests/unit keep this table in step)::
      16896      65536  space_names u1[1024, 64]
      82432      16384  shard_counts i8[2, 1024]
      98816      16384  sessions i8[256, 8]
+    115200        128  probe f8[2, 8]
+    115328        128  breaker f8[2, 8]
+    115456        128  breaker_ring u1[2, 64]
+    115584         64  tuned f8[8]
+    115648       8192  tune_log u1[32, 256]
 
 Fields and their single writers:
 
@@ -36,6 +41,17 @@ Fields and their single writers:
   of slot s only.
 - ``sessions``: the gateway's session table (``engine.control.sessions``);
   the gateway only.
+- ``probe`` (``ProbeRecord``, row per slot): the recall prober only.
+- ``breaker`` (``BreakerRecord``, row per slot) and ``breaker_ring`` (the
+  last ``BREAKER_WINDOW`` outcomes of each slot, 1 = failure): every process
+  that recalls, and the ``breaker`` command, each read-modify-write holding
+  lock byte ``LOCK_BREAKER`` (``engine.recallhealth.board``).
+- ``tuned`` (``TunedRecord``): live settings the auto-tuner publishes; the
+  supervisor only; workers read it before each batch.
+- ``tune_log``: the auto-tuner's audit log, a ring of NUL-padded JSON
+  entries (time, setting, old, new, evidence); entry i of
+  ``TunedRecord.log_count`` in row ``i % TUNE_LOG_ENTRIES``, written before
+  the count; the supervisor only (``engine.supervisor.autotune``).
 """
 
 from __future__ import annotations
@@ -51,7 +67,11 @@ PARAMS_BYTES = 16384
 NAME_BYTES = 64
 CLAIM_SLOTS = 128
 HEADER_CELLS = 16
-CONTROL_VERSION = 3
+CONTROL_VERSION = 4
+BREAKER_RING_BYTES = 64  # outcomes kept per slot: the first BREAKER_WINDOW bytes
+TUNED_CELLS = 8
+TUNE_LOG_ENTRIES = 32  # the auto-tuner's audit log keeps the last this many changes
+TUNE_LOG_BYTES = 256
 
 # A worker whose heartbeat is older than this is absent: not asked for recall,
 # stolen from at any depth, reported down (worker_up 0, /health/ready 503).
@@ -59,6 +79,9 @@ CONTROL_VERSION = 3
 ABSENT_AFTER_S = 2.0
 
 LOCK_CONTROL = 0
+# The breaker table (``breaker``, ``breaker_ring``): every read-modify-write
+# of it is made holding this byte (engine.recallhealth.board).
+LOCK_BREAKER = 1
 LOCK_RING_BASE = 64
 LOCK_QUERY_BASE = 4096
 
@@ -72,6 +95,12 @@ def control_layout(slots: int, max_spaces: int, max_sessions: int) -> Layout:
         Field("space_names", "u1", (max_spaces, NAME_BYTES)),
         Field("shard_counts", "i8", (slots, max_spaces)),
         Field("sessions", "i8", (max_sessions, 8)),
+        # Version 4: recall health (engine.recallhealth), appended at the end.
+        Field("probe", "f8", (slots, 8)),
+        Field("breaker", "f8", (slots, 8)),
+        Field("breaker_ring", "u1", (slots, BREAKER_RING_BYTES)),
+        Field("tuned", "f8", (TUNED_CELLS,)),
+        Field("tune_log", "u1", (TUNE_LOG_ENTRIES, TUNE_LOG_BYTES)),
     ])
 
 

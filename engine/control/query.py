@@ -33,6 +33,8 @@ from engine.control.layouts import LOCK_QUERY_BASE
 from engine.control.instance import Instance
 
 REQ_SEQ, REQ_SPACE, REQ_NQ, REQ_K, REQ_EF = range(5)
+# Space index of the workers' reserved probe shard (engine.recallhealth.probeset).
+PROBE_SPACE = -1
 
 
 class QueryClient:
@@ -53,20 +55,24 @@ class QueryClient:
             time.sleep(0.001)  # every slot busy: back off briefly, then retry
 
     def ask(self, space: int, queries: np.ndarray, k: int, ef: int, targets: list[int],
-            deadline: float) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
-        """Ask ``targets`` for the top-k of ``queries``; returns (parts, complete)."""
+            deadline: float, answered: dict | None = None) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
+        """Ask ``targets`` for the top-k of ``queries``; returns (parts, complete).
+
+        ``answered``, when given, gets ``{target: (seconds to its answer, part)}``
+        of every target that answered in time (the breakers and the prober)."""
         if not targets:
             return [], True
         j = self._take_slot(deadline)
         if j is None:
             return [], False
         try:
-            return self._ask_in_slot(j, space, queries, k, ef, targets, deadline)
+            return self._ask_in_slot(j, space, queries, k, ef, targets, deadline, answered)
         finally:
             self.inst.locks.release(LOCK_QUERY_BASE + j)
 
-    def _ask_in_slot(self, j, space, queries, k, ef, targets, deadline):
+    def _ask_in_slot(self, j, space, queries, k, ef, targets, deadline, answered=None):
         q, inst = self.q, self.inst
+        asked = time.monotonic()
         nq = len(queries)
         req = q["req"][j]
         seq = int(req[REQ_SEQ]) + 1
@@ -86,6 +92,8 @@ class QueryClient:
                     c = min(max(c, 0), k)
                     parts.append((q["ids"][j, t, :nq, :c].copy(), q["dist"][j, t, :nq, :c].copy()))
                     pending.discard(t)
+                    if answered is not None:
+                        answered[t] = (time.monotonic() - asked, parts[-1])
             if not pending:
                 break
             left = deadline - time.monotonic()
@@ -111,7 +119,8 @@ def serve_pending(inst: Instance, slot: int, search) -> int:
         req = q["req"][j]
         space, nq, k, ef = (int(req[REQ_SPACE]), int(req[REQ_NQ]), int(req[REQ_K]), int(req[REQ_EF]))
         cols = 0
-        if (int(req[REQ_SEQ]) == seq and 0 <= space < p.max_spaces and 0 < nq <= p.query_batch
+        if (int(req[REQ_SEQ]) == seq and (0 <= space < p.max_spaces or space == PROBE_SPACE)
+                and 0 < nq <= p.query_batch
                 and 0 < k <= p.max_k):
             ids, dist = search(space, q["vectors"][j, :nq], k, max(ef, k))
             cols = ids.shape[1]

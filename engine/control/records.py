@@ -12,7 +12,8 @@ cell, plain aligned 8-byte stores, readers tolerate a stale value).
 
 Roles (``Instance.attach(name, role, slot)``): ``supervisor``, ``worker``
 (its own slot only), ``gateway``, ``exporter``, ``producer`` (same-host
-``engine.connect``), ``reader`` (status and tools: writes nothing).
+``engine.connect``), ``reader`` (status and tools: writes nothing),
+``prober`` (the recall prober, ``engine.prober``).
 
 Role views for the per-slot records: the supervisor gets writable
 supervisor records and read-only live records; a worker gets its own
@@ -26,14 +27,17 @@ import numpy as np
 
 from engine.errors import EngineError
 
-SUPERVISOR, WORKER, GATEWAY, EXPORTER, PRODUCER, READER = \
-    "supervisor", "worker", "gateway", "exporter", "producer", "reader"
-ROLES = (SUPERVISOR, WORKER, GATEWAY, EXPORTER, PRODUCER, READER)
+SUPERVISOR, WORKER, GATEWAY, EXPORTER, PRODUCER, READER, PROBER = \
+    "supervisor", "worker", "gateway", "exporter", "producer", "reader", "prober"
+ROLES = (SUPERVISOR, WORKER, GATEWAY, EXPORTER, PRODUCER, READER, PROBER)
 # Processes that admit observations (the gateway is a producer like any other).
 PRODUCERS = (SUPERVISOR, GATEWAY, PRODUCER)
 # Processes that register space names: producers, and a worker recovering
 # its shards from disk (``engine.control.spaces``: under control lock 0).
 REGISTRANTS = PRODUCERS + (WORKER,)
+# Processes that send recall requests and so keep the per-slot breakers
+# (engine.recallhealth.board); the prober's probes count as recalls.
+RECALLERS = PRODUCERS + (PROBER,)
 
 
 class ControlWriteError(EngineError):
@@ -156,3 +160,68 @@ class LiveRecord(Record):
     claim_start = Cell(5, (WORKER,))
     unwritable = Cell(6, (WORKER,), doc="errno of a failing log append, 0 when writable")
     recovery_progress = Cell(7, (WORKER,), float, doc="share of the bytes to recover done, 0-1")
+
+
+# Probe states (ProbeRecord.state), engine.recallhealth.probe.
+PROBE_UNKNOWN, PROBE_HEALTHY, PROBE_DEGRADED, PROBE_UNHEALTHY = 0, 1, 2, 3
+PROBE_STATE_NAMES = {PROBE_UNKNOWN: "unknown", PROBE_HEALTHY: "healthy", PROBE_DEGRADED: "degraded",
+                     PROBE_UNHEALTHY: "unhealthy"}
+# Probe failure reasons (ProbeRecord.last_reason).
+PROBE_OK, PROBE_WRONG_ANSWER, PROBE_TIMEOUT = 0, 1, 2
+PROBE_REASON_NAMES = {PROBE_OK: "ok", PROBE_WRONG_ANSWER: "wrong_answer", PROBE_TIMEOUT: "timeout"}
+
+
+class ProbeRecord(Record):
+    """``probe f8[S, 8]``, row per slot: single writer, the recall prober.
+
+    Times are unix seconds (0: never); the exporter serves the row as is."""
+
+    WIDTH = 8
+    state = Cell(0, (PROBER,), doc="PROBE_UNKNOWN until the first probe, then healthy/degraded/unhealthy")
+    failures = Cell(1, (PROBER,), doc="consecutive failed probes")
+    successes = Cell(2, (PROBER,), doc="consecutive good probes")
+    last_success = Cell(3, (PROBER,), float, doc="unix s of the last good probe")
+    last_failure = Cell(4, (PROBER,), float, doc="unix s of the last failed probe")
+    last_latency = Cell(5, (PROBER,), float, doc="seconds the last probe took (its wait when unanswered)")
+    last_reason = Cell(6, (PROBER,), doc="PROBE_OK, PROBE_WRONG_ANSWER or PROBE_TIMEOUT")
+    probes = Cell(7, (PROBER,), doc="probes sent to this slot")
+
+
+# Breaker states (BreakerRecord.state) and manual overrides (BreakerRecord.override).
+CLOSED, HALF_OPEN, OPEN = 0, 1, 2
+BREAKER_STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half_open", OPEN: "open"}
+OVERRIDE_AUTO, OVERRIDE_OPEN, OVERRIDE_CLOSED = 0, 1, 2
+OVERRIDE_NAMES = {OVERRIDE_AUTO: "auto", OVERRIDE_OPEN: "open", OVERRIDE_CLOSED: "close"}
+
+
+class BreakerRecord(Record):
+    """``breaker f8[S, 8]``, row per slot: written by any recaller (and the
+    ``breaker`` command, a producer) holding lock byte ``LOCK_BREAKER``.
+
+    Times are ``time.monotonic()`` seconds: one clock for every process of
+    the host (CLOCK_MONOTONIC is system-wide on Linux, as the heartbeats assume)."""
+
+    WIDTH = 8
+    state = Cell(0, RECALLERS, doc="CLOSED, HALF_OPEN or OPEN")
+    changed = Cell(1, RECALLERS, float, doc="monotonic s of the last transition")
+    pos = Cell(2, RECALLERS, doc="next index to write in the outcome ring")
+    samples = Cell(3, RECALLERS, doc="outcomes in the ring (at most the window)")
+    failures = Cell(4, RECALLERS, doc="failures among them")
+    trials = Cell(5, RECALLERS, doc="requests let through since half-open began")
+    override = Cell(6, RECALLERS, doc="OVERRIDE_AUTO, OVERRIDE_OPEN or OVERRIDE_CLOSED (breaker command)")
+    transitions = Cell(7, RECALLERS, doc="transitions since start")
+
+
+class TunedRecord(Record):
+    """``tuned f8[8]``: live settings; single writer, the supervisor (auto-tuner).
+
+    Workers read ``batch_budget_ms`` and ``steal_threshold`` before each
+    batch; ``generation`` goes up with every change (0: the start values)."""
+
+    WIDTH = 8
+    batch_budget_ms = Cell(0, (SUPERVISOR,), float)
+    steal_threshold = Cell(1, (SUPERVISOR,))
+    generation = Cell(2, (SUPERVISOR,))
+    changed = Cell(3, (SUPERVISOR,), float, doc="unix s of the last change")
+    log_count = Cell(4, (SUPERVISOR,), doc="audit log entries written since start (tune_log ring)")
+    # 5-7: unused

@@ -24,6 +24,7 @@ from engine.control.sessions import SessionTable
 from metrics.collector import ArrayCollector
 from metrics.exporter import serve
 from metrics.writer import MetricWriter
+from engine.recallhealth import report as recall_report
 
 log = logging.getLogger("engram.exporter")
 
@@ -40,6 +41,7 @@ def live_gauges(inst: Instance) -> dict:
         "queue_memory_bytes": [({}, float(inst.ring_bytes()))],
         "backpressure_state": [({}, float(state))],
         "active_sessions": [({}, float(SessionTable(inst.session_rows).count()))],
+        **recall_report.live_gauges(inst),
     }
 
 
@@ -97,8 +99,10 @@ class Health:
         storage = self._mark("storage", "down" if blocked else "up",
                              blocked or "write-ahead logs writable")
         exporter = {"status": "up", "reason": f"pid {os.getpid()}", "since": self.started}
+        rh = recall_report.recall_health(inst)
+        recall = self._mark("recall", rh["status"], rh["reason"], slots=rh["slots"])
         components = {"supervisor": supervisor, "workers": workers, "queues": queues, "storage": storage,
-                      "exporter": exporter}
+                      "exporter": exporter, "recall": recall}
         if inst.params.grpc_addr != "off":
             # Not part of readiness: local producers and recall do not need it.
             gw_pid = int(hdr.gateway_pid)
@@ -111,12 +115,22 @@ class Health:
         reasons = [c["reason"] for c in (supervisor, workers, storage) if c["status"] != "up"]
         if queues["status"] == "down":
             reasons.append(queues["reason"])
+        if not rh["ok"]:  # a slot unhealthy: three probes in a row failed
+            reasons.append(rh["reason"])
         return {
             "live": sup_ok,
             "ready": not reasons,
             "reason": "; ".join(reasons) if reasons else "ready",
             "components": components,
         }
+
+
+def recall_routes(inst: Instance) -> dict:
+    """``/health/recall`` (503 while a slot is unhealthy) and ``/api/v1/system/config``."""
+    def recall():
+        rh = recall_report.recall_health(inst)
+        return (200 if rh["ok"] else 503), rh
+    return {"/health/recall": recall, "/api/v1/system/config": lambda: (200, recall_report.config_report(inst))}
 
 
 def main(name: str, addr: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
@@ -128,7 +142,8 @@ def main(name: str, addr: str, inherited: list[int] = (), supervisor_pid: int = 
     writer = MetricWriter(inst.metrics, inst.metrics.row_map.EXPORTER)
     # on_reject calls are serialised by the server: this row keeps one writer.
     server = serve(addr, collector, Health(inst),
-                   on_reject=lambda reason: writer.inc("exporter_rejected_connections_total", reason=reason))
+                   on_reject=lambda reason: writer.inc("exporter_rejected_connections_total", reason=reason),
+                   routes=recall_routes(inst))
     inst.header.exporter_pid = os.getpid()
     inst.header.exporter_port = server.port
     identity.become("exporter", name, port=server.port)

@@ -28,9 +28,12 @@ from engine.control.instance import Instance
 from engine.control.liveness import Liveness
 from engine.control.query import QueryClient
 from engine.control.spaces import SpaceRegistry
-from engine.producer.recall import exact_distances, merge
+from engine.distances import exact_distances
+from engine.producer.recall import merge
+from engine.recallhealth import report as recall_report
 from engine.results import Ack, RecallResult
 from engine.producer.routing import home_slot, spill_order
+from engine.recallhealth.board import BreakerBoard
 from metrics.lease import ProducerRowLease
 from shm.errors import LayoutError, LockTimeout, SegmentMissing
 
@@ -56,6 +59,8 @@ class Engine:
         self._lease: ProducerRowLease | None = None
         self._writer = writer
         self._metrics_lock = threading.Lock()  # a row has one writer: serialise threads
+        # Per-slot recall circuit breakers, shared with every recaller (engine.recallhealth.board).
+        self.breakers = BreakerBoard(inst, self.record, enabled=self.params.breaker == "on")
 
     # -- metrics -----------------------------------------------------------
     def record(self, fn) -> None:
@@ -226,13 +231,18 @@ class Engine:
         counts = self.inst.shard_counts[:, idx]
         holders = [s for s in range(self.inst.slots) if counts[s] > 0]
         now = time.monotonic()
-        targets = [s for s in holders if self.inst.slot_up(s, now)]
-        complete = len(targets) == len(holders) and scanned
+        allowed, _ = self.breakers.admit(holders)  # open breakers: skipped at once
+        targets = [s for s in allowed if self.inst.slot_up(s, now)]
+        skipped = [s for s in holders if s not in targets]  # breaker open or worker down
+        outcomes: dict[int, str | None] = {}
+        complete = not skipped and scanned
         chunk = p.query_batch
         out_ids, out_dist = [], []
         for lo in range(0, q, chunk):
             part_q = queries[lo:lo + chunk]
-            parts, ok = self.queries.ask(idx, part_q, k, max(ef, k), targets, deadline)
+            answered: dict = {}
+            parts, ok = self.queries.ask(idx, part_q, k, max(ef, k), targets, deadline, answered)
+            self.breakers.note(targets, answered, outcomes)
             complete = complete and ok
             if fresh_part is not None:
                 parts.append((fresh_part[0][lo:lo + chunk], fresh_part[1][lo:lo + chunk]))
@@ -240,11 +250,12 @@ class Engine:
             out_ids.append(ids)
             out_dist.append(dist)
         width = min(x.shape[1] for x in out_ids)
+        self.breakers.record(outcomes)
         elapsed = time.monotonic() - started
         self.record(lambda w: (w.observe("recall_latency_seconds", elapsed, memory_space=idx),
                                 w.inc("recall_queries_total", q, memory_space=idx)))
         return RecallResult(np.vstack([x[:, :width] for x in out_ids]),
-                            np.vstack([x[:, :width] for x in out_dist]), complete)
+                            np.vstack([x[:, :width] for x in out_dist]), complete, tuple(skipped))
 
     def _scan_rings(self, idx: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """Exact candidates among queued records; False when a ring could not
@@ -267,7 +278,10 @@ class Engine:
     # -- status / teardown -------------------------------------------------
     def status(self, interval: float = 0.0) -> dict:
         """The ``engram-stream status --json`` object; ``interval`` > 0 adds rates."""
-        return report.collect(self.inst, interval)
+        st = report.collect(self.inst, interval)
+        st["recall_health"] = recall_report.recall_health(self.inst)  # probes and breakers
+        st["config"] = recall_report.config_report(self.inst)  # live settings and the tuner's changes
+        return st
 
     def close(self) -> None:
         if self._lease is not None:

@@ -10,18 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def exact_distances(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
-    """(q, n) distances between queries (q, d) and vectors (n, d)."""
-    if metric == "l2":
-        qn = (queries * queries).sum(axis=1)[:, None]
-        vn = (vectors * vectors).sum(axis=1)[None, :]
-        return np.maximum(qn + vn - 2.0 * queries @ vectors.T, 0.0).astype(np.float32)
-    if metric == "ip":
-        return (1.0 - queries @ vectors.T).astype(np.float32)
-    qs = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(1e-30)
-    vs = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-30)
-    return (1.0 - qs @ vs.T).astype(np.float32)
-
 
 def merge(parts: list[tuple[np.ndarray, np.ndarray]], q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-source candidates (ids (q, c_i), distances (q, c_i)) into top-k.

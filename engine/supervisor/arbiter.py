@@ -30,6 +30,8 @@ import time
 
 from engine import exitcodes, identity
 from engine.control import pressure
+from engine.control import recallstate
+from engine.supervisor.autotune import AutoTune
 from engine.control.instance import Instance
 from engine.control.records import DOWN, PARKED, RUNNING, STARTING, STOPPED
 from engine.errors import InstanceRunning
@@ -59,6 +61,8 @@ class Supervisor:
         self.slots: list[Child] = []
         self.exporter = Child(-1, None, kind="exporter")
         self.gateway = Child(-1, None, kind="gateway") if cfg.grpc_addr != "off" else None
+        self.prober = Child(-1, None, kind="prober")  # recall probes (engine.prober)
+        self.autotune = None  # engine.supervisor.autotune, made in setup
         self.policy = RestartPolicy(cfg.flap_restarts, cfg.flap_window, cfg.park_seconds,
                                     cfg.restart_backoff_max)
         self.metrics = None
@@ -98,6 +102,7 @@ class Supervisor:
             removed = remove_instance_objects(cfg.name)
             log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), cfg.name)
         self.inst = Instance.create(params)
+        recallstate.init(self.inst)  # live settings start at the configured values
         salvage.restore(self.inst, carried)
         if saved:
             salvage.restore(self.inst, spill.dedupe(saved, carried), "saved by the last stop")
@@ -109,6 +114,8 @@ class Supervisor:
         self.slots = [Child(i, cpus[i]) for i in range(n)]
         from metrics.writer import MetricWriter
         self.metrics = MetricWriter(self.inst.metrics, self.inst.metrics.row_map.SUPERVISOR)
+        if params.autotune == "on":
+            self.autotune = AutoTune(self.inst, self.metrics, self.clock)
         for s in self.slots:
             self.inst.sup(s.index).cpu = -1 if s.cpu is None else s.cpu
         if install_signals:
@@ -139,6 +146,8 @@ class Supervisor:
         if self.exit_code is None:
             self.reconcile()
         self.publish()
+        if self.autotune is not None and not self.shutdown.draining:
+            self.autotune.tick(self.clock())  # pure bookkeeping on shared memory: never blocks
         self.shutdown.check()
 
     def handle_signals(self) -> None:
@@ -156,7 +165,7 @@ class Supervisor:
                 return
 
     def children(self) -> list[Child]:
-        return self.slots + [c for c in (self.exporter, self.gateway) if c is not None]
+        return self.slots + [c for c in (self.exporter, self.gateway, self.prober) if c is not None]
 
     def reap(self) -> None:
         now = self.clock()

@@ -42,6 +42,8 @@ from engine.control.records import WORKER
 from engine.control.instance import Instance
 from engine.control.query import serve_pending
 from engine.worker.recovering import Recovering
+from engine.control.recallstate import live_settings
+from engine.recallhealth.probeset import ProbeShard
 from engine.worker.scheduler import BatchSizer, LaneScheduler
 from engine.errors import ResizeError
 from engine.worker.shards import ShardSet
@@ -63,7 +65,7 @@ MAX_STEAL_CLAIMS = 32
 POISON_AFTER_DEATHS = 2
 class Worker:
     def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic,
-                 hooks: Hooks = NO_HOOKS):
+                 hooks: Hooks = NO_HOOKS, probe_shard: ProbeShard | None = None):
         p = inst.params
         self.inst = inst
         self.hooks = hooks
@@ -87,6 +89,8 @@ class Worker:
         self.busy_s = 0.0
         self.query_s = 0.0  # time answering queries inside batches (kept out of batch sizing)
         self.window_start = clock()
+        # Recall health: the reserved probe shard answers PROBE_SPACE (engine.recallhealth.probeset).
+        self.search = (probe_shard or ProbeShard.for_params(p)).route(self.shards.search)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, durable: bool = False, snapshot_cpus: set[int] | None = None) -> None:
@@ -129,6 +133,9 @@ class Worker:
             self.retry_commits()
         t0 = self.clock()
         answered = self.answer_queries()
+        # Live settings (the supervisor's auto-tuner), read before each batch.
+        self.sizer.budget_s, self.steal_threshold = live_settings(self.inst) or (self.sizer.budget_s,
+                                                                                self.steal_threshold)
         claim = self.next_claim()
         if claim is not None:
             self.process(claim)
@@ -140,7 +147,7 @@ class Worker:
     def answer_queries(self) -> int:
         """Answer recall requests addressed to this slot (between insert slices)."""
         t0 = time.perf_counter()
-        answered = serve_pending(self.inst, self.slot, self.shards.search)
+        answered = serve_pending(self.inst, self.slot, self.search)
         if answered:
             self.query_s += time.perf_counter() - t0
         return answered

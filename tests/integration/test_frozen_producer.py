@@ -10,8 +10,6 @@ and a fresh recall returns, marked incomplete.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +17,7 @@ import time
 
 import numpy as np
 
-from engine.control.layouts import LANE_INDEX, LOCK_CONTROL, LOCK_RING_BASE, ring_id
+from engine.control.layouts import LANE_INDEX, ring_id
 from engine.producer.routing import home_slot
 from tests.harness import child_env, wait_for
 

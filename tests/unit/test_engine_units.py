@@ -13,7 +13,8 @@ import pytest
 from engine import config
 from engine.control import admission
 from engine.errors import ConfigError, InvalidInput
-from engine.producer.recall import exact_distances, merge
+from engine.distances import exact_distances
+from engine.producer.recall import merge
 from engine.producer.routing import home_slot, spill_order
 from engine.worker.scheduler import BatchSizer, LaneScheduler
 from engine.producer import validation

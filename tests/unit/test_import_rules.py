@@ -25,9 +25,9 @@ OURS = ("engine", "shm", "metrics")
 # Modules of the engine that are no process's own: any process package may use them.
 SHARED = ("shm", "metrics", "engine.control", "engine.config", "engine.errors", "engine.results",
           "engine.child", "engine.rpc", "engine.identity", "engine.signals", "engine.fsutil", "engine.exitcodes",
-          "engine.logfmt")
+          "engine.logfmt", "engine.distances", "engine.recallhealth")
 PROCESSES = ("engine.supervisor", "engine.worker", "engine.storage", "engine.producer",
-             "engine.gateway", "engine.exporter", "engine.cli")
+             "engine.gateway", "engine.exporter", "engine.prober", "engine.cli")
 
 # importer prefix -> prefixes it may import (its own package is always allowed).
 RULES: dict[str, tuple[str, ...]] = {
@@ -48,6 +48,11 @@ RULES: dict[str, tuple[str, ...]] = {
     "engine.fsutil": (),
     "engine.exitcodes": (),
     "engine.logfmt": ("engine.identity",),
+    "engine.distances": (),
+    # Recall health (breakers, probes, tuner): policy over the control block, used by several processes.
+    "engine.recallhealth": ("shm", "metrics", "engine.control", "engine.config", "engine.errors",
+                            "engine.results", "engine.distances"),
+    "engine.prober": SHARED,
     # The children's entry points and the storage checks come from the CLI
     # (engine.cli.entries): the supervisor names no other process package.
     "engine.supervisor": SHARED,

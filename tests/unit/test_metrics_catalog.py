@@ -50,6 +50,13 @@ EXPECTED = {
     "snapshot_last_success_timestamp_seconds": ("gauge", ("worker_id",), ()),
     "snapshot_fallbacks_total": ("counter", ("worker_id",), ()),
     "data_dir_unwritable": ("gauge", ("worker_id",), ()),
+    "recall_probe_latency_seconds": ("histogram", ("worker_id",), (.001, .005, .01, .025, .05, .1, .25, .5)),
+    "recall_probe_failures_total": ("counter", ("worker_id", "reason"), ()),
+    "recall_probe_state": ("gauge", ("worker_id",), ()),
+    "recall_breaker_state": ("gauge", ("worker_id",), ()),
+    "recall_breaker_transitions_total": ("counter", ("worker_id", "from", "to"), ()),
+    "recall_breaker_short_circuits_total": ("counter", ("worker_id",), ()),
+    "autotune_changes_total": ("counter", ("setting",), ()),
 }
 
 
@@ -58,10 +65,10 @@ def test_catalog_matches_design():
     assert got == {k: (t, labels, tuple(float(b) for b in b_)) for k, (t, labels, b_) in EXPECTED.items()}
 
 
-def test_live_gauges_are_the_queue_gauges():
+def test_live_gauges_are_the_queue_and_recall_health_gauges():
     live = {m.name for m in cat.CATALOG if m.source == cat.LIVE}
     assert live == {"queue_depth", "queue_capacity", "queue_memory_bytes", "backpressure_state",
-                    "active_sessions"}
+                    "active_sessions", "recall_probe_state", "recall_breaker_state"}
 
 
 def test_label_domains():

@@ -106,7 +106,7 @@ def come_up(sv, slot: int) -> None:
 def test_reconcile_starts_every_child_and_publish_marks_running_ones(sv):
     sv.step()
     kinds = sorted((k, i) for k, i, _ in sv.spawner.started)
-    assert kinds == [("exporter", -1), ("gateway", -1), ("worker", 0), ("worker", 1)]
+    assert kinds == [("exporter", -1), ("gateway", -1), ("prober", -1), ("worker", 0), ("worker", 1)]
     assert [sv.inst.sup(s).state for s in (0, 1)] == [STARTING, STARTING]
     assert sv.inst.sup(0).pid == sv.slots[0].pid != 0
     come_up(sv, 0)
@@ -117,7 +117,7 @@ def test_reconcile_starts_every_child_and_publish_marks_running_ones(sv):
     sv.step()
     assert sv.inst.header.ready == 1
     sv.step()
-    assert len(sv.spawner.started) == 4  # nothing started twice
+    assert len(sv.spawner.started) == 5  # nothing started twice
 
 
 def test_a_dead_worker_is_reaped_and_restarted_after_its_backoff(sv):
@@ -184,8 +184,8 @@ def test_drain_check_waits_for_the_queues_then_stops_in_order(sv):
     # stop, then the services got SIGTERM (after the workers were gone).
     assert sv.inst.header.stop == 1 and sv.exit_code == exitcodes.OK
     order = [label for label, _ in sv.spawner.signals]
-    assert order[-2:] == ["gateway", "exporter"]
-    assert all(sig == signal.SIGTERM for label, sig in sv.spawner.signals if label in ("gateway", "exporter"))
+    assert order[-3:] == ["gateway", "prober", "exporter"]
+    assert all(sig == signal.SIGTERM for label, sig in sv.spawner.signals if label in ("gateway", "prober", "exporter"))
     assert [sv.inst.sup(s).state for s in (0, 1)] == [STOPPED, STOPPED]
 
 

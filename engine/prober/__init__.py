@@ -1,0 +1,1 @@
+"""The recall prober: a small child of the supervisor (``engine.prober.main``)."""
