@@ -1,14 +1,9 @@
-"""Exact distances and the top-k merge of per-shard answers (DESIGN §5).
-
-Distances match hnswlib's spaces so exact (fresh) candidates and HNSW
-candidates can be merged: ``l2`` is the squared Euclidean distance, ``ip`` is
-``1 - <a, b>``, ``cosine`` is ``1 - <a, b> / (|a| |b|)``.
-"""
+"""The top-k merge of per-shard answers (DESIGN §5); the distances they carry
+are hnswlib's (``engine.distances``), so exact and HNSW candidates merge."""
 
 from __future__ import annotations
 
 import numpy as np
-
 
 
 def merge(parts: list[tuple[np.ndarray, np.ndarray]], q: int, k: int) -> tuple[np.ndarray, np.ndarray]:

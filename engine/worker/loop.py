@@ -8,11 +8,11 @@ Loop (one iteration)::
 Inserting a batch is split into slices of about 5 ms (``QUERY_CHECK_S``) with
 pending recall queries answered between them.
 
-Taking work, in order: claims handed to this slot (a predecessor's that died,
-or a parked slot's reassigned by the supervisor), then its own rings
-high → normal → low (``LaneScheduler``), then stealing from the most loaded
-other ring (depth above ``--steal-threshold``, or any depth when its owner is
-absent). Stolen records go into this slot's own shard for their space.
+Taking work (``engine.worker.taking``): claims handed to this slot, its own
+rings high → normal → low, then stealing. Stolen records go into this
+slot's own shard for their space. A claim a worker died inside is handled
+record by record (``engine.worker.poison``). Recovery at start heartbeats
+from a thread (``engine.worker.recovering``).
 
 Durability (``start(durable=True)``, ``engine.storage.slotstore.SlotStore``): shards
 rebuilt from the newest good snapshot and the log after it, each batch
@@ -35,7 +35,6 @@ import numpy as np
 
 from engine import child, identity
 from engine.config.hooks import NONE as NO_HOOKS, Hooks
-from engine.storage import deadletter
 from engine.storage.slotstore import SlotStore
 from engine.control.layouts import LANES
 from engine.control.records import WORKER
@@ -44,7 +43,9 @@ from engine.control.query import serve_pending
 from engine.worker.recovering import Recovering
 from engine.control.recallstate import live_settings
 from engine.recallhealth.probeset import ProbeShard
+from engine.worker.poison import PoisonGuard
 from engine.worker.scheduler import BatchSizer, LaneScheduler
+from engine.worker.taking import ClaimTaking
 from engine.errors import ResizeError
 from engine.worker.shards import ShardSet
 from engine.control.spaces import SpaceRegistry
@@ -55,15 +56,12 @@ from shm.ring import Claim
 log = logging.getLogger("engram.worker")
 
 IDLE_WAIT_S = 0.05
-ORPHAN_CHECK_S = 0.5
 UTILIZATION_WINDOW_S = 1.0
 # Inside a batch, the worker answers pending recall queries every this many
 # seconds of inserting (it splits add_items into slices of that length), so
 # a recall waits about this long, not a whole --batch-budget-ms batch.
 QUERY_CHECK_S = 0.005
-MAX_STEAL_CLAIMS = 32
-POISON_AFTER_DEATHS = 2
-class Worker:
+class Worker(ClaimTaking, PoisonGuard):
     def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic,
                  hooks: Hooks = NO_HOOKS, probe_shard: ProbeShard | None = None):
         p = inst.params
@@ -160,65 +158,6 @@ class Worker:
             self.metrics.set("worker_utilization_ratio", min(1.0, self.busy_s / wall), worker_id=self.slot)
             self.busy_s, self.window_start = 0.0, now
 
-    # -- taking work ---------------------------------------------------------
-    def next_claim(self) -> Claim | None:
-        if self.backlog:
-            return self.backlog.pop(0)
-        now = self.clock()
-        if now >= self.next_orphan_check:
-            self.next_orphan_check = now + ORPHAN_CHECK_S
-            self.backlog = self.adopt_orphans()
-            if self.backlog:
-                return self.backlog.pop(0)
-        depths = [r.depth() for r in self.own]
-        for lane in self.lanes.order(depths):
-            try:
-                claim = self.own[lane].claim(self.sizer.size(depths[lane]), self.slot)
-            except LockTimeout:
-                continue  # its lock holder is stopped: the other lanes, then stealing
-            if claim is not None:
-                self.lanes.served(lane, depths)
-                return claim
-        self.backlog = self.steal()
-        return self.backlog.pop(0) if self.backlog else None
-
-    def adopt_orphans(self) -> list[Claim]:
-        """Open claims recorded under this slot that this process is not working on."""
-        out: list[Claim] = []
-        for ring in self.inst.rings:
-            try:
-                if self.slot in ring.open_claimers():
-                    out.extend(ring.claims_of(self.slot))
-            except LockTimeout:
-                continue  # looked at again at the next check
-        if out:
-            log.info("slot %d: processing %d claim(s) left open by a previous owner", self.slot, len(out))
-        return out
-
-    def owner_absent(self, slot: int) -> bool:
-        return not self.inst.slot_up(slot, self.clock())
-
-    def steal(self) -> list[Claim]:
-        best, best_depth, absent = None, 0, False
-        for ring in self.others:
-            d = ring.depth()
-            if d <= 0:
-                continue
-            owner_gone = self.owner_absent(ring.ring_id // len(LANES))
-            if (d > self.steal_threshold or owner_gone) and d > best_depth:
-                best, best_depth, absent = ring, d, owner_gone
-        if best is None:
-            return []
-        total = best_depth if absent else max(1, best_depth // 2)
-        per_claim = self.sizer.size(total)
-        try:
-            claims = best.claim_many(total, per_claim, self.slot, max_claims=MAX_STEAL_CLAIMS)
-        except LockTimeout:
-            return []
-        if claims:
-            self.metrics.inc("work_stolen_total", len(claims), worker_id=self.slot)
-        return claims
-
     # -- doing work ----------------------------------------------------------
     def process(self, claim: Claim) -> None:
         ring = self.inst.rings[claim.ring]
@@ -280,26 +219,6 @@ class Worker:
         waiting, self.uncommitted = self.uncommitted, []
         for ring, claim in waiting:
             self.commit(ring, claim)
-
-    def suspect(self, claim: Claim) -> tuple[bool, int | None]:
-        """(a worker died inside this claim, the position that killed two workers or None)."""
-        sup = self.inst.sup(self.slot)
-        ring, pos, deaths = int(sup.crash_ring), int(sup.crash_start), int(sup.crash_count)
-        if deaths < 1 or ring != claim.ring or not claim.start <= pos < claim.start + claim.count:
-            return False, None
-        return True, (pos if deaths >= POISON_AFTER_DEATHS else None)
-
-    def dead_letter(self, claim: Claim, position: int, ids, spaces, vectors) -> None:
-        """Set a record that killed two workers aside in <data-dir>/deadletter/ instead of a third try."""
-        path = deadletter.append(self.inst.params.data_dir, self.slot, {
-            "time": time.time(), "slot": self.slot, "ring": claim.ring, "position": position,
-            "reason": f"the worker of slot {self.slot} died {POISON_AFTER_DEATHS} times inserting this "
-                      f"observation",
-            "spaces": sorted({self.inst.space_name(int(s)) for s in np.unique(spaces)}),
-            "ids": [int(i) for i in ids], "vectors": np.asarray(vectors).tolist()})
-        self.metrics.inc("deadletter_batches_total", worker_id=self.slot)
-        log.error("slot %d: observation %s at ring %d position %d killed %d workers; moved to %s",
-                  self.slot, [int(i) for i in ids], claim.ring, position, POISON_AFTER_DEATHS, path)
 
     def step_blocked(self) -> bool:
         """One iteration while the log cannot be written: answer queries, retry when due."""
