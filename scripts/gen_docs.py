@@ -18,12 +18,14 @@ sys.path.insert(0, str(ROOT))
 
 from engine import config  # noqa: E402
 from metrics import catalog  # noqa: E402
+from scripts import modmap  # noqa: E402
 
 GENERATORS = {
     "settings": config.render_markdown,
     "metrics": catalog.render_markdown,
+    "modules": modmap.render_markdown,
 }
-FILES = ["docs/configuration.md", "docs/operations.md"]
+FILES = ["docs/configuration.md", "docs/operations.md", "docs/architecture.md"]
 _BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (\w+) -->\n)(.*?)(<!-- END GENERATED: \2 -->)", re.S)
 
 
