@@ -11,6 +11,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHM_SIZE = ROOT / "scripts" / "shm_size.py"
+DOCKERFILE = ROOT / "deploy" / "container" / "Dockerfile"
+
+
+def image_env() -> dict[str, str]:
+    """The ENV of the Dockerfile's final stage: what every container of the image starts with."""
+    from dockerfile_parse import DockerfileParser
+    return DockerfileParser(path=str(DOCKERFILE)).envs
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -24,12 +24,11 @@ import yaml
 from dockerfile_parse import DockerfileParser
 from prometheus_client.registry import CollectorRegistry
 
-from deploy_helpers import ROOT, docker_bytes, duration_seconds, shm_figure
+from deploy_helpers import DOCKERFILE, ROOT, docker_bytes, duration_seconds, image_env, shm_figure
 from engine.config import SETTINGS, resolve
 from metrics.exporter import MetricsServer
 
 HERE = ROOT / "deploy" / "container"
-DOCKERFILE = HERE / "Dockerfile"
 COMPOSE = HERE / "compose.yaml"
 SETTING_ENVS = {s.env for s in SETTINGS}
 COMPILERS = ("build-essential", "gcc", "g++", "clang", "cc ")
@@ -49,10 +48,6 @@ def stages() -> list[list[dict]]:
 
 def values(stage: list[dict], instruction: str) -> list[str]:
     return [i["value"] for i in stage if i["instruction"] == instruction]
-
-
-def final_envs() -> dict[str, str]:
-    return DockerfileParser(path=str(DOCKERFILE)).envs
 
 
 def healthcheck_argv() -> list[str]:
@@ -103,7 +98,7 @@ def test_runtime_stage_runs_the_engine_as_a_non_root_user():
 
 
 def test_runtime_listens_on_all_interfaces_on_the_exposed_ports_and_keeps_data_in_the_volume():
-    envs, final = final_envs(), stages()[-1]
+    envs, final = image_env(), stages()[-1]
     exposed = {int(p) for v in values(final, "EXPOSE") for p in v.split()}
     assert envs["ENGRAM_METRICS_ADDR"].rpartition(":")[0] == "0.0.0.0"
     assert envs["ENGRAM_GRPC_ADDR"].rpartition(":")[0] == "0.0.0.0"
@@ -175,7 +170,7 @@ def engine_service() -> dict:
 
 def engine_env(svc: dict) -> dict[str, str]:
     """What the engine sees: the image's ENGRAM_ variables, then compose's over them."""
-    env = {k: v for k, v in final_envs().items() if k.startswith("ENGRAM_")}
+    env = {k: v for k, v in image_env().items() if k.startswith("ENGRAM_")}
     env.update({k: str(v) for k, v in svc["environment"].items()})
     assert set(env) <= SETTING_ENVS, set(env) - SETTING_ENVS
     return env
