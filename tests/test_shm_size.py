@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
-from deploy_helpers import shm_figure, shm_size
+from deploy_helpers import ROOT, shm_figure, shm_size
 from engine.config import Params, resolve
 from engine.control.layouts import required_bytes
 from engine.errors import ConfigError
@@ -64,3 +65,13 @@ def test_bad_settings_and_auto_workers_are_reported():
     assert out.returncode == 2 and "--dim" in out.stderr and out.stdout == ""
     out = shm_size("--workers", "auto")
     assert out.returncode == 0 and f"is {len(os.sched_getaffinity(0))} on this host" in out.stderr
+
+
+def test_the_table_in_the_operations_guide_is_current():
+    text = (ROOT / "docs/operations.md").read_text()
+    table = text.split("<!-- shm figures: tests/test_shm_size.py checks this table -->\n", 1)[1].split("\n\n")[0]
+    rows = re.findall(r"^\| `([^`]+)` \| ([0-9,]+) \| ([0-9]+Mi) \|$", table, re.M)
+    assert len(rows) >= 3 and len(rows) == len(table.splitlines()) - 2
+    for flags, need, suggest in rows:
+        assert shm_size(*flags.split()).stdout.strip() == need.replace(",", ""), flags
+        assert shm_size(*flags.split(), "--suggest").stdout.strip() == suggest, flags
