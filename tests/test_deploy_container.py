@@ -63,6 +63,8 @@ def test_build_stage_compiles_and_the_runtime_stage_has_no_compiler():
     assert " AS build" in build[0]["value"]
     build_runs = " ".join(values(build, "RUN"))
     assert "build-essential" in build_runs and "pip wheel" in build_runs
+    # a portable hnswlib: no -march=native (SIGILL on hosts older than the builder)
+    assert "HNSWLIB_NO_NATIVE=1" in values(build, "ARG") + values(build, "ENV")
     final_runs = " ".join(values(final, "RUN"))
     assert not [c for c in COMPILERS if c in final_runs], final_runs
     assert "--no-index" in final_runs, "the runtime stage installs only the wheels built before"
