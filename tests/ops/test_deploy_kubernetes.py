@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy_helpers import DOCKERFILE, ROOT, image_env, k8s_bytes, shm_figure
+from tests.deploy_helpers import DOCKERFILE, ROOT, image_env, k8s_bytes, shm_figure
 from engine.config import BY_NAME, resolve
 
 HERE = ROOT / "deploy" / "kubernetes"

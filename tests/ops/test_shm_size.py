@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from deploy_helpers import ROOT, shm_figure, shm_size
+from tests.deploy_helpers import ROOT, shm_figure, shm_size
 from engine.config import Params, resolve
 from engine.control.layouts import required_bytes
 from engine.errors import ConfigError
@@ -69,7 +69,7 @@ def test_bad_settings_and_auto_workers_are_reported():
 
 def test_the_table_in_the_operations_guide_is_current():
     text = (ROOT / "docs/operations.md").read_text()
-    table = text.split("<!-- shm figures: tests/test_shm_size.py checks this table -->\n", 1)[1].split("\n\n")[0]
+    table = text.split("<!-- shm figures: tests/ops/test_shm_size.py checks this table -->\n", 1)[1].split("\n\n")[0]
     rows = re.findall(r"^\| `([^`]+)` \| ([0-9,]+) \| ([0-9]+Mi) \|$", table, re.M)
     assert len(rows) >= 3 and len(rows) == len(table.splitlines()) - 2
     for flags, need, suggest in rows:

@@ -24,7 +24,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 from prometheus_client.registry import CollectorRegistry
 
-from deploy_helpers import DOCKERFILE, ROOT, docker_bytes, duration_seconds, image_env, shm_figure
+from tests.deploy_helpers import DOCKERFILE, ROOT, docker_bytes, duration_seconds, image_env, shm_figure
 from engine.config import SETTINGS, resolve
 from metrics.exporter import MetricsServer
 
