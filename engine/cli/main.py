@@ -65,7 +65,6 @@ def cmd_top(cfg) -> int:
 
 
 def cmd_stop(cfg) -> int:
-    pass
     from engine.producer.api import connect
     with connect(cfg.name) as eng:
         pid = int(eng.inst.header.sup_pid)

@@ -26,8 +26,6 @@ COMMANDS = {
     "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
     "breaker": "Force a worker slot's recall circuit breaker open or closed, or back to auto.",
     "tune": "Measure this host with short calibrated ingests; recommend --workers-per-core.",
-    "breaker": "Force a worker slot's recall circuit breaker open or closed, or back to auto.",
-    "tune": "Measure this host with short calibrated ingests; recommend --workers-per-core.",
 }
 # Settings shared by every command that talks to a running instance.
 ALL = ("run", "status", "load", "recall", "stop", "top", "breaker")
