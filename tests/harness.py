@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 import uuid
+
+import numpy as np
 from pathlib import Path
 
 from shm.segment import instance_objects, remove_instance_objects
@@ -247,3 +249,14 @@ def observe_all(eng, space, ids, vectors, priority="normal", timeout: float = 60
         return done == len(ids)
     wait_for(step, timeout, interval=0.01, message=f"{len(ids)} observations accepted")
     return done
+
+
+def total(ep) -> int:
+    """Vectors in HNSW across every space of a running engine."""
+    return sum(s["vectors"] for s in ep.status()["spaces"].values())
+
+
+def batch(n: int, seed: int, start: int = 0, dim: int = 16):
+    """Ids ``start .. start+n`` and ``n`` seeded standard-normal float32 vectors of ``dim``."""
+    rng = np.random.default_rng(seed)
+    return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, dim)).astype(np.float32)

@@ -12,24 +12,8 @@ import urllib.request
 import numpy as np
 
 from engine.client import Client
+from tests.gateway_helpers import enqueued, inserted, vectors
 from tests.harness import free_port, wait_for
-
-DIM = 16
-
-
-def vectors(n: int, seed: int, dim: int = DIM) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-
-
-def enqueued(ep) -> int:
-    """Observations ever queued into the rings (heads only grow): a duplicate shows here."""
-    return sum(r.head for r in ep.engine().inst.rings)
-
-
-def inserted(ep, space: str) -> int:
-    eng = ep.engine()
-    idx = eng.spaces.lookup(space)
-    return 0 if idx is None else int(eng.inst.shard_counts[:, idx].sum())
 
 
 def test_gateway_kill_9_client_resumes_without_loss_or_duplicate(engine_factory):

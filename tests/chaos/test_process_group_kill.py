@@ -6,20 +6,10 @@ from __future__ import annotations
 import os
 import signal
 
-import numpy as np
 
-from tests.harness import EngineProcess, observe_all, wait_for
+from tests.harness import EngineProcess, batch, observe_all, total, wait_for
 
 DIM = 16
-
-
-def batch(n, seed, start=0):
-    rng = np.random.default_rng(seed)
-    return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, DIM)).astype(np.float32)
-
-
-def total(ep) -> int:
-    return sum(s["vectors"] for s in ep.status()["spaces"].values())
 
 
 def test_killed_process_group_loses_no_acknowledged_observation(tmp_path):

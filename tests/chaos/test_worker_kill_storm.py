@@ -7,13 +7,9 @@ import signal
 
 import numpy as np
 
-from tests.harness import observe_all, wait_for
+from tests.harness import observe_all, total, wait_for
 
 DIM = 16
-
-
-def total(ep) -> int:
-    return sum(s["vectors"] for s in ep.status()["spaces"].values())
 
 
 def test_chaos_random_worker_killed_every_second_loses_and_duplicates_nothing(engine_factory):

@@ -7,11 +7,7 @@ import signal
 
 import numpy as np
 
-from tests.harness import EngineProcess, wait_for
-
-
-def total(ep) -> int:
-    return sum(s["vectors"] for s in ep.status()["spaces"].values())
+from tests.harness import EngineProcess, total, wait_for
 
 
 def test_a_recovery_longer_than_the_worker_timeout_is_not_a_crash_loop(tmp_path):

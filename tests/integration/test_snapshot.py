@@ -18,14 +18,9 @@ import psutil
 from engine.storage import snapshots
 from engine.storage.walgen import generations
 from metrics import readout
-from tests.harness import EngineProcess, observe_all, wait_for
+from tests.harness import EngineProcess, batch, observe_all, total, wait_for
 
 DIM = 16
-
-
-def batch(n, seed, start=0):
-    rng = np.random.default_rng(seed)
-    return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, DIM)).astype(np.float32)
 
 
 def metric(ep, name) -> np.ndarray:
@@ -35,10 +30,6 @@ def metric(ep, name) -> np.ndarray:
 
 def snapshots_ok(ep) -> int:
     return int(metric(ep, "snapshots_total")[:, 0].sum())
-
-
-def total(ep) -> int:
-    return sum(s["vectors"] for s in ep.status()["spaces"].values())
 
 
 def ingest(eng, spaces, n, seed, chunk=200, start=0):

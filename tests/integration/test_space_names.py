@@ -16,7 +16,7 @@ import hnswlib
 import numpy as np
 import pytest
 
-from tests.harness import observe_all, wait_for
+from tests.harness import batch, observe_all, wait_for
 from engine.client import Client
 from engine.errors import GatewayError, InvalidInput
 from engine.rpc import engram_pb2 as pb
@@ -31,11 +31,6 @@ DIM = 16
 META = {"slot": 0, "dim": DIM, "metric": "l2"}
 LONG = "a" * 64
 BAD = LONG + "\n"
-
-
-def batch(n, seed, start=0):
-    rng = np.random.default_rng(seed)
-    return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, DIM)).astype(np.float32)
 
 
 class Recorder:

@@ -19,14 +19,10 @@ from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
 from engine.supervisor import spill
 from tests.gateway_helpers import RawStream, target
-from tests.harness import EngineProcess, child_env, wait_for
+from tests.harness import EngineProcess, child_env, total, wait_for
 
 N = 30_000
 DIM = 96
-
-
-def total(ep) -> int:
-    return sum(s["vectors"] for s in ep.status()["spaces"].values())
 
 
 @pytest.mark.parametrize("graceful", ["2", "5"])

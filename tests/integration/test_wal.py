@@ -9,23 +9,13 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 
 from engine.storage import deadletter
 from engine.storage.walgen import generations
 from metrics import readout
-from tests.harness import EngineProcess, observe_all, wait_for
+from tests.harness import EngineProcess, batch, observe_all, total, wait_for
 
 DIM = 16
-
-
-def batch(n, seed, start=0):
-    rng = np.random.default_rng(seed)
-    return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, DIM)).astype(np.float32)
-
-
-def total(ep) -> int:
-    return sum(s["vectors"] for s in ep.status()["spaces"].values())
 
 
 def test_kill_9_worker_comes_back_with_its_shards(engine_factory):

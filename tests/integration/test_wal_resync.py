@@ -15,14 +15,9 @@ import numpy as np
 
 from engine.storage.walgen import generations
 from metrics import readout
-from tests.harness import observe_all, wait_for
+from tests.harness import observe_all, total, wait_for
 
 DIM = 16
-
-
-def batch(n, seed, start=0):
-    rng = np.random.default_rng(seed)
-    return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, DIM)).astype(np.float32)
 
 
 def flip(path, offset):
@@ -31,10 +26,6 @@ def flip(path, offset):
         b = fh.read(1)
         fh.seek(offset)
         fh.write(bytes([b[0] ^ 0x5A]))
-
-
-def total(ep) -> int:
-    return sum(s["vectors"] for s in ep.status()["spaces"].values())
 
 
 def logged_records(data_dir, slot):

@@ -10,7 +10,6 @@ import json
 import os
 
 import hnswlib
-import numpy as np
 import pytest
 
 from engine.storage import recovery
@@ -20,14 +19,10 @@ from engine.errors import SnapshotError
 from engine.storage.snapshots import Entry
 from engine.storage.wal import WalWriter, replay
 from engine.storage.walgen import WalLog, generation_path, generations, legacy_path
+from tests.harness import batch
 
 DIM = 16
 META = {"slot": 0, "dim": DIM, "metric": "cosine"}
-
-
-def batch(n, seed, start=0):
-    rng = np.random.default_rng(seed)
-    return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, DIM)).astype(np.float32)
 
 
 def small_index(n, seed=0):

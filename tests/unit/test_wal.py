@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 
 from engine.storage.wal import WalWriter, replay
+from tests.harness import batch
 
 DIM = 16
-
-
-def batch(n, seed, start=0):
-    rng = np.random.default_rng(seed)
-    return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, DIM)).astype(np.float32)
 
 
 def read_all(path):

@@ -16,15 +16,11 @@ import numpy as np
 import pytest
 
 from engine.storage.wal import WalWriter, replay
+from tests.harness import batch
 
 DIM = 16
 N = 12  # records per test log
 HEAD2 = 24  # format-2 header (engine/storage/wal.py)
-
-
-def batch(n, seed, start=0):
-    rng = np.random.default_rng(seed)
-    return np.arange(start, start + n, dtype=np.uint64), rng.standard_normal((n, DIM)).astype(np.float32)
 
 
 def write_log(path, n=N):
