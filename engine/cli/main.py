@@ -29,6 +29,7 @@ COMMANDS = {
     "stop": "Graceful stop: drain, then exit.",
     "top": "Live view: per worker CPU, utilisation, queues, inserted/s, latencies; q quits.",
     "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
+    "cluster": "Cluster mode: status (hosts, partitions, owners, lag) or drain HOST.",
 }
 
 
@@ -38,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         config.add_arguments(p, name)
+        if name == "cluster":
+            p.add_argument("action", choices=("status", "drain"), help="status, or drain HOST")
+            p.add_argument("host", nargs="?", default=None, help="the host to drain")
+            p.add_argument("--json", dest="json_out", action="store_true", help="Print JSON.")
     return parser
 
 
@@ -49,7 +54,24 @@ def setup_logging(cfg) -> None:
 
 def cmd_run(cfg) -> int:
     from engine.supervisor.arbiter import Supervisor
+    if cfg.cluster is not None:
+        from engine.cluster import bootstrap
+        cfg = bootstrap.prepare(cfg)  # refusals raise ConfigError: exit 2
     return Supervisor(cfg).run()
+
+
+def cmd_cluster(cfg, args) -> int:
+    from engine.cluster import admin
+    if cfg.cluster is None:
+        raise ConfigError("cluster commands need --cluster NAME and --nats URL[,URL...]")
+    if args.action == "drain":
+        if not args.host:
+            raise ConfigError("cluster drain needs the HOST to drain")
+        print(admin.drain(cfg, args.host))
+        return 0
+    report = admin.status(cfg)
+    print(json.dumps(report) if args.json_out else admin.render(report))
+    return 0
 
 
 def cmd_status(cfg) -> int:
@@ -170,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(cfg)
     try:
+        if args.command == "cluster":
+            return cmd_cluster(cfg, args)
         return HANDLERS[args.command](cfg)
     except ConfigError as exc:
         print(f"engram-stream {args.command}: {exc}", file=sys.stderr)

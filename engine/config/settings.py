@@ -23,9 +23,12 @@ COMMANDS = {
     "recall": "Quick k-NN recall from the shell.",
     "stop": "Graceful stop: drain, then exit.",
     "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
+    "cluster": "Cluster mode: status (hosts, partitions, owners, lag) or drain HOST.",
 }
 # Settings shared by every command that talks to a running instance.
 ALL = ("run", "status", "load", "recall", "stop", "top")
+# Settings of cluster mode (DESIGN §11) that ``cluster status|drain`` also needs.
+CLUSTER = ("run", "cluster")
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls-key", p.optional_path, None, "PEM private key for gRPC over TLS (with --tls-cert).", "FILE"),
     Setting("grpc-max-message-bytes", p.positive_int, 64 << 20, "Largest gRPC message the gateway "
             "accepts or sends.", "BYTES"),
+    Setting("cluster", p.optional_name, None, "Cluster name: run as one host of this cluster, on NATS "
+            "JetStream (default: a single host, no cluster).", "NAME", commands=CLUSTER),
+    Setting("nats", p.urls, None, "NATS server URLs of the cluster's JetStream, comma-separated (cluster "
+            "mode).", "URL[,URL...]", commands=CLUSTER),
+    Setting("nats-token-file", p.optional_path, None, "File holding the NATS token.", "FILE", commands=CLUSTER),
+    Setting("nats-nkey-seed-file", p.optional_path, None, "File holding the NATS NKey seed.", "FILE",
+            commands=CLUSTER),
+    Setting("nats-creds-file", p.optional_path, None, "NATS user credentials file (JWT and seed).", "FILE",
+            commands=CLUSTER),
+    Setting("nats-ca-file", p.optional_path, None, "PEM CA bundle that signs the NATS servers' TLS "
+            "certificates.", "FILE", commands=CLUSTER),
+    Setting("host-id", p.optional_name, None, "This host's id in the cluster (unique among live hosts).",
+            "ID"),
+    Setting("advertise", p.optional_addr, None, "Address other hosts reach this host's gRPC gateway at "
+            "(default: --grpc-addr, which then needs a fixed port).", "HOST:PORT"),
+    Setting("partitions", p.int_between(1, 4096), 64, "Partitions of a new cluster; stored in the cluster "
+            "at creation, a host starting with another value is refused.", "P"),
+    Setting("log-replicas", p.int_between(1, 5), 3, "Replicas of the cluster's stream, key-value bucket and "
+            "object store (at creation).", "N"),
+    Setting("lease-ttl", p.positive_float, 10.0, "Seconds a partition lease lasts without renewal "
+            "(renewed every third of it); also how long a dead host's partitions wait.", "S"),
+    Setting("cluster-snapshot-interval", p.non_negative_float, 60.0, "Seconds between uploads of an owned "
+            "partition's snapshot to the object store, after which its stream prefix is purged (0: never).",
+            "S"),
     Setting("log-level", p.choice("debug", "info", "warning", "error"), "info", "Log level.", "LEVEL"),
     Setting("log-format", p.choice("text", "json"), "text", "Log lines on stderr: text for people, json (one "
             "object per line: time, level, role, slot, pid, message, exception) for log shippers.", "FORMAT"),
