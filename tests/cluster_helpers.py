@@ -22,6 +22,10 @@ import pytest
 from tests.conftest import EngineProcess, wait_for
 
 
+async def _quiet(exc) -> None:
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,7 +75,7 @@ class NatsCluster:
     def wait_ready(self, timeout: float = 30.0) -> None:
         async def probe():
             import nats
-            nc = await nats.connect(self.urls, connect_timeout=1, allow_reconnect=False)
+            nc = await nats.connect(self.urls.split(","), connect_timeout=1, allow_reconnect=False, max_reconnect_attempts=1, error_cb=_quiet)
             try:
                 js = nc.jetstream(timeout=2)
                 await js.account_info()  # answers once JetStream has its meta leader

@@ -54,8 +54,39 @@ def meta_of(p) -> dict:
     return {"partitions": p.partitions, "dim": p.dim, "metric": p.metric, "log_replicas": p.log_replicas}
 
 
+SETTLE_S = 20.0  # how long a freshly created replicated asset may take to elect its leader
+
+
+async def retrying(make, seconds: float = SETTLE_S):
+    """``await make()``, retried while JetStream answers "no responders" or
+    "no response from stream": a replicated stream or bucket created a
+    moment ago (by this host or a host starting beside it) has no leader yet."""
+    import nats.errors
+    from nats.js.errors import NoStreamResponseError
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return await make()
+        except (NoStreamResponseError, nats.errors.NoRespondersError, nats.errors.TimeoutError,
+                asyncio.TimeoutError):
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
 async def ensure(js, p) -> dict:
     """Create (or find) the stream, bucket and object store; returns the cluster's meta."""
+    import nats.errors
+    from nats.js.errors import NoStreamResponseError
+    try:
+        return await retrying(lambda: _ensure(js, p))
+    except (NoStreamResponseError, nats.errors.NoRespondersError, nats.errors.TimeoutError,
+            asyncio.TimeoutError):
+        raise ConfigError(f"--nats={','.join(p.nats)}: JetStream did not answer within {SETTLE_S:.0f}s "
+                          f"(is a quorum of the NATS servers up, with JetStream enabled?)") from None
+
+
+async def _ensure(js, p) -> dict:
     from nats.js import api
     from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError, APIError
     c = p.cluster
@@ -78,9 +109,6 @@ async def ensure(js, p) -> dict:
             raise ConfigError(f"--log-replicas={p.log_replicas}: JetStream cannot place that many replicas "
                               f"({text})") from None
         raise ConfigError(f"--cluster={c}: JetStream refused to set the cluster up: {text}") from None
-    except asyncio.TimeoutError:
-        raise ConfigError(f"--nats={','.join(p.nats)}: JetStream did not answer (is a quorum of the NATS "
-                          f"servers up?)") from None
     return await _meta(kv, p)
 
 

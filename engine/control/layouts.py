@@ -23,6 +23,7 @@ X = 256 sessions (``Layout.describe()``; tests/unit keep this table in step)::
      16896      65536  space_names u1[1024, 64]
      82432      16384  shard_counts i8[2, 1024]
      98816      16384  sessions i8[256, 8]
+    115200         64  partitions i8[1, 8]
 
 Fields and their single writers:
 
@@ -36,6 +37,9 @@ Fields and their single writers:
   of slot s only.
 - ``sessions``: the gateway's session table (``engine.control.sessions``);
   the gateway only.
+- ``partitions``: cluster mode's partition table, one row per partition
+  (``engine.control.partitions``; one unused row on a single host); the
+  cluster follower only.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ PARAMS_BYTES = 16384
 NAME_BYTES = 64
 CLAIM_SLOTS = 128
 HEADER_CELLS = 16
-CONTROL_VERSION = 3
+CONTROL_VERSION = 4  # 4: partitions table (cluster mode)
 
 # A worker whose heartbeat is older than this is absent: not asked for recall,
 # stolen from at any depth, reported down (worker_up 0, /health/ready 503).
@@ -63,7 +67,7 @@ LOCK_RING_BASE = 64
 LOCK_QUERY_BASE = 4096
 
 
-def control_layout(slots: int, max_spaces: int, max_sessions: int) -> Layout:
+def control_layout(slots: int, max_spaces: int, max_sessions: int, partitions: int = 1) -> Layout:
     return Layout(CONTROL_VERSION, [
         Field("params", "u1", (PARAMS_BYTES,)),
         Field("hdr", "i8", (HEADER_CELLS,)),
@@ -72,7 +76,13 @@ def control_layout(slots: int, max_spaces: int, max_sessions: int) -> Layout:
         Field("space_names", "u1", (max_spaces, NAME_BYTES)),
         Field("shard_counts", "i8", (slots, max_spaces)),
         Field("sessions", "i8", (max_sessions, 8)),
+        Field("partitions", "i8", (partitions, 8)),
     ])
+
+
+def partition_rows(p: Params) -> int:
+    """Rows of the cluster partition table: --partitions in cluster mode, else 1 (unused)."""
+    return p.partitions if getattr(p, "cluster", None) else 1
 
 
 def query_layout(p: Params) -> Layout:
@@ -108,5 +118,5 @@ def ring_id(slot: int, lane: int) -> int:
 
 def required_bytes(p: Params) -> int:
     """Shared memory an instance with parameters ``p`` needs, all segments together."""
-    return (control_layout(p.slots, p.max_spaces, p.max_sessions).size + ring_offsets(p)[1]
+    return (control_layout(p.slots, p.max_spaces, p.max_sessions, partition_rows(p)).size + ring_offsets(p)[1]
             + query_layout(p).size + MetricArray.nbytes(p.slots, p.max_spaces))

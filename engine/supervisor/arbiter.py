@@ -55,6 +55,7 @@ class Supervisor:
         self.slots: list[Child] = []
         self.exporter = Child(-1, None, kind="exporter")
         self.gateway = Child(-1, None, kind="gateway") if cfg.grpc_addr != "off" else None
+        self.cluster = Child(-1, None, kind="cluster") if getattr(cfg, "cluster", None) else None
         self.policy = RestartPolicy(cfg.flap_restarts, cfg.flap_window, cfg.park_seconds,
                                     cfg.restart_backoff_max)
         self.metrics = None
@@ -150,7 +151,7 @@ class Supervisor:
         self.draining_since = self.clock()
 
     def children(self) -> list[Child]:
-        return self.slots + [c for c in (self.exporter, self.gateway) if c is not None]
+        return self.slots + [c for c in (self.exporter, self.gateway, self.cluster) if c is not None]
 
     def reap(self) -> None:
         now = self.clock()
@@ -259,8 +260,13 @@ class Supervisor:
         if s.kind == "worker":
             from engine.worker import loop as worker
             target, args = worker.main, (s.index, self.cfg.name, s.cpu, inherited, os.getpid())
+        elif s.kind == "cluster":  # DESIGN §11: the log follower
+            from engine.cluster import follower
+            target, args = follower.main, (self.cfg.name, inherited, os.getpid())
         elif s.kind == "gateway":
             from engine.gateway import server as gateway
+            if getattr(self.cfg, "cluster", None):
+                from engine.cluster import front as gateway
             target, args = gateway.main, (self.cfg.name, inherited, os.getpid())
         else:
             from engine.exporter import server as exporter
