@@ -136,19 +136,19 @@ class Follower:
 
     async def beat(self) -> None:
         p = self.p
-        await registry.heartbeat(self.kv, self.record())
-        for q in list(self.leases.held):
+        for q in list(self.leases.held):  # renewals first: they are what keeps the partitions
             if not await self.leases.renew(q):
                 log.error("partition %d: lease lost (taken by another host); stopped applying it", q)
                 self.counters["lease_lost"] = self.counters.get("lease_lost", 0) + 1
                 self._stop_task(q)
                 self.table.drop(q)
+        await registry.heartbeat(self.kv, self.record())
         await self.leases.refresh()
-        records = await registry.hosts(self.kv)
+        records = await registry.hosts(self.kv, self.js, names.bucket(p.cluster))
         self.hosts = registry.live(records, p.lease_ttl)
         if p.host_id not in self.hosts:
             self.hosts = sorted(self.hosts + [p.host_id])
-        self.draining = await registry.draining(self.kv)
+        self.draining = await registry.draining(self.kv, self.js, names.bucket(p.cluster))
 
     def record(self) -> dict:
         t = self.table

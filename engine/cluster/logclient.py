@@ -74,7 +74,7 @@ class LogClient:
                 leases[p] = Record.decode((await self.kv.get(names.lease_key(p))).value)
             except (KeyNotFoundError, KeyDeletedError):
                 leases[p] = None
-        return leases, await registry.hosts(self.kv)
+        return leases, await registry.hosts(self.kv, self.js, names.bucket(self.p.cluster))
 
     def close(self) -> None:
         try:

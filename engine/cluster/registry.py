@@ -21,19 +21,23 @@ import time
 from engine.cluster import names
 
 
-async def keys(kv, prefix: str) -> list[str]:
-    from nats.js.errors import NoKeysError
-    try:
-        return [k for k in await kv.keys() if k.startswith(prefix)]
-    except NoKeysError:
-        return []
+async def keys(kv, prefix: str, js=None, bucket: str = "") -> list[str]:
+    """Keys of the bucket under ``prefix``, from one stream-info request.
+
+    Not ``kv.keys()``: that one runs a watcher (a consumer), which after a
+    NATS server failure sometimes times out until the consumer is rebuilt,
+    while a single API request is answered by the new stream leader."""
+    # KV_<bucket> holding subjects $KV.<bucket>.<key> is how JetStream stores a bucket (ADR-8).
+    pre = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{pre}{prefix}>")
+    return sorted(s[len(pre):] for s in (info.state.subjects or {}))
 
 
-async def hosts(kv) -> dict[str, dict]:
+async def hosts(kv, js, bucket: str) -> dict[str, dict]:
     """Every host record, live or not."""
     from nats.js.errors import KeyNotFoundError, KeyDeletedError
     out = {}
-    for key in await keys(kv, "hosts."):
+    for key in await keys(kv, "hosts.", js, bucket):
         try:
             entry = await kv.get(key)
         except (KeyNotFoundError, KeyDeletedError):
@@ -51,8 +55,16 @@ def live(records: dict[str, dict], ttl: float, now_ms: int | None = None) -> lis
                   if not r.get("left") and now_ms - int(r.get("heartbeat_ms", 0)) < ttl * 1000)
 
 
-async def draining(kv) -> set[str]:
-    return {k.split(".", 1)[1] for k in await keys(kv, "drain.")}
+async def draining(kv, js, bucket: str) -> set[str]:
+    from nats.js.errors import KeyNotFoundError, KeyDeletedError
+    out = set()
+    for k in await keys(kv, "drain.", js, bucket):
+        try:
+            if (await kv.get(k)).value:
+                out.add(k.split(".", 1)[1])
+        except (KeyNotFoundError, KeyDeletedError):
+            pass
+    return out
 
 
 async def heartbeat(kv, record: dict) -> None:
