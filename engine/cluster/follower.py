@@ -154,7 +154,7 @@ class Follower:
         t = self.table
         return {"id": self.p.host_id, "address": self.p.advertise, "capacity": self.p.slots,
                 "started_ms": self.started_ms, "draining": self.p.host_id in self.draining,
-                "positions": {q: names.split_position(t.next_pos(q))[0] - 1 for q in self.tasks},
+                "positions": {q: max(0, names.split_position(t.next_pos(q))[0] - 1) for q in self.tasks},
                 "snapshots": {q: [int(t.rows[q, 6]), int(t.rows[q, 7])] for q in self.tasks}}
 
     def fence(self) -> None:

@@ -131,7 +131,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log-replicas", p.int_between(1, 5), 3, "Replicas of the cluster's stream, key-value bucket and "
             "object store (at creation).", "N"),
     Setting("lease-ttl", p.positive_float, 10.0, "Seconds a partition lease lasts without renewal "
-            "(renewed every third of it); also how long a dead host's partitions wait.", "S"),
+            "(renewed every third of it); also how long a dead host's partitions wait.", "S", commands=CLUSTER),
     Setting("cluster-snapshot-interval", p.non_negative_float, 60.0, "Seconds between uploads of an owned "
             "partition's snapshot to the object store, after which its stream prefix is purged (0: never).",
             "S"),
