@@ -31,6 +31,9 @@ from shm.segment import instance_objects
 from tests.harness import EngineProcess, child_env
 from tests.harness import observe_all, wait_for  # noqa: F401  (still importable from here)
 
+# Fixtures that start real nats-server processes (nats1, nats3) for the cluster tests.
+pytest_plugins = ["tests.cluster_helpers"]
+
 LAYERS = ("unit", "integration", "chaos", "ops")
 TESTS = Path(__file__).resolve().parent
 

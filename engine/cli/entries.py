@@ -14,11 +14,17 @@ from typing import Callable
 from engine.config.hooks import NONE, Hooks
 
 
-def resolve(kind: str) -> Callable:
+def resolve(kind: str, cfg=None) -> Callable:
+    """The entry point of a child of ``kind`` (in cluster mode the gateway is
+    the cluster front, which publishes to the log, and a log follower runs)."""
     if kind == "worker":
         from engine.worker.loop import main
+    elif kind == "gateway" and getattr(cfg, "cluster", None):
+        from engine.cluster.front import main
     elif kind == "gateway":
         from engine.gateway.server import main
+    elif kind == "cluster":
+        from engine.cluster.follower import main
     elif kind == "exporter":
         from engine.exporter.server import main
     elif kind == "prober":
@@ -33,4 +39,7 @@ def supervisor(cfg, hooks: Hooks = NONE):
     from engine.storage.inventory import check_room_for_spaces
     from engine.supervisor.arbiter import Supervisor
     from engine.supervisor.spawner import ForkSpawner
+    if getattr(cfg, "cluster", None):
+        from engine.cluster import bootstrap
+        cfg = bootstrap.prepare(cfg)  # refusals raise ConfigError: exit 2
     return Supervisor(cfg, ForkSpawner(resolve, hooks), checks=(check_room_for_spaces,))

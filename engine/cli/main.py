@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "breaker":
             from engine.cli import breaker
             breaker.add_arguments(p)
+        if name == "cluster":
+            p.add_argument("action", choices=("status", "drain"), help="status, or drain HOST")
+            p.add_argument("host", nargs="?", default=None, help="the host to drain")
+            p.add_argument("--json", dest="json_out", action="store_true", help="Print JSON.")
     return parser
 
 
@@ -43,6 +47,20 @@ def setup_logging(cfg) -> None:
 def cmd_run(cfg) -> int:
     from engine.cli.entries import supervisor
     return supervisor(cfg).run()
+
+
+def cmd_cluster(cfg) -> int:
+    from engine.cluster import admin
+    if cfg.cluster is None:
+        raise ConfigError("cluster commands need --cluster NAME and --nats URL[,URL...]")
+    if cfg.action == "drain":
+        if not cfg.host:
+            raise ConfigError("cluster drain needs the HOST to drain")
+        print(admin.drain(cfg, cfg.host))
+        return exitcodes.OK
+    report = admin.status(cfg)
+    print(json.dumps(report) if cfg.json_out else admin.render(report))
+    return exitcodes.OK
 
 
 def cmd_status(cfg) -> int:
@@ -165,7 +183,7 @@ def cmd_tune(cfg) -> int:
 
 HANDLERS = {"run": cmd_run, "status": cmd_status, "load": cmd_load, "recall": cmd_recall, "stop": cmd_stop,
             "deadletter": cmd_deadletter, "top": cmd_top, "tune": cmd_tune,
-            "breaker": cmd_breaker}
+            "breaker": cmd_breaker, "cluster": cmd_cluster}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.resolve(args, args.command)
         if args.command == "breaker":  # positional arguments, not settings
             cfg = type(cfg)({**cfg.values, "slot": args.slot, "action": args.action}, cfg.explicit)
+        if args.command == "cluster":
+            cfg = type(cfg)({**cfg.values, "action": args.action, "host": args.host, "json_out": args.json_out},
+                            cfg.explicit)
     except ConfigError as exc:
         print(f"engram-stream {args.command}: {exc}", file=sys.stderr)
         return exitcodes.CONFIG

@@ -73,6 +73,19 @@ class Params:
     breaker_cooldown: float = 30.0
     autotune: str = "on"
     autotune_interval: float = 300.0
+    # Cluster mode (DESIGN §11); defaults keep single-host parameters short.
+    cluster: str | None = None
+    nats: tuple[str, ...] | None = None
+    nats_token_file: str | None = None
+    nats_nkey_seed_file: str | None = None
+    nats_creds_file: str | None = None
+    nats_ca_file: str | None = None
+    host_id: str | None = None
+    advertise: str | None = None
+    partitions: int = 64
+    log_replicas: int = 3
+    lease_ttl: float = 10.0
+    cluster_snapshot_interval: float = 60.0
     # Derived by the supervisor's plan.
     slots: int = 1
     slot_cpus: tuple[int | None, ...] = ()

@@ -136,3 +136,39 @@ def optional_floats(v: Any) -> tuple[float, ...] | None:
     if v is None or str(v).strip() == "":
         return None
     return tuple(float(x) for x in str(v).split(","))
+
+
+def optional_name(v: Any) -> str | None:
+    """A name like ``instance_name``, or unset."""
+    return None if v is None or str(v) == "" else instance_name(v)
+
+
+def optional_addr(v: Any) -> str | None:
+    return None if v is None or str(v) == "" else addr(v)
+
+
+def urls(v: Any) -> tuple[str, ...] | None:
+    """Comma-separated server URLs (``nats://host:port``; a bare host:port gets ``nats://``)."""
+    if v is None or str(v).strip() == "":
+        return None
+    out = []
+    for part in str(v).split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError("has an empty URL between commas")
+        if "://" not in part:
+            part = "nats://" + part
+        scheme, _, rest = part.partition("://")
+        if scheme not in ("nats", "tls") or not rest:
+            raise ValueError(f"{part!r} is not a nats:// or tls:// URL")
+        out.append(part)
+    return tuple(out)
+
+
+def int_between(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(v: Any) -> int:
+        n = int(v)
+        if not lo <= n <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return n
+    return parse

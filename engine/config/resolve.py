@@ -101,10 +101,30 @@ def resolve(args: argparse.Namespace | None, command: str, env: dict[str, str] |
 
 
 def _cross_check(v: dict[str, Any]) -> None:
+    _cluster_check(v)
     if "tls_cert" in v and (v["tls_cert"] is None) != (v["tls_key"] is None):
         raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
     if "batch_min" in v and v["batch_min"] > v["batch_max"]:
         raise ConfigError(f"--batch-min={v['batch_min']} is larger than --batch-max={v['batch_max']}")
+
+
+def _cluster_check(v: dict[str, Any]) -> None:
+    """Cluster mode needs its servers and, to run a host, an id and a reachable address."""
+    if v.get("cluster") is None:
+        return
+    if v.get("nats") is None:
+        raise ConfigError(f"--cluster={v['cluster']} needs --nats URL[,URL...] (the cluster's NATS servers)")
+    if "host_id" not in v:
+        return  # `cluster status|drain`
+    if v["host_id"] is None:
+        raise ConfigError(f"--cluster={v['cluster']} needs --host-id ID (this host's id in the cluster)")
+    if v["grpc_addr"] == "off":
+        raise ConfigError("--grpc-addr=off: a cluster host serves gRPC (other hosts forward recalls to it)")
+    if v["advertise"] is None:
+        if v["grpc_addr"].rpartition(":")[2] == "0":
+            raise ConfigError(f"--advertise is needed when --grpc-addr={v['grpc_addr']} picks a random port: "
+                              f"other hosts must know where to reach this one")
+        v["advertise"] = v["grpc_addr"]
 
 
 def render_markdown() -> str:

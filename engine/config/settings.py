@@ -26,11 +26,14 @@ COMMANDS = {
     "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
     "breaker": "Force a worker slot's recall circuit breaker open or closed, or back to auto.",
     "tune": "Measure this host with short calibrated ingests; recommend --workers-per-core.",
+    "cluster": "Cluster mode: status (hosts, partitions, owners, lag) or drain HOST.",
 }
 # Settings shared by every command that talks to a running instance.
 ALL = ("run", "status", "load", "recall", "stop", "top", "breaker")
 # Settings of the index that ``tune`` measures with (the configured ones).
 INDEX = ("run", "tune")
+# Settings of cluster mode (DESIGN §11) that ``cluster status|drain`` also needs.
+CLUSTER = ("run", "cluster")
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,30 @@ SETTINGS: tuple[Setting, ...] = (
             "on|off"),
     Setting("autotune-interval", p.positive_float, 300.0, "Seconds between auto-tuner decisions (at most one "
             "change per setting per interval).", "S"),
+    Setting("cluster", p.optional_name, None, "Cluster name: run as one host of this cluster, on NATS "
+            "JetStream (default: a single host, no cluster).", "NAME", commands=CLUSTER),
+    Setting("nats", p.urls, None, "NATS server URLs of the cluster's JetStream, comma-separated (cluster "
+            "mode).", "URL[,URL...]", commands=CLUSTER),
+    Setting("nats-token-file", p.optional_path, None, "File holding the NATS token.", "FILE", commands=CLUSTER),
+    Setting("nats-nkey-seed-file", p.optional_path, None, "File holding the NATS NKey seed.", "FILE",
+            commands=CLUSTER),
+    Setting("nats-creds-file", p.optional_path, None, "NATS user credentials file (JWT and seed).", "FILE",
+            commands=CLUSTER),
+    Setting("nats-ca-file", p.optional_path, None, "PEM CA bundle that signs the NATS servers' TLS "
+            "certificates.", "FILE", commands=CLUSTER),
+    Setting("host-id", p.optional_name, None, "This host's id in the cluster (unique among live hosts).",
+            "ID"),
+    Setting("advertise", p.optional_addr, None, "Address other hosts reach this host's gRPC gateway at "
+            "(default: --grpc-addr, which then needs a fixed port).", "HOST:PORT"),
+    Setting("partitions", p.int_between(1, 4096), 64, "Partitions of a new cluster; stored in the cluster "
+            "at creation, a host starting with another value is refused.", "P"),
+    Setting("log-replicas", p.int_between(1, 5), 3, "Replicas of the cluster's stream, key-value bucket and "
+            "object store (at creation).", "N"),
+    Setting("lease-ttl", p.positive_float, 10.0, "Seconds a partition lease lasts without renewal "
+            "(renewed every third of it); also how long a dead host's partitions wait.", "S", commands=CLUSTER),
+    Setting("cluster-snapshot-interval", p.non_negative_float, 60.0, "Seconds between uploads of an owned "
+            "partition's snapshot to the object store, after which its stream prefix is purged (0: never).",
+            "S"),
     Setting("log-level", p.choice("debug", "info", "warning", "error"), "info", "Log level.", "LEVEL"),
     Setting("log-format", p.choice("text", "json"), "text", "Log lines on stderr: text for people, json (one "
             "object per line: time, level, role, slot, pid, message, exception) for log shippers.", "FORMAT"),

@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.config import Params
 from engine.control.layouts import (ABSENT_AFTER_S, CLAIM_SLOTS, HEADER_CELLS, LANES, LOCK_RING_BASE,
-                                    PARAMS_BYTES, control_layout, query_layout, ring_capacity, ring_id,
+                                    PARAMS_BYTES, control_layout, partition_rows, query_layout, ring_capacity, ring_id,
                                     ring_offsets)
 from engine.control.records import (GATEWAY, PRODUCER, READER, RUNNING, SUPERVISOR, WORKER, Header, LiveRecord,
                                     SupervisorRecord)
@@ -108,7 +108,7 @@ class Instance:
 
     def _build(self, create: bool) -> None:
         p = self.params
-        layout = control_layout(p.slots, p.max_spaces, p.max_sessions)
+        layout = control_layout(p.slots, p.max_spaces, p.max_sessions, partition_rows(p))
         ctl = self._segment("ctl", layout.size, create)
         if create:
             blob = p.to_json()
@@ -200,6 +200,11 @@ class Instance:
     def session_rows(self) -> np.ndarray:
         """The session table's rows (``engine.control.sessions``); written by the gateway only."""
         return self.ctl["sessions"]
+
+    @property
+    def partition_rows(self) -> np.ndarray:
+        """Cluster mode's partition table (``engine.control.partitions``); written by the follower only."""
+        return self.ctl["partitions"]
 
     # -- helpers -----------------------------------------------------------
     def ring(self, slot: int, lane: int) -> Ring:

@@ -28,6 +28,7 @@ X = 256 sessions (``Layout.describe()``; tests/unit keep this table in step)::
     115456        128  breaker_ring u1[2, 64]
     115584         64  tuned f8[8]
     115648       8192  tune_log u1[32, 256]
+    123840         64  partitions i8[1, 8]
 
 Fields and their single writers:
 
@@ -52,6 +53,9 @@ Fields and their single writers:
   entries (time, setting, old, new, evidence); entry i of
   ``TunedRecord.log_count`` in row ``i % TUNE_LOG_ENTRIES``, written before
   the count; the supervisor only (``engine.supervisor.autotune``).
+- ``partitions``: cluster mode's partition table, one row per partition
+  (``engine.control.partitions``; one unused row on a single host); the
+  cluster follower only.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ PARAMS_BYTES = 16384
 NAME_BYTES = 64
 CLAIM_SLOTS = 128
 HEADER_CELLS = 16
-CONTROL_VERSION = 4
+CONTROL_VERSION = 5  # 4: recall health; 5: partitions table (cluster mode)
 BREAKER_RING_BYTES = 64  # outcomes kept per slot: the first BREAKER_WINDOW bytes
 TUNED_CELLS = 8
 TUNE_LOG_ENTRIES = 32  # the auto-tuner's audit log keeps the last this many changes
@@ -86,7 +90,7 @@ LOCK_RING_BASE = 64
 LOCK_QUERY_BASE = 4096
 
 
-def control_layout(slots: int, max_spaces: int, max_sessions: int) -> Layout:
+def control_layout(slots: int, max_spaces: int, max_sessions: int, partitions: int = 1) -> Layout:
     return Layout(CONTROL_VERSION, [
         Field("params", "u1", (PARAMS_BYTES,)),
         Field("hdr", "i8", (HEADER_CELLS,)),
@@ -101,7 +105,14 @@ def control_layout(slots: int, max_spaces: int, max_sessions: int) -> Layout:
         Field("breaker_ring", "u1", (slots, BREAKER_RING_BYTES)),
         Field("tuned", "f8", (TUNED_CELLS,)),
         Field("tune_log", "u1", (TUNE_LOG_ENTRIES, TUNE_LOG_BYTES)),
+        # Version 5: cluster mode's partition table (engine.control.partitions).
+        Field("partitions", "i8", (partitions, 8)),
     ])
+
+
+def partition_rows(p: Params) -> int:
+    """Rows of the cluster partition table: --partitions in cluster mode, else 1 (unused)."""
+    return p.partitions if getattr(p, "cluster", None) else 1
 
 
 def query_layout(p: Params) -> Layout:
@@ -137,5 +148,5 @@ def ring_id(slot: int, lane: int) -> int:
 
 def required_bytes(p: Params) -> int:
     """Shared memory an instance with parameters ``p`` needs, all segments together."""
-    return (control_layout(p.slots, p.max_spaces, p.max_sessions).size + ring_offsets(p)[1]
+    return (control_layout(p.slots, p.max_spaces, p.max_sessions, partition_rows(p)).size + ring_offsets(p)[1]
             + query_layout(p).size + MetricArray.nbytes(p.slots, p.max_spaces))

@@ -12,9 +12,14 @@ from __future__ import annotations
 import hashlib
 
 
+def stable_hash(space: str) -> int:
+    """64-bit blake2b of the name: the same in every process, host and run
+    (also the partition of a space in cluster mode, ``engine.cluster.names``)."""
+    return int.from_bytes(hashlib.blake2b(space.encode(), digest_size=8).digest(), "little")
+
+
 def home_slot(space: str, slots: int) -> int:
-    digest = hashlib.blake2b(space.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % slots
+    return stable_hash(space) % slots
 
 
 def spill_order(home: int, free: list[int]) -> list[int]:

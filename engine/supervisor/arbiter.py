@@ -63,6 +63,7 @@ class Supervisor:
         self.gateway = Child(-1, None, kind="gateway") if cfg.grpc_addr != "off" else None
         self.prober = Child(-1, None, kind="prober")  # recall probes (engine.prober)
         self.autotune = None  # engine.supervisor.autotune, made in setup
+        self.cluster = Child(-1, None, kind="cluster") if getattr(cfg, "cluster", None) else None
         self.policy = RestartPolicy(cfg.flap_restarts, cfg.flap_window, cfg.park_seconds,
                                     cfg.restart_backoff_max)
         self.metrics = None
@@ -165,7 +166,8 @@ class Supervisor:
                 return
 
     def children(self) -> list[Child]:
-        return self.slots + [c for c in (self.exporter, self.gateway, self.prober) if c is not None]
+        return self.slots + [c for c in (self.exporter, self.gateway, self.prober, self.cluster)
+                             if c is not None]
 
     def reap(self) -> None:
         now = self.clock()

@@ -31,7 +31,7 @@ class ForkSpawner:
 
     def start(self, child: Child, cfg, inherited: list[int]):
         """Fork ``child`` and return its process handle."""
-        target = self.resolve(child.kind)
+        target = self.resolve(child.kind, cfg)
         parent = os.getpid()
         if child.kind == "worker":
             args = (child.index, cfg.name, child.cpu, inherited, parent, self.hooks)

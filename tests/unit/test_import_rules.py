@@ -27,7 +27,7 @@ SHARED = ("shm", "metrics", "engine.control", "engine.config", "engine.errors", 
           "engine.child", "engine.rpc", "engine.identity", "engine.signals", "engine.fsutil", "engine.exitcodes",
           "engine.logfmt", "engine.distances", "engine.recallhealth")
 PROCESSES = ("engine.supervisor", "engine.worker", "engine.storage", "engine.producer",
-             "engine.gateway", "engine.exporter", "engine.prober", "engine.cli")
+             "engine.gateway", "engine.exporter", "engine.prober", "engine.cluster", "engine.cli")
 
 # importer prefix -> prefixes it may import (its own package is always allowed).
 RULES: dict[str, tuple[str, ...]] = {
@@ -53,6 +53,9 @@ RULES: dict[str, tuple[str, ...]] = {
     "engine.recallhealth": ("shm", "metrics", "engine.control", "engine.config", "engine.errors",
                             "engine.results", "engine.distances"),
     "engine.prober": SHARED,
+    # Cluster mode: its front runs as the gateway process (the gateway's service,
+    # publishing to the log) and its follower applies through the producer path.
+    "engine.cluster": SHARED + ("engine.producer", "engine.gateway"),
     # The children's entry points and the storage checks come from the CLI
     # (engine.cli.entries): the supervisor names no other process package.
     "engine.supervisor": SHARED,

@@ -1,0 +1,269 @@
+"""The log follower: a supervisor child that makes this host a member of the cluster.
+
+One asyncio loop (``Follower.run``), every ``TICK`` (a sixth of the lease
+ttl) running small idempotent steps:
+
+    beat     (every ttl/3) heartbeat; read leases, hosts and drain requests;
+             renew every held lease
+    fence    a held partition whose lease is not surely valid any more is
+             dropped at once: its applier stops, the front stops serving it
+    balance  take free partitions up to this host's share
+             (``engine.cluster.assign``); hand over the extra ones
+    publish  lease validity into the partition table for the front
+
+Partitions are applied by one task each (``engine.cluster.applier``). A
+handoff stops the task, uploads the partition's snapshot
+(``engine.cluster.snapshots``) and releases the lease; the taker loads the
+snapshot and continues from the stream.
+
+Process rules: forked by the supervisor before any thread exists in it;
+the asyncio loop and nats-py's threads start after the fork. SIGTERM ends
+the loop (the handler only sets an event), releasing every lease so the
+other hosts take over without waiting for a ttl.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+from engine.cluster import applier, assign, names, registry
+from engine.cluster.connection import connect
+from engine.cluster.leases import Leases
+from engine.control.partitions import FREE, LOADING, PartitionTable
+
+log = logging.getLogger("engram.cluster")
+
+REQUEST_TIMEOUT_S = 2.0
+
+
+class Follower:
+    def __init__(self, inst, engine, clock=time.monotonic):
+        self.inst = inst
+        self.p = inst.params
+        self.engine = engine
+        self.clock = clock
+        self.table = PartitionTable(inst.partition_rows)
+        self.tasks: dict[int, asyncio.Task] = {}
+        self.epochs: dict[int, int] = {}
+        self.bells = {p: applier.Doorbell() for p in range(self.p.partitions)}
+        self.cooling: dict[int, float] = {}
+        self.counters: dict = {}
+        self.stop = asyncio.Event()
+        self.next_beat = 0.0
+        self.hosts: list[str] = []
+        self.draining: set[str] = set()
+        self.started_ms = int(time.time() * 1000)
+        self.snapshots = None
+        self.nc = self.js = self.kv = self.leases = None
+
+    @property
+    def tick(self) -> float:
+        return self.p.lease_ttl / 6
+
+    # -- set-up ----------------------------------------------------------------
+    async def start(self) -> None:
+        from engine.cluster import bootstrap
+        from engine.cluster.snapshots import Snapshots
+        p = self.p
+        self.nc = await connect(p, f"engram-{p.host_id}-follower")
+        self.js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
+        await bootstrap.ensure(self.js, p)
+        self.kv = await self.js.key_value(names.bucket(p.cluster))
+        self.leases = Leases(self.kv, p.host_id, p.lease_ttl, p.partitions, clock=self.clock)
+        self.snapshots = Snapshots(self.js, p, self.table, os.path.join(p.data_dir, "partitions"),
+                                   self.engine)
+        repaired = self.table.repair(self.inst.rings)
+        if repaired:
+            log.info("completed %d partition batch(es) a previous follower queued as it died", repaired)
+        for q in range(p.partitions):
+            if int(self.table.rows[q, 0]):
+                self.table.drop(q)  # a dead follower's holdings: re-acquired through the KV, or not
+        await registry.clear_drain(self.kv, p.host_id)
+        await self.nc.subscribe(names.subjects(p.cluster), cb=self._doorbell)
+
+    async def _doorbell(self, msg) -> None:
+        try:
+            self.bells[int(msg.subject.rsplit(".", 1)[1])].ring()
+        except (ValueError, KeyError):
+            pass
+
+    # -- the loop ----------------------------------------------------------------
+    async def run(self) -> None:
+        await self.start()
+        log.info("host %r joined cluster %r (%d partitions, lease ttl %.1fs)", self.p.host_id,
+                 self.p.cluster, self.p.partitions, self.p.lease_ttl)
+        try:
+            while not self.stop.is_set():
+                await self.step()
+                try:
+                    await asyncio.wait_for(self.stop.wait(), self.tick)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await self.leave()
+
+    async def step(self) -> None:
+        now = self.clock()
+        if now >= self.next_beat:
+            self.next_beat = now + self.p.lease_ttl / 3
+            try:
+                await self.beat()
+            except Exception as exc:  # NATS unreachable: leases run out, fencing below stops us
+                self.counters["log_errors"] = self.counters.get("log_errors", 0) + 1
+                log.warning("cluster heartbeat failed: %s", exc)
+        self.fence()
+        if self.leases.seen:
+            try:
+                await self.balance()
+            except Exception as exc:
+                log.warning("cluster rebalancing failed: %s", exc)
+        self.publish()
+        await self.snapshot_due()
+
+    async def snapshot_due(self) -> None:
+        from engine.control.partitions import SERVING
+        for q in list(self.tasks):
+            if int(self.table.rows[q, 1]) == SERVING and self.snapshots.due(q):
+                try:
+                    await self.snapshots.upload(q)
+                except Exception as exc:
+                    self.snapshots.failures += 1
+                    log.warning("partition %d: snapshot upload failed: %s", q, exc)
+
+    async def beat(self) -> None:
+        p = self.p
+        for q in list(self.leases.held):  # renewals first: they are what keeps the partitions
+            if not await self.leases.renew(q):
+                log.error("partition %d: lease lost (taken by another host); stopped applying it", q)
+                self.counters["lease_lost"] = self.counters.get("lease_lost", 0) + 1
+                self._stop_task(q)
+                self.table.drop(q)
+        await registry.heartbeat(self.kv, self.record())
+        await self.leases.refresh()
+        records = await registry.hosts(self.kv, self.js, names.bucket(p.cluster))
+        self.hosts = registry.live(records, p.lease_ttl)
+        if p.host_id not in self.hosts:
+            self.hosts = sorted(self.hosts + [p.host_id])
+        self.draining = await registry.draining(self.kv, self.js, names.bucket(p.cluster))
+
+    def record(self) -> dict:
+        t = self.table
+        return {"id": self.p.host_id, "address": self.p.advertise, "capacity": self.p.slots,
+                "started_ms": self.started_ms, "draining": self.p.host_id in self.draining,
+                "positions": {q: max(0, names.split_position(t.next_pos(q))[0] - 1) for q in self.tasks},
+                "snapshots": {q: [int(t.rows[q, 6]), int(t.rows[q, 7])] for q in self.tasks}}
+
+    def fence(self) -> None:
+        for q in list(self.tasks):
+            if not self.leases.valid(q):
+                log.error("partition %d: lease not renewed in time; stopped applying and serving it", q)
+                self.counters["lease_expired"] = self.counters.get("lease_expired", 0) + 1
+                self.table.drop(q)
+                self._stop_task(q)
+                self.leases.lose(q)
+
+    async def balance(self) -> None:
+        p = self.p
+        now = self.clock()
+        self.cooling = {q: t for q, t in self.cooling.items() if t > now}
+        owners = {q: self.leases.owner(q) for q in range(p.partitions)}
+        take, give = assign.plan(p.host_id, owners, self.hosts, self.draining, p.partitions, set(self.cooling))
+        for q in give:
+            await self.hand_over(q)
+        for q in take:
+            epoch = await self.leases.acquire(q)
+            if epoch is None:
+                continue
+            log.info("partition %d: acquired with epoch %d", q, epoch)
+            self.table.hold(q, epoch, self._valid_us(q), LOADING)
+            self.epochs[q] = epoch
+            self.tasks[q] = asyncio.get_running_loop().create_task(self._apply(q, epoch))
+
+    async def _apply(self, q: int, epoch: int) -> None:
+        try:
+            await self.snapshots.load(q, epoch)
+            why = await applier.apply_partition(self.js, self.engine, self.table, self.p.cluster, q, epoch,
+                                                self.bells[q], self.counters, self.snapshots.note)
+            log.info("partition %d: applier stopped (%s)", q, why)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("partition %d: applier failed; dropping the partition", q)
+            self.table.drop(q)
+            self.tasks.pop(q, None)
+            await self.leases.release(q)
+
+    async def hand_over(self, q: int) -> None:
+        """Graceful handoff: stop applying, snapshot, release (the taker continues)."""
+        epoch = self.epochs.get(q, 0)
+        self._stop_task(q)
+        self.table.drop(q)
+        try:
+            await self.snapshots.upload(q)
+        except Exception as exc:
+            log.warning("partition %d: snapshot before handoff failed (%s); the next owner replays more", q, exc)
+        await self.leases.release(q)
+        self.cooling[q] = self.clock() + self.p.lease_ttl
+        log.info("partition %d: handed over (epoch %d)", q, epoch)
+
+    def _stop_task(self, q: int) -> None:
+        task = self.tasks.pop(q, None)
+        if task is not None:
+            task.cancel()
+
+    def _valid_us(self, q: int) -> int:
+        return int(self.leases.valid_until(q) * 1_000_000)
+
+    def publish(self) -> None:
+        for q in self.tasks:
+            if self.leases.valid(q):
+                self.table.extend(q, self._valid_us(q))
+
+    async def leave(self) -> None:
+        for q in list(self.tasks):
+            self._stop_task(q)
+            self.table.drop(q, FREE)
+            try:
+                await self.leases.release(q)
+            except Exception:
+                pass
+        try:
+            await self.kv.put(names.host_key(self.p.host_id), b'{"left": true}')
+        except Exception:
+            pass
+        await self.nc.close()
+
+
+def main(name: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
+    """Entry point in the forked child."""
+    from engine import child, identity
+    from engine.control.instance import Instance
+    from engine.control.records import PRODUCER
+    from engine.producer.api import Engine
+    child.prepare(inherited, supervisor_pid)
+    identity.become("cluster", name)
+    inst = Instance.attach(name, PRODUCER)
+    engine = Engine(inst)
+    follower = Follower(inst, engine)
+
+    async def body():
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, follower.stop.set)  # only sets the event
+
+        async def watch_parent():
+            while not follower.stop.is_set():
+                hdr = inst.header
+                if supervisor_pid and (os.getppid() != supervisor_pid or int(hdr.stop) or int(hdr.admission_closed)):
+                    follower.stop.set()
+                await asyncio.sleep(0.25)
+        loop.create_task(watch_parent())
+        await follower.run()
+
+    try:
+        asyncio.run(body())
+    finally:
+        engine.close()

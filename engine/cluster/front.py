@@ -1,0 +1,217 @@
+"""The gateway child in cluster mode: the gateway's service, with the stream behind it.
+
+Same gRPC service, sessions and checks as ``engine.gateway.service`` (it
+subclasses ``Gateway``), with two differences:
+
+* Observe: an accepted batch is published to its partition's subject
+  (``engine.cluster.codec``) with ``Nats-Msg-Id = session:first_sequence``,
+  and the session advances only after the PubAck, so an acknowledged batch
+  is in the replicated stream. The partition's owner applies it
+  (``engine.cluster.follower``). A retry of the same batch after a lost ack
+  is stored once by the stream's duplicate window. Nothing is queued into
+  this host's rings here.
+* Recall: served from this host when it owns the space's partition and the
+  partition table says it is serving under a valid lease; else forwarded
+  over gRPC to the owner (``engine.cluster.forward``). ``fresh=True``: the
+  owner first waits until it applied the partition up to the stream's last
+  sequence at the time of the request. During a failover (no live owner, or
+  the lease moved while answering) the answer is empty with
+  ``complete=false`` and a ``reason``; never data of a stale owner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import grpc
+import numpy as np
+
+from engine.cluster import codec, names
+from engine.cluster.forward import Forwarder
+from engine.cluster.logclient import LogClient, owner_address
+from engine.control.layouts import LANE_INDEX
+from engine.control.partitions import P_NEXT_POS, PartitionTable
+from engine.errors import InvalidInput
+from engine.gateway.service import Gateway
+from engine.producer import validation
+from engine.rpc import engram_pb2 as pb
+from engine.rpc import wire
+
+log = logging.getLogger("engram.gateway")
+
+FORWARDED = "engram-forwarded"      # metadata key: a forwarded recall is never forwarded again
+FRESH_POLL_S = 0.005
+DEFAULT_DEADLINE_S = 5.0
+
+
+class ClusterGateway(Gateway):
+    def __init__(self, inst, writer, log_client: LogClient):
+        super().__init__(inst, writer)
+        self.log = log_client
+        self.table = PartitionTable(inst.partition_rows)
+        self.forwarder = Forwarder(self.p)
+        self.counts = {"published": 0, "publish_failures": 0, "forwarded": 0, "unowned": 0}
+
+    def partition(self, space: str) -> int:
+        return names.partition_of(space, self.p.partitions)
+
+    # -- observe ------------------------------------------------------------------
+    def _batch(self, row: int, space: str, priority: str, batch, context) -> pb.BatchAck:
+        first = batch.first_sequence
+        ack = pb.BatchAck(first_sequence=first)
+        idx = self.engine.spaces.lookup(space)
+        try:
+            ids = wire.unpack_ids(batch.ids)
+            vectors = wire.unpack_rows(batch.vectors, self.p.dim, len(ids), "vectors")
+        except InvalidInput as exc:
+            n = max(1, len(batch.ids) // 8)
+            return self._rejected_ack(ack, row, priority, idx, "invalid_input", n, str(exc))
+        n = ack.count = len(ids)
+        with self.row_locks[row]:
+            self.sessions.touch(row)
+            nxt = self.sessions.next_seq(row)
+            if first == 0 or first > nxt:
+                text = ("sequence numbers start at 1" if first == 0 else
+                        f"gap: this session expects first_sequence {nxt}, got {first}")
+                return self._rejected_ack(ack, row, priority, idx, "invalid_sequence", max(1, n), text)
+            dup = min(n, nxt - first)
+            if dup:
+                ack.rejected["duplicate"] = dup
+                self.engine.count_rejected(idx, "duplicate", dup)
+                ack.message = f"{dup} observation(s) from {first} were already accepted; not queued again"
+            if dup < n:
+                try:
+                    ids_ok = validation.ids(ids[dup:], min(self.p.max_batch_size, names.MAX_MESSAGE_RECORDS))
+                    vecs_ok = validation.vectors(vectors[dup:], len(ids_ok), self.p.dim, self.p.metric)
+                except InvalidInput as exc:
+                    self.engine.count_rejected(idx, "invalid_input", n - dup)
+                    ack.rejected["invalid_input"] = n - dup
+                    ack.message = str(exc)
+                else:
+                    body = codec.encode(space, LANE_INDEX[priority], ids_ok, vecs_ok)
+                    msg_id = names.msg_id(self.sessions.session_id(row), nxt)
+                    try:
+                        self.log.publish(self.partition(space), body, msg_id)
+                    except Exception as exc:
+                        self.counts["publish_failures"] += 1
+                        context.abort(grpc.StatusCode.UNAVAILABLE,
+                                      f"the cluster's log did not acknowledge the batch ({type(exc).__name__}: "
+                                      f"{exc}); resend it (a resent batch is stored once)")
+                    self.counts["published"] += 1
+                    self.sessions.advance(row, nxt, len(ids_ok))
+                    ack.accepted = len(ids_ok)
+            ack.next_sequence = self.sessions.next_seq(row)
+        ack.backpressure = 0
+        return ack
+
+    # -- recall --------------------------------------------------------------------
+    def _recall(self, req, context) -> pb.RecallResponse:
+        try:
+            space = validation.space_name(req.space)
+            queries = wire.unpack_rows(req.queries, self.p.dim, None, "queries")
+        except InvalidInput as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        p = self.partition(space)
+        forwarded = any(k == FORWARDED for k, _ in context.invocation_metadata())
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + (DEFAULT_DEADLINE_S if remaining is None else min(remaining, 60.0))
+        epoch = int(self.table.rows[p, 0])
+        if self.table.serving(p):
+            return self._local(req, context, space, queries, p, epoch, deadline)
+        if forwarded:
+            return self._incomplete(len(queries), f"partition {p} is not served by this host now (moving)")
+        leases, hosts = self.log.view()
+        addr, reason = owner_address(leases, hosts, p, self.p.lease_ttl)
+        if addr is None or addr == self.p.advertise:
+            self.counts["unowned"] += 1
+            return self._incomplete(len(queries), reason or f"partition {p} is being taken over by this host")
+        self.counts["forwarded"] += 1
+        got = self.forwarder.recall(addr, req, deadline, ((FORWARDED, "1"),))
+        if got is None:
+            return self._incomplete(len(queries), f"owner of partition {p} at {addr} did not answer")
+        return got
+
+    def _local(self, req, context, space, queries, p, epoch, deadline) -> pb.RecallResponse:
+        if req.fresh:
+            target = names.position(self.log.last_seq(p) + 1)
+            while int(self.table.rows[p, P_NEXT_POS]) < target:
+                if time.monotonic() >= deadline or not self.table.serving(p, epoch):
+                    return self._incomplete(len(queries), f"partition {p} did not catch up with the stream "
+                                                          f"before the deadline")
+                time.sleep(FRESH_POLL_S)
+        res = self.engine.recall(space, queries, k=req.k or 0, ef=req.ef or None, fresh=req.fresh,
+                                 timeout=max(0.05, deadline - time.monotonic())) if req.k else None
+        if res is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be between 1 and {self.p.max_k}")
+        if not self.table.serving(p, epoch):  # fencing: the lease moved while we answered
+            return self._incomplete(len(queries), f"partition {p} moved to another host during the recall")
+        q, k = res.ids.shape
+        return pb.RecallResponse(queries=q, k=k, ids=wire.pack_ids(res.ids),
+                                 distances=wire.pack_floats(res.distances), complete=res.complete)
+
+    @staticmethod
+    def _incomplete(q: int, reason: str) -> pb.RecallResponse:
+        return pb.RecallResponse(queries=q, k=0, ids=b"", distances=b"", complete=False, reason=reason)
+
+    # -- info ------------------------------------------------------------------------
+    def Info(self, request, context):
+        res = super().Info(request, context)
+        try:
+            leases, hosts = self.log.view()
+        except Exception:
+            leases, hosts = {}, {}
+        owned: dict[str, int] = {}
+        for rec in leases.values():
+            if rec is not None and not rec.released:
+                owned[rec.owner] = owned.get(rec.owner, 0) + 1
+        now_ms = time.time() * 1000
+        res.cluster.name = self.p.cluster
+        res.cluster.host_id = self.p.host_id
+        res.cluster.partitions = self.p.partitions
+        for hid, h in sorted(hosts.items()):
+            if h.get("left"):
+                continue
+            res.cluster.hosts.add(id=hid, address=h.get("address", ""), draining=bool(h.get("draining")),
+                                  live=now_ms - h.get("heartbeat_ms", 0) < self.p.lease_ttl * 1000,
+                                  partitions=owned.get(hid, 0))
+        return res
+
+
+def main(name: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
+    """Entry point in the forked child (the gateway's, with the stream behind it)."""
+    from engine import child, identity
+    from engine.control.instance import Instance
+    from engine.control.records import GATEWAY
+    from engine.gateway import conventions
+    from engine.gateway.server import TICK_S, build_server
+    from metrics.writer import MetricWriter, NullWriter
+    child.prepare(inherited, supervisor_pid)
+    identity.become("gateway", name)
+    inst = Instance.attach(name, GATEWAY)
+    p = inst.params
+    writer = NullWriter() if p.no_metrics else MetricWriter(inst.metrics, inst.metrics.row_map.GATEWAY)
+    log_client = LogClient(p)
+    gw = ClusterGateway(inst, writer, log_client)
+    health = conventions.HealthPublisher(inst)
+    server, port = build_server(gw, p, health)
+    inst.header.gateway_pid = os.getpid()
+    inst.header.gateway_port = port
+    identity.become("gateway", name, port=port)
+    log.info("cluster gateway of host %r serving gRPC on %s (port %d)", p.host_id, p.grpc_addr, port)
+    try:
+        while os.getppid() == supervisor_pid or not supervisor_pid:
+            if int(inst.header.sup_pid) != supervisor_pid and supervisor_pid:
+                break
+            time.sleep(TICK_S)
+            gw.tick()
+            health.update()
+    finally:
+        health.shutdown()
+        server.stop(grace=1.0)
+        gw.forwarder.close()
+        log_client.close()
+
+
+__all__ = ["ClusterGateway", "main", "np"]
