@@ -41,5 +41,6 @@ def supervisor(cfg, hooks: Hooks = NONE):
     from engine.supervisor.spawner import ForkSpawner
     if getattr(cfg, "cluster", None):
         from engine.cluster import bootstrap
-        cfg = bootstrap.prepare(cfg)  # refusals raise ConfigError: exit 2
+        from engine.supervisor.preflight import check_name_free
+        cfg = bootstrap.prepare(cfg, check_name_free)  # refusals raise ConfigError: exit 2
     return Supervisor(cfg, ForkSpawner(resolve, hooks), checks=(check_room_for_spaces,))

@@ -178,13 +178,14 @@ async def _check(p) -> dict:
         await nc.close()
 
 
-def prepare(cfg):
+def prepare(cfg, check_name_free):
     """Checks against the cluster, then a fresh local directory; returns the
-    ``Config`` the supervisor runs with (its ``data_dir`` is ``<data-dir>/local``)."""
+    ``Config`` the supervisor runs with (its ``data_dir`` is ``<data-dir>/local``).
+    ``check_name_free(name, data_dir)``: the supervisor's check (handed in by
+    the CLI: cluster code names no supervisor module)."""
     asyncio.run(_check(cfg))
     from engine.config.resolve import Config
     from engine.errors import InstanceRunning
-    from engine.supervisor.preflight import check_name_free
     from shm.lock import InstanceLock
     from shm.segment import remove_instance_objects
     local = os.path.join(cfg.data_dir, "local")
@@ -193,7 +194,7 @@ def prepare(cfg):
     if not lock.try_acquire():
         raise InstanceRunning(f"data directory {os.path.abspath(local)} is in use (pid {lock.holder_pid()})")
     try:
-        if check_name_free(cfg.name):
+        if check_name_free(cfg.name, local):
             # Queued records of a dead run were applied from the stream: the
             # new owner of their partitions replays them; carrying them over
             # would apply them twice.
@@ -204,4 +205,4 @@ def prepare(cfg):
                 shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
     finally:
         lock.release()
-    return Config(dict(cfg.values, data_dir=local))
+    return Config(dict(cfg.values, data_dir=local), getattr(cfg, "explicit", frozenset()))

@@ -21,7 +21,7 @@ from engine.supervisor import spill
 from tests.gateway_helpers import RawStream, target
 from tests.harness import EngineProcess, child_env, total, wait_for
 
-N = 30_000
+N = 60_000
 DIM = 96
 
 
@@ -29,7 +29,7 @@ DIM = 96
 def test_a_graceful_stop_that_times_out_keeps_the_backlog_exactly_once(tmp_path, graceful):
     # Insertion made slow (dim 96, M 48, ef_construction 400) so that the rings
     # still hold most of what was acknowledged when --graceful-timeout runs out.
-    ep = EngineProcess(tmp_path, dim=DIM, hnsw_m=48, ef_construction=400, capacity_normal=60000,
+    ep = EngineProcess(tmp_path, dim=DIM, hnsw_m=48, ef_construction=400, capacity_normal=100000,
                        graceful_timeout=graceful, snapshot_wal_bytes=0, snapshot_interval=0)
     second = None
     try:

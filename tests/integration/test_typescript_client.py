@@ -105,6 +105,7 @@ def test_stream_resumes_after_gateway_kill_9_and_recall_equals_python(engine_fac
             killed.append(pid)
             wait_for(lambda: gateway_pid(ep) not in (None, pid), 30, message="gateway restarted")
         wait_for(lambda: lines.poll() and lines.seen[-1].get("done"), 120, message="the stream finished")
+        proc.wait(30)  # it prints "done" just before it exits: let it exit before the cleanup below
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
