@@ -11,6 +11,9 @@ recommendation is the step with the highest throughput; steps within 5 %
 of it are decided by the lower observation p99. ``--write FILE`` writes a
 TOML file that ``run --config FILE`` accepts.
 
+Progress goes to stderr (``Progress``): a redrawn bar only on a terminal, and
+one line per finished step with its figures (``step_line``) everywhere.
+
 Usable CPUs honour the process's affinity (``sched_getaffinity``, so
 cpusets) and a cgroup v2 CPU quota (``/sys/fs/cgroup/cpu.max``).
 """
@@ -183,25 +186,58 @@ def toml_text(cfg, best: dict) -> str:
             f"ef-construction = {cfg.ef_construction}\nef-search = {cfg.ef_search}\n")
 
 
+def step_line(i: int, total: int, r: dict) -> str:
+    """One finished step with its figures (what the table's row for it shows)."""
+    workers = f"{r['workers']} worker" + ("" if r["workers"] == 1 else "s")
+    return (f"step {i + 1}/{total}: {r['workers_per_core']:g} per core ({workers}): {r['throughput']:.0f}/s, "
+            f"obs p99 {_ms(r['observation_p99_s'])}, "
+            f"recall p99 {_ms(r['recall_p99_s'])}, cpu use {r['cpu_use']:.0%}")
+
+
+class Progress:
+    """Progress of the steps on ``err``.
+
+    On a terminal: a bar redrawn in place while a step runs, replaced by the
+    step's figures when it ends. Otherwise (a pipe, a log file, CI) only the
+    line with the figures of each finished step: a redrawn bar would fill a
+    log with carriage returns or repeated lines.
+    """
+
+    WIDTH = 30
+
+    def __init__(self, err, total: int):
+        self.err, self.total = err, total
+        self.tty = err.isatty()
+        self._shown = None  # (filled cells, step) last drawn
+
+    def running(self, i: int, wpc: float, frac: float) -> None:
+        if not self.tty:
+            return
+        done = int(self.WIDTH * (i + frac) / self.total)
+        if (done, i) == self._shown:
+            return  # redraw only on change
+        self._shown = (done, i)
+        self.err.write(f"\r[{'#' * done}{'.' * (self.WIDTH - done)}] step {i + 1}/{self.total}: "
+                       f"{wpc:g} per core")
+        self.err.flush()
+
+    def finished(self, i: int, result: dict) -> None:
+        # "\r" plus the erase-line sequence clear the bar the line replaces
+        lead = "\r\x1b[K" if self.tty else ""
+        self.err.write(f"{lead}{step_line(i, self.total, result)}\n")
+        self.err.flush()
+
+
 def run(cfg, out=sys.stdout, err=sys.stderr) -> int:
     cpus = usable_cpus()
     plan = steps(cpus)
     print(f"tune: {len(cpus)} usable CPU(s) {cpus}, dim {cfg.dim} {cfg.metric}, {cfg.seconds:g}s per step, "
           f"workers per core {', '.join(f'{w:g}' for w in plan)}", file=err)
     results = []
-    tty = err.isatty()
-    shown = [None]
+    shown = Progress(err, len(plan))
     for i, wpc in enumerate(plan):
-        def progress(frac, i=i, wpc=wpc):
-            done = int(30 * (i + frac) / len(plan))
-            if (done, i) == shown[0] or (not tty and frac not in (0.0, 1.0)):
-                return  # redraw only on change; without a terminal, one line per step edge
-            shown[0] = (done, i)
-            lead, end = ("\r", "") if tty else ("", "\n")
-            err.write(f"{lead}[{'#' * done}{'.' * (30 - done)}] step {i + 1}/{len(plan)}: {wpc:g} per core{end}")
-            err.flush()
-        results.append(measure(cfg, wpc, cpus, progress))
-    err.write("\n")
+        results.append(measure(cfg, wpc, cpus, lambda frac, i=i, wpc=wpc: shown.running(i, wpc, frac)))
+        shown.finished(i, results[-1])
     best = recommend(results)
     print(table(results), file=out)
     print(f"recommended: --workers-per-core {best['workers_per_core']:g}", file=out)

@@ -101,7 +101,7 @@ def recall_request(space, query, k, ef, fresh) -> pb.RecallRequest:
 def recall_result(res: pb.RecallResponse) -> RecallResult:
     ids = np.frombuffer(res.ids, "<u8").astype(np.uint64).reshape(res.queries, res.k)
     dist = np.frombuffer(res.distances, "<f4").astype(np.float32).reshape(res.queries, res.k)
-    return RecallResult(ids, dist, res.complete)
+    return RecallResult(ids, dist, res.complete, tuple(int(s) for s in res.skipped_slots))
 
 
 def info(res: pb.InfoResponse) -> dict:

@@ -149,7 +149,8 @@ class ClusterGateway(Gateway):
             return self._incomplete(len(queries), f"partition {p} moved to another host during the recall")
         q, k = res.ids.shape
         return pb.RecallResponse(queries=q, k=k, ids=wire.pack_ids(res.ids),
-                                 distances=wire.pack_floats(res.distances), complete=res.complete)
+                                 distances=wire.pack_floats(res.distances), complete=res.complete,
+                                 skipped_slots=res.skipped)
 
     @staticmethod
     def _incomplete(q: int, reason: str) -> pb.RecallResponse:

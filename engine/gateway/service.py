@@ -272,7 +272,8 @@ class Gateway(pb_grpc.EngramServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         q, k = res.ids.shape
         return pb.RecallResponse(queries=q, k=k, ids=wire.pack_ids(res.ids),
-                                 distances=wire.pack_floats(res.distances), complete=res.complete)
+                                 distances=wire.pack_floats(res.distances), complete=res.complete,
+                                 skipped_slots=res.skipped)
 
     def Recall(self, request, context):
         return self._recall(request, context)

@@ -114,3 +114,33 @@ def test_autotune_lowers_the_batch_budget_under_light_bursty_load(engine_factory
     st = subprocess.run([sys.executable, "-m", "engine", "status", "--name", ep.name], capture_output=True,
                         text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()), timeout=60)
     assert "batch_budget_ms 50.0 ->" in st.stdout, st.stdout
+
+
+def test_grpc_recall_names_the_slot_whose_breaker_is_open(engine_factory):
+    from engine.client import Client
+    from engine.control.records import OVERRIDE_AUTO, OVERRIDE_OPEN
+    from tests.gateway_helpers import target
+
+    # probe_interval 60: no probe runs during the test, only the override moves the breaker
+    ep = engine_factory(probe_interval="60")
+    eng = ep.engine()
+    rng = np.random.default_rng(11)
+    space = "skipped-over-grpc"
+    observe_all(eng, space, np.arange(300, dtype=np.uint64), rng.standard_normal((300, DIM)).astype(np.float32))
+    wait_for(lambda: eng.spaces.lookup(space) is not None, 30, message="space registered")
+    idx = eng.spaces.lookup(space)
+    wait_for(lambda: int(eng.inst.shard_counts[:, idx].sum()) == 300, 30, message="all inserted")
+    holders = [s for s in range(eng.inst.slots) if eng.inst.shard_counts[s, idx] > 0]
+    query = rng.standard_normal((2, DIM)).astype(np.float32)
+    with Client(target(ep)) as c:
+        res = c.recall(space, query, k=5)
+        assert res.complete and res.skipped == () and res.ids.shape == (2, 5)
+        forced = holders[-1]
+        eng.breakers.override(forced, OVERRIDE_OPEN)
+        try:
+            res = c.recall(space, query, k=5)
+            assert not res.complete and res.skipped == (forced,)
+        finally:
+            eng.breakers.override(forced, OVERRIDE_AUTO)
+        res = c.recall(space, query, k=5)
+        assert res.complete and res.skipped == ()

@@ -426,6 +426,16 @@ TOPICS = {
     "write-ahead log size per worker": lambda i: _uses(i, "wal_size_bytes", by=["worker_id"]),
     "snapshots by result": lambda i: _uses(i, "snapshots_total", by=["result"]),
     "data directory unwritable": lambda i: _uses(i, "data_dir_unwritable"),
+    "recall probe state per slot":
+        lambda i: _uses(i, "recall_probe_state", by=["worker_id"], types={"state-timeline"}),
+    "recall probe latency P99": lambda i: _quantiles(i, "recall_probe_latency_seconds", 0.99),
+    "recall probe failures by reason":
+        lambda i: _uses(i, "recall_probe_failures_total", by=["worker_id", "reason"]),
+    "recall breaker state per slot":
+        lambda i: _uses(i, "recall_breaker_state", by=["worker_id"], types={"state-timeline"}),
+    "recall requests short-circuited":
+        lambda i: _uses(i, "recall_breaker_short_circuits_total", by=["worker_id"]),
+    "auto-tuner changes by setting": lambda i: _uses(i, "autotune_changes_total", by=["setting"]),
 }
 
 
@@ -482,6 +492,19 @@ def test_latency_p99_panels_mark_100_ms():
     for p in lat:
         assert 0.1 in [v for v, _ in _steps(p)], p["title"]
         assert p["fieldConfig"]["defaults"]["unit"] == "s", p["title"]
+
+
+def test_recall_health_state_panels_name_every_state():
+    def shown(metric):
+        return [p for p in panels(load()) if PREFIX + metric in metrics_of(
+            "\n".join(t["expr"] for t in p["targets"]))]
+
+    probe, breaker = shown("recall_probe_state"), shown("recall_breaker_state")
+    assert probe and breaker
+    for p in probe:  # the catalog's help: 0 unknown, 1 healthy, 2 degraded, 3 unhealthy
+        assert _mapping_texts(p) == {"0": "unknown", "1": "healthy", "2": "degraded", "3": "unhealthy"}
+    for p in breaker:  # 0 closed, 1 half-open, 2 open
+        assert _mapping_texts(p) == {"0": "closed", "1": "half-open", "2": "open"}
 
 
 def test_worker_utilisation_panels_are_coloured_on_a_0_to_1_scale():
