@@ -202,7 +202,7 @@ class Supervisor:
         sup = self.inst.sup(s.index)
         if not parked:
             sup.state = DOWN
-            if s.kind == "worker" and not others and len(s.exits) >= self.cfg.flap_restarts:
+            if not others and len(s.exits) >= self.cfg.flap_restarts:
                 log.error("worker slot %d crashed %d times in %.0fs but is the last slot that can run: "
                           "restarting it with backoff instead of parking it", s.index, len(s.exits),
                           self.cfg.flap_window)
