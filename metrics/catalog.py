@@ -38,6 +38,9 @@ OTHER_SPACE = "_other"
 #: Dynamic domains: their size is given when the array is laid out.
 WORKER_ID = "worker_id"
 MEMORY_SPACE = "memory_space"
+#: Cluster partitions ``"0" .. "partitions-1"`` (bounded by ``--partitions``). Only gauges
+#: computed at scrape time may use it: the array's layout does not depend on ``--partitions``.
+PARTITION = "partition"
 
 #: Label domains, declared once. ``None`` marks a dynamic domain.
 DOMAINS: dict[str, tuple[str, ...] | None] = {
@@ -58,8 +61,12 @@ DOMAINS: dict[str, tuple[str, ...] | None] = {
     "probe_failure": ("wrong_answer", "timeout"),
     "breaker_state": ("closed", "half_open", "open"),
     "tuned_setting": ("batch_budget_ms", "steal_threshold"),
+    # Cluster mode (engine.cluster): how a lease write ended; which NATS connection.
+    "lease_result": ("ok", "conflict", "error"),
+    "log_client": ("follower", "front"),
     WORKER_ID: None,
     MEMORY_SPACE: None,
+    PARTITION: None,
 }
 
 #: Backpressure states in order; ``backpressure_state`` exports the index.
@@ -206,6 +213,35 @@ CATALOG: tuple[Metric, ...] = (
        "because its breaker was open.", _WORKER),
     _m("autotune_changes_total", COUNTER, "Live setting changes made by the auto-tuner, by setting.",
        ("setting",), setting="tuned_setting"),
+    # -- cluster mode (engine.cluster: the follower and the front) ----------------
+    _m("cluster_lease_acquisitions_total", COUNTER, "Partition lease acquisitions this host attempted, "
+       "by result: ok, conflict (another host won the compare-and-set), error (NATS did not answer).",
+       ("result",), result="lease_result"),
+    _m("cluster_lease_renewals_total", COUNTER, "Lease renewals of held partitions, by result: ok, "
+       "conflict (the lease was taken by another host: the partition is lost), error (NATS did not "
+       "answer; retried until the lease runs out).", ("result",), result="lease_result"),
+    _m("cluster_lease_conflicts_total", COUNTER, "Lease compare-and-set writes lost to another host "
+       "(acquire, renew or release)."),
+    _m("cluster_failovers_total", COUNTER, "Partitions this host took over from an owner whose lease "
+       "expired without being released."),
+    _m("cluster_partition_epoch", GAUGE, "Lease epoch this host holds for a partition; 0 when it does "
+       "not hold it (read from the partition table).", ("partition",), source=LIVE),
+    _m("cluster_partitions_owned", GAUGE, "Partitions this host holds a lease for (loading or serving).",
+       source=LIVE),
+    _m("cluster_apply_lag_messages", GAUGE, "Largest distance, over the partitions this host holds, "
+       "between the partition's last stream sequence and the last one applied (an upper bound on "
+       "messages not yet applied; refreshed every ttl/3).", source=LIVE),
+    _m("cluster_publish_latency_seconds", HISTOGRAM, "Time the front waited for the stream's "
+       "acknowledgement of a published batch.", (), (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)),
+    _m("cluster_publish_failures_total", COUNTER, "Batches the front could not publish (no "
+       "acknowledgement from the stream); the client was answered UNAVAILABLE."),
+    _m("cluster_snapshot_uploads_total", COUNTER, "Partition snapshot uploads to the object store, by "
+       "result.", ("result",), result="snapshot_result"),
+    _m("cluster_snapshot_last_upload_timestamp_seconds", GAUGE, "Unix time of this host's last "
+       "successful partition snapshot upload (0: none yet).", agg=MAX),
+    _m("cluster_log_connected", GAUGE, "1 while a NATS connection of this host is up, by client: the "
+       "follower (leases, applying) or the front (publishing).", ("client",), agg=MAX,
+       client="log_client"),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOG}
@@ -242,8 +278,10 @@ def validate(catalog: tuple[Metric, ...] = CATALOG) -> None:
         for label in m.labels:
             if m.domain_of(label) not in DOMAINS:
                 raise CatalogError(f"{where}: label {label!r} has no domain")
-            if label in (WORKER_ID, MEMORY_SPACE) and m.domain_of(label) != label:
+            if label in (WORKER_ID, MEMORY_SPACE, PARTITION) and m.domain_of(label) != label:
                 raise CatalogError(f"{where}: label {label!r} must use its own domain")
+            if m.domain_of(label) == PARTITION and m.source != LIVE:
+                raise CatalogError(f"{where}: label {label!r} only on gauges computed at scrape time")
         if set(m.domains) - set(m.labels):
             raise CatalogError(f"{where}: domain given for an undeclared label")
 
@@ -273,6 +311,8 @@ def render_markdown(catalog: tuple[Metric, ...] = CATALOG) -> str:
     for name, values in DOMAINS.items():
         if name == WORKER_ID:
             shown = '"0" … "n_workers-1" (the worker slot)'
+        elif name == PARTITION:
+            shown = '"0" … "partitions-1" (cluster mode, `--partitions`)'
         elif name == MEMORY_SPACE:
             shown = f"space name; indices beyond `--max-spaces` fold into `{OTHER_SPACE}`"
         else:

@@ -4,7 +4,8 @@ One asyncio loop (``Follower.run``), every ``TICK`` (a sixth of the lease
 ttl) running small idempotent steps:
 
     beat     (every ttl/3) heartbeat; read leases, hosts and drain requests;
-             renew every held lease
+             renew every held lease; read the stream's last sequence of each
+             held partition (the apply lag the exporter reports)
     fence    a held partition whose lease is not surely valid any more is
              dropped at once: its applier stops, the front stops serving it
     balance  take free partitions up to this host's share
@@ -15,6 +16,10 @@ Partitions are applied by one task each (``engine.cluster.applier``). A
 handoff stops the task, uploads the partition's snapshot
 (``engine.cluster.snapshots``) and releases the lease; the taker loads the
 snapshot and continues from the stream.
+
+Metrics (``metrics.catalog``, ``cluster_*``) go to a producer row the
+engine leases on first use (``Engine.record``); the partition gauges (epoch,
+owned, apply lag) are read from the partition table by the exporter.
 
 Process rules: forked by the supervisor before any thread exists in it;
 the asyncio loop and nats-py's threads start after the fork. SIGTERM ends
@@ -65,17 +70,24 @@ class Follower:
         return self.p.lease_ttl / 6
 
     # -- set-up ----------------------------------------------------------------
+    def inc(self, name: str, value: float = 1.0, **labels) -> None:
+        self.engine.record(lambda w: w.inc(name, value, **labels))
+
+    def connected(self, up: bool) -> None:
+        self.engine.record(lambda w: w.set("cluster_log_connected", 1.0 if up else 0.0, client="follower"))
+
     async def start(self) -> None:
         from engine.cluster import bootstrap
         from engine.cluster.snapshots import Snapshots
         p = self.p
         self.nc = await connect(p, f"engram-{p.host_id}-follower")
+        self.connected(True)
         self.js = self.nc.jetstream(timeout=REQUEST_TIMEOUT_S)
         await bootstrap.ensure(self.js, p)
         self.kv = await self.js.key_value(names.bucket(p.cluster))
-        self.leases = Leases(self.kv, p.host_id, p.lease_ttl, p.partitions, clock=self.clock)
+        self.leases = Leases(self.kv, p.host_id, p.lease_ttl, p.partitions, clock=self.clock, inc=self.inc)
         self.snapshots = Snapshots(self.js, p, self.table, os.path.join(p.data_dir, "partitions"),
-                                   self.engine)
+                                   self.engine, record=self.engine.record)
         repaired = self.table.repair(self.inst.rings)
         if repaired:
             log.info("completed %d partition batch(es) a previous follower queued as it died", repaired)
@@ -107,6 +119,7 @@ class Follower:
             await self.leave()
 
     async def step(self) -> None:
+        self.connected(self.nc.is_connected)
         now = self.clock()
         if now >= self.next_beat:
             self.next_beat = now + self.p.lease_ttl / 3
@@ -144,11 +157,22 @@ class Follower:
                 self.table.drop(q)
         await registry.heartbeat(self.kv, self.record())
         await self.leases.refresh()
+        await self.stream_heads()
         records = await registry.hosts(self.kv, self.js, names.bucket(p.cluster))
         self.hosts = registry.live(records, p.lease_ttl)
         if p.host_id not in self.hosts:
             self.hosts = sorted(self.hosts + [p.host_id])
         self.draining = await registry.draining(self.kv, self.js, names.bucket(p.cluster))
+
+    async def stream_heads(self) -> None:
+        """The stream's last sequence of each held partition, into the table (apply lag)."""
+        from nats.js.errors import NotFoundError
+        for q in list(self.tasks):
+            try:
+                msg = await self.js.get_last_msg(names.stream(self.p.cluster), names.subject(self.p.cluster, q))
+            except NotFoundError:
+                continue  # nothing published (or all purged): no lag to report
+            self.table.saw_stream(q, int(msg.seq))
 
     def record(self) -> dict:
         t = self.table
@@ -175,9 +199,14 @@ class Follower:
         for q in give:
             await self.hand_over(q)
         for q in take:
+            seen = self.leases.seen.get(q)
+            before = seen.record if seen is not None else None
             epoch = await self.leases.acquire(q)
             if epoch is None:
                 continue
+            if before is not None and not before.released:
+                self.inc("cluster_failovers_total")  # its owner let the lease expire
+                log.info("partition %d: taken over from %s, whose lease expired", q, before.owner)
             log.info("partition %d: acquired with epoch %d", q, epoch)
             self.table.hold(q, epoch, self._valid_us(q), LOADING)
             self.epochs[q] = epoch
@@ -236,6 +265,7 @@ class Follower:
         except Exception:
             pass
         await self.nc.close()
+        self.connected(False)
 
 
 def main(name: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:

@@ -10,6 +10,8 @@ subclasses ``Gateway``), with two differences:
   (``engine.cluster.follower``). A retry of the same batch after a lost ack
   is stored once by the stream's duplicate window. Nothing is queued into
   this host's rings here.
+  The wait for the PubAck is ``cluster_publish_latency_seconds``; a batch
+  not acknowledged counts in ``cluster_publish_failures_total``.
 * Recall: served from this host when it owns the space's partition and the
   partition table says it is serving under a valid lease; else forwarded
   over gRPC to the owner (``engine.cluster.forward``). ``fresh=True``: the
@@ -92,13 +94,17 @@ class ClusterGateway(Gateway):
                 else:
                     body = codec.encode(space, LANE_INDEX[priority], ids_ok, vecs_ok)
                     msg_id = names.msg_id(self.sessions.session_id(row), nxt)
+                    t0 = time.monotonic()
                     try:
                         self.log.publish(self.partition(space), body, msg_id)
                     except Exception as exc:
                         self.counts["publish_failures"] += 1
+                        self.engine.record(lambda w: w.inc("cluster_publish_failures_total"))
                         context.abort(grpc.StatusCode.UNAVAILABLE,
                                       f"the cluster's log did not acknowledge the batch ({type(exc).__name__}: "
                                       f"{exc}); resend it (a resent batch is stored once)")
+                    waited = time.monotonic() - t0
+                    self.engine.record(lambda w: w.observe("cluster_publish_latency_seconds", waited))
                     self.counts["published"] += 1
                     self.sessions.advance(row, nxt, len(ids_ok))
                     ack.accepted = len(ids_ok)
@@ -208,11 +214,14 @@ def main(name: str, inherited: list[int] = (), supervisor_pid: int = 0) -> None:
             time.sleep(TICK_S)
             gw.tick()
             health.update()
+            up = 1.0 if log_client.connected else 0.0
+            gw.engine.record(lambda w: w.set("cluster_log_connected", up, client="front"))
     finally:
         health.shutdown()
         server.stop(grace=1.0)
         gw.forwarder.close()
         log_client.close()
+        gw.engine.record(lambda w: w.set("cluster_log_connected", 0.0, client="front"))
 
 
 __all__ = ["ClusterGateway", "main", "np"]

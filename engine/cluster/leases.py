@@ -24,7 +24,9 @@ racing for a partition exactly one wins and the other gets
 
 ``Leases`` is driven by the follower's loop; KV access is through the small
 ``kv`` interface of nats-py (``get``, ``create``, ``update``), and the clocks
-are injected, so tests drive it with a fake bucket and fake time.
+are injected, so tests drive it with a fake bucket and fake time. Outcomes
+of lease writes are counted through ``inc(name, **labels)`` (the catalog's
+``cluster_lease_*`` counters; the follower passes its metric row's).
 """
 
 from __future__ import annotations
@@ -74,9 +76,15 @@ class Held:
     sent: float  # monotonic time the last successful write was sent
 
 
+def _no_metrics(name: str, **labels) -> None:
+    return None
+
+
 class Leases:
-    def __init__(self, kv, host_id: str, ttl: float, partitions: int, clock=time.monotonic, wall=time.time):
+    def __init__(self, kv, host_id: str, ttl: float, partitions: int, clock=time.monotonic, wall=time.time,
+                 inc=None):
         self.kv = kv
+        self.inc = inc or _no_metrics
         self.host = host_id
         self.ttl = ttl
         self.partitions = partitions
@@ -147,8 +155,12 @@ class Leases:
             else:
                 rev = await self.kv.update(names.lease_key(p), rec.encode(), last=s.revision)
         except KeyWrongLastSequenceError:
-            self.conflicts += 1
+            self._conflict("cluster_lease_acquisitions_total")
             return None
+        except Exception:
+            self.inc("cluster_lease_acquisitions_total", result="error")
+            raise
+        self.inc("cluster_lease_acquisitions_total", result="ok")
         self.held[p] = Held(epoch, int(rev), sent)
         self.observe(p, int(rev), rec, sent)
         return epoch
@@ -164,13 +176,15 @@ class Leases:
         try:
             rev = await self.kv.update(names.lease_key(p), rec.encode(), last=h.revision)
         except KeyWrongLastSequenceError:
-            self.conflicts += 1
+            self._conflict("cluster_lease_renewals_total")
             self.renew_failures += 1
             self.held.pop(p, None)
             return False
         except Exception:
             self.renew_failures += 1  # NATS unreachable: keep trying until the lease runs out
+            self.inc("cluster_lease_renewals_total", result="error")
             return self.valid(p)
+        self.inc("cluster_lease_renewals_total", result="ok")
         h.revision, h.sent = int(rev), sent
         self.observe(p, int(rev), rec, sent)
         return True
@@ -186,7 +200,13 @@ class Leases:
             rev = await self.kv.update(names.lease_key(p), rec.encode(), last=h.revision)
             self.observe(p, int(rev), rec, self.clock())
         except KeyWrongLastSequenceError:
-            self.conflicts += 1
+            self._conflict(None)
+
+    def _conflict(self, counter: str | None) -> None:
+        self.conflicts += 1
+        self.inc("cluster_lease_conflicts_total")
+        if counter is not None:
+            self.inc(counter, result="conflict")
 
     def lose(self, p: int) -> None:
         """Forget a lease that ran out (not renewed in time)."""

@@ -37,6 +37,11 @@ class LogClient:
     def call(self, coro, timeout: float = CALL_TIMEOUT_S):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now (a read of nats-py's state; no call on the loop)."""
+        return bool(self.nc.is_connected)
+
     def publish(self, partition: int, body: bytes, msg_id: str):
         """PubAck of the batch (raises on timeout or when no quorum stored it)."""
         return self.call(self.js.publish(names.subject(self.p.cluster, partition), body,

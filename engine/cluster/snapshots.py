@@ -50,8 +50,9 @@ def entries(blob: bytes):
 
 
 class Snapshots:
-    def __init__(self, js, params, table, directory: str, engine, clock=time.time):
+    def __init__(self, js, params, table, directory: str, engine, clock=time.time, record=None):
         self.js = js
+        self.record = record or (lambda fn: None)  # fn(writer) on the follower's metric row
         self.engine = engine
         self.p = params
         self.table = table
@@ -98,11 +99,18 @@ class Snapshots:
         with open(self.path(p), "rb") as fh:
             blob = fh.read()
         from nats.js import api
-        store = await self.js.object_store(names.snapshot_bucket(self.p.cluster))
         ms = int(self.clock() * 1000)
         desc = json.dumps({"seq": covered, "host": self.p.host_id, "ms": ms})
-        await store.put(names.snapshot_object(p), blob, meta=api.ObjectMeta(
-            name=names.snapshot_object(p), description=desc))
+        try:
+            store = await self.js.object_store(names.snapshot_bucket(self.p.cluster))
+            await store.put(names.snapshot_object(p), blob, meta=api.ObjectMeta(
+                name=names.snapshot_object(p), description=desc))
+        except Exception:
+            self.record(lambda w: w.inc("cluster_snapshot_uploads_total", result="failed"))
+            raise
+        self.record(lambda w: (w.inc("cluster_snapshot_uploads_total", result="ok"),
+                               w.set("cluster_snapshot_last_upload_timestamp_seconds", ms / 1000)))
+        # (a failed purge only leaves the stream longer: the snapshot is in place)
         await self.js.purge_stream(names.stream(self.p.cluster), subject=names.subject(self.p.cluster, p),
                                    seq=covered + 1)
         self.table.snapshot(p, covered, ms)

@@ -42,6 +42,9 @@ import numpy as np
 P_EPOCH, P_STATE, P_NEXT_POS, P_VALID_US, P_APPLIED, P_STREAM_LAST, P_SNAP_SEQ, P_SNAP_MS = range(8)
 FREE, LOADING, SERVING, FENCED = 0, 1, 2, 3
 STATE_NAMES = {FREE: "free", LOADING: "loading", SERVING: "serving", FENCED: "fenced"}
+#: A position is ``stream sequence << 16 | records of it applied``
+#: (``engine.cluster.names.position``, which this package may not import).
+POSITION_OFFSET_BITS = 16
 JOURNAL_TAG = 1 << 40  # tag_a of a partition's ring journal; session journals use row numbers
 
 
@@ -111,6 +114,26 @@ class PartitionTable:
     def saw_stream(self, p: int, last_seq: int) -> None:
         if last_seq > self.rows[p, P_STREAM_LAST]:
             self.rows[p, P_STREAM_LAST] = last_seq
+
+    def apply_lag(self, p: int) -> int:
+        """Stream sequences between the partition's last one seen and the last one
+        applied (0 when not held or caught up). The stream interleaves partitions,
+        so this bounds from above the partition's messages not yet applied."""
+        row = self.rows[p]
+        if int(row[P_EPOCH]) == 0:
+            return 0
+        applied = (int(row[P_NEXT_POS]) >> POSITION_OFFSET_BITS) - 1
+        return max(0, int(row[P_STREAM_LAST]) - max(applied, 0))
+
+    def live_gauges(self) -> dict:
+        """The cluster gauges the exporter computes at scrape time (``metrics.catalog``)."""
+        epochs = self.rows[:, P_EPOCH]
+        held = [p for p in range(self.count) if int(epochs[p]) != 0]
+        return {
+            "cluster_partition_epoch": [({"partition": str(p)}, float(epochs[p])) for p in range(self.count)],
+            "cluster_partitions_owned": [({}, float(len(held)))],
+            "cluster_apply_lag_messages": [({}, float(max((self.apply_lag(p) for p in held), default=0)))],
+        }
 
     def repair(self, rings) -> int:
         """Apply the publish journals a dead follower left open (before applying anything)."""

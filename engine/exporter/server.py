@@ -16,6 +16,7 @@ import time
 from engine import child, identity
 from engine.control import admission
 from engine.control.layouts import LANES
+from engine.control.partitions import PartitionTable
 from engine.control.records import EXPORTER, STATE_NAMES
 from engine.control.instance import Instance, pid_alive
 from engine.control.pressure import unwritable
@@ -42,6 +43,7 @@ def live_gauges(inst: Instance) -> dict:
         "backpressure_state": [({}, float(state))],
         "active_sessions": [({}, float(SessionTable(inst.session_rows).count()))],
         **recall_report.live_gauges(inst),
+        **(PartitionTable(inst.partition_rows).live_gauges() if getattr(inst.params, "cluster", None) else {}),
     }
 
 

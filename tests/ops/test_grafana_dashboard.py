@@ -436,6 +436,20 @@ TOPICS = {
     "recall requests short-circuited":
         lambda i: _uses(i, "recall_breaker_short_circuits_total", by=["worker_id"]),
     "auto-tuner changes by setting": lambda i: _uses(i, "autotune_changes_total", by=["setting"]),
+    "cluster: partitions held per host": lambda i: _uses(i, "cluster_partitions_owned", by=["instance"]),
+    "cluster: partitions without an owner":
+        lambda i: _uses(i, "cluster_partition_epoch", by=["partition"], types={"stat"}),
+    "cluster: NATS connections":
+        lambda i: _uses(i, "cluster_log_connected", by=["client"], types={"state-timeline"}),
+    "cluster: apply lag": lambda i: _uses(i, "cluster_apply_lag_messages"),
+    "cluster: publish latency P50/P99": lambda i: _quantiles(i, "cluster_publish_latency_seconds", 0.5, 0.99),
+    "cluster: publish failures": lambda i: _uses(i, "cluster_publish_failures_total"),
+    "cluster: lease renewals by result": lambda i: _uses(i, "cluster_lease_renewals_total", by=["result"]),
+    "cluster: lease conflicts and failovers":
+        lambda i: _uses(i, "cluster_lease_conflicts_total", "cluster_failovers_total"),
+    "cluster: snapshot uploads by result": lambda i: _uses(i, "cluster_snapshot_uploads_total", by=["result"]),
+    "cluster: time since the last snapshot upload":
+        lambda i: _uses(i, "cluster_snapshot_last_upload_timestamp_seconds", text=["time()"]),
 }
 
 

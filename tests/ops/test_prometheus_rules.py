@@ -27,7 +27,7 @@ PROM = ROOT / "prometheus"
 RULE_FILES = ("alerts.yml", "recording.yml")
 TEST_FILES = ("tests/alerts_test.yml", "tests/recording_test.yml")
 SEVERITIES = {"warning", "critical"}
-COMPONENTS = {"queues", "workers", "ingest", "recall", "exporter", "backpressure", "durability"}
+COMPONENTS = {"queues", "workers", "ingest", "recall", "exporter", "backpressure", "durability", "cluster"}
 DURATION_RE = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 TOKEN_RE = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -42,6 +42,8 @@ def rules(rel: str) -> list[dict]:
 
 
 ALERTS = {r["alert"]: r for r in rules("alerts.yml")}
+#: Alerts on an aggregate over the hosts of a job (a cluster): no instance label.
+ACROSS_HOSTS = {"PartitionUnowned"}
 RECORDS = {r["record"]: r for r in rules("recording.yml")}
 
 
@@ -86,7 +88,8 @@ def test_alert_set():
             "WorkerUtilizationImbalance", "HighObservationLatency", "HighRecallLatency",
             "FrequentBackpressure", "PersistentBackpressure", "HighRejectionRate",
             "BatchInsertionFailures", "LowThroughput", "ExcessiveWorkStealing",
-            "ExporterDown", "DataDirUnwritable", "SnapshotFailures"} <= set(ALERTS)
+            "ExporterDown", "DataDirUnwritable", "SnapshotFailures", "PartitionUnowned", "LeaseConflicts",
+            "LeaseRenewalFailures", "ApplyLagHigh", "LogUnavailable", "SnapshotUploadStale"} <= set(ALERTS)
 
 
 @pytest.mark.parametrize("name", sorted(ALERTS))
@@ -125,7 +128,7 @@ def test_firing_cases_check_labels_and_all_annotations(name):
             labels, ann = alert.get("exp_labels", {}), alert.get("exp_annotations", {})
             assert labels.get("severity") == rule["labels"]["severity"], labels
             assert labels.get("component") == rule["labels"]["component"], labels
-            assert {"job", "instance"} <= set(labels), labels
+            assert ({"job"} if name in ACROSS_HOSTS else {"job", "instance"}) <= set(labels), labels
             assert set(ann) == {"summary", "description", "runbook_url"}, ann
             assert ann["runbook_url"] == rule["annotations"]["runbook_url"]
 

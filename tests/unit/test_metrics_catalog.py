@@ -57,6 +57,19 @@ EXPECTED = {
     "recall_breaker_transitions_total": ("counter", ("worker_id", "from", "to"), ()),
     "recall_breaker_short_circuits_total": ("counter", ("worker_id",), ()),
     "autotune_changes_total": ("counter", ("setting",), ()),
+    "cluster_lease_acquisitions_total": ("counter", ("result",), ()),
+    "cluster_lease_renewals_total": ("counter", ("result",), ()),
+    "cluster_lease_conflicts_total": ("counter", (), ()),
+    "cluster_failovers_total": ("counter", (), ()),
+    "cluster_partition_epoch": ("gauge", ("partition",), ()),
+    "cluster_partitions_owned": ("gauge", (), ()),
+    "cluster_apply_lag_messages": ("gauge", (), ()),
+    "cluster_publish_latency_seconds": ("histogram", (), (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
+                                                          2.5, 5)),
+    "cluster_publish_failures_total": ("counter", (), ()),
+    "cluster_snapshot_uploads_total": ("counter", ("result",), ()),
+    "cluster_snapshot_last_upload_timestamp_seconds": ("gauge", (), ()),
+    "cluster_log_connected": ("gauge", ("client",), ()),
 }
 
 
@@ -68,7 +81,8 @@ def test_catalog_matches_design():
 def test_live_gauges_are_the_queue_and_recall_health_gauges():
     live = {m.name for m in cat.CATALOG if m.source == cat.LIVE}
     assert live == {"queue_depth", "queue_capacity", "queue_memory_bytes", "backpressure_state",
-                    "active_sessions", "recall_probe_state", "recall_breaker_state"}
+                    "active_sessions", "recall_probe_state", "recall_breaker_state",
+                    "cluster_partition_epoch", "cluster_partitions_owned", "cluster_apply_lag_messages"}
 
 
 def test_label_domains():
@@ -107,6 +121,13 @@ def _bad(**changes):
 def test_validate_rejects(changes, message):
     with pytest.raises(CatalogError, match=message):
         cat.validate(_bad(**changes))
+
+
+def test_validate_rejects_a_stored_metric_labelled_by_partition():
+    stored = dataclasses.replace(cat.BY_NAME["cluster_partition_epoch"], source=cat.ARRAY)
+    with pytest.raises(CatalogError, match="scrape time"):
+        cat.validate((stored,))
+    cat.validate((cat.BY_NAME["cluster_partition_epoch"],))
 
 
 def test_validate_rejects_unsorted_buckets_and_duplicates():
