@@ -54,7 +54,6 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 import argparse  # noqa: E402
 import ast  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
