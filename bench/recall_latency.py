@@ -8,7 +8,11 @@ engine's largest shard of that space, queried directly with the same k and ef
 (no ingest, no IPC): the floor for one query. Reports p50/p99 of both and
 their ratio.
 
-Usage: python bench/recall_latency.py [--workers W] [--dim 128] [--seconds 10]
+Each ``--slices`` value (``--query-slice-ms`` of the engine) is measured
+``--repeats`` times in one run, alternating, and also reports the insert
+rate over the measured window (what shorter slices cost ingest).
+
+Usage: python bench/recall_latency.py [--workers W] [--dim 128] [--seconds 10] [--slices 5,1]
 Writes bench/results/recall_latency-<hostname>-w<W>.json (or --out).
 """
 
@@ -33,28 +37,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ingest  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workers", type=int, default=len(ingest.usable_cpus()))
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--spaces", type=int, default=2)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    rng = np.random.default_rng(5)
-    n_pool = 200_000
-    pool = rng.standard_normal((n_pool, args.dim)).astype(np.float32)
-    queries = rng.standard_normal((256, args.dim)).astype(np.float32)
+def measure(args, slice_ms: float, pool: np.ndarray, queries: np.ndarray) -> dict:
+    """One engine with ``--query-slice-ms slice_ms``: recall latency while a
+    producer streams at full speed, and the insert rate over the measured window."""
+    n_pool = len(pool)
     lat: list[float] = []
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as workdir:
-        run = ingest.EngineRun(args.workers, args.dim, n_pool, 1000, workdir, ())
+        run = ingest.EngineRun(args.workers, args.dim, n_pool, 1000, workdir, (f"--query-slice-ms={slice_ms}",))
         try:
             run.start()
             eng = run.eng
             names = [f"recall-{i}" for i in range(args.spaces)]
             stop = threading.Event()
-            sent = [0]
 
             def produce():
                 i = 0
@@ -66,24 +60,68 @@ def main(argv: list[str] | None = None) -> int:
                         if done < hi:
                             time.sleep(0.001)
                     i = hi
-                    sent[0] = i
             producer = threading.Thread(target=produce, daemon=True)
             producer.start()
             time.sleep(1.0)  # let ingest reach full speed before measuring
-            t_end = time.monotonic() + args.seconds
+            before = int(eng.inst.shard_counts.sum())
+            t_start = time.monotonic()
+            t_end = t_start + args.seconds
             j = 0
+            gap = 1.0 / args.qps if args.qps > 0 else 0.0
+            next_at = time.monotonic()
             while time.monotonic() < t_end:
+                # Paced (--qps): the same query load whatever the answer time,
+                # so the insert rates of two settings are comparable.
+                wait = next_at - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                next_at += gap
                 t0 = time.perf_counter()
                 eng.recall(names[0], queries[j % len(queries)], k=args.k)
                 lat.append(time.perf_counter() - t0)
                 j += 1
+            window = time.monotonic() - t_start
+            inserted = int(eng.inst.shard_counts.sum()) - before
             stop.set()
             producer.join(10)
             idx = eng.spaces.lookup(names[0])
             largest = int(eng.inst.shard_counts[:, idx].max())
-            inserted = int(eng.inst.shard_counts.sum())
         finally:
             run.teardown()
+    p50, p99 = (float(x) for x in np.percentile(lat, [50, 99]))
+    return {"query_slice_ms": slice_ms, "p50_s": p50, "p99_s": p99, "queries": len(lat),
+            "inserted_per_s": inserted / window, "largest_shard": largest}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workers", type=int, default=len(ingest.usable_cpus()))
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--spaces", type=int, default=2)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--slices", default="5,1", help="--query-slice-ms values to compare, in one run "
+                   "(5: the fixed 5 ms slices the engine had before the setting)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--qps", type=float, default=100.0, help="recall queries per second during ingest "
+                   "(0: back to back)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(5)
+    pool = rng.standard_normal((200_000, args.dim)).astype(np.float32)
+    queries = rng.standard_normal((256, args.dim)).astype(np.float32)
+    slices = [float(x) for x in args.slices.split(",")]
+    runs: dict[float, list[dict]] = {s: [] for s in slices}
+    for r in range(args.repeats):
+        for s in (slices if r % 2 == 0 else slices[::-1]):  # alternate the order: no position bias
+            runs[s].append(measure(args, s, pool, queries))
+            m = runs[s][-1]
+            print(f"  repeat {r + 1}/{args.repeats} slice {s:g} ms: p50 {m['p50_s'] * 1000:.2f} ms  "
+                  f"p99 {m['p99_s'] * 1000:.2f} ms  inserting {m['inserted_per_s']:,.0f}/s")
+    summary = {}
+    for s, ms in runs.items():
+        summary[str(s)] = {k: float(np.median([m[k] for m in ms])) for k in ("p50_s", "p99_s", "inserted_per_s")}
+    largest = max(m["largest_shard"] for ms in runs.values() for m in ms)
     index = hnswlib.Index(space="cosine", dim=args.dim)
     index.init_index(max_elements=largest, M=16, ef_construction=200)
     index.set_num_threads(args.workers)
@@ -95,17 +133,20 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         index.knn_query(queries[j % len(queries)], k=args.k, num_threads=1)
         peer.append(time.perf_counter() - t0)
-    e50, e99 = (float(x) for x in np.percentile(lat, [50, 99]))
     p50, p99 = (float(x) for x in np.percentile(peer, [50, 99]))
-    print(f"engine recall under full ingest ({len(lat)} queries, {inserted} vectors inserted meanwhile): "
-          f"p50 {e50 * 1000:.2f} ms  p99 {e99 * 1000:.2f} ms")
+    for s, m in summary.items():
+        print(f"engine, --query-slice-ms {float(s):g}, under full ingest: p50 {m['p50_s'] * 1000:.2f} ms  "
+              f"p99 {m['p99_s'] * 1000:.2f} ms  inserting {m['inserted_per_s']:,.0f}/s  "
+              f"(p99 {m['p99_s'] / p99:.1f}x hnswlib)")
     print(f"hnswlib knn_query alone on {largest} vectors: p50 {p50 * 1000:.3f} ms  p99 {p99 * 1000:.3f} ms")
-    print(f"ratio engine/hnswlib: p50 {e50 / p50:.1f}x  p99 {e99 / p99:.1f}x")
+    if len(slices) == 2:
+        a, b = summary[str(slices[0])], summary[str(slices[1])]
+        print(f"slice {slices[1]:g} vs {slices[0]:g} ms: p99 x{b['p99_s'] / a['p99_s']:.2f}, "
+              f"insert rate x{b['inserted_per_s'] / a['inserted_per_s']:.3f}")
     result = {"benchmark": "recall_latency", "command": " ".join([sys.executable] + sys.argv),
               "machine": ingest.machine_info(), "parameters": vars(args),
-              "engine": {"p50_s": e50, "p99_s": e99, "queries": len(lat), "inserted_during": inserted},
-              "hnswlib": {"p50_s": p50, "p99_s": p99, "vectors": largest},
-              "ratio_p50": e50 / p50, "ratio_p99": e99 / p99}
+              "engine": summary, "runs": {str(s): ms for s, ms in runs.items()},
+              "hnswlib": {"p50_s": p50, "p99_s": p99, "vectors": largest}}
     ingest.write_result(result, "recall_latency", args.workers, args.out)
     return 0
 

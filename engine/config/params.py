@@ -41,6 +41,7 @@ class Params:
     batch_min: int
     batch_max: int
     batch_budget_ms: float
+    query_slice_ms: float
     max_spaces: int
     max_batch_size: int
     max_k: int

@@ -5,8 +5,11 @@ Loop (one iteration)::
     heartbeat → answer pending recall queries → take work → insert → commit
                                               └─ none: sleep on the wake signal
 
-Inserting a batch is split into slices of about 5 ms (``QUERY_CHECK_S``) with
-pending recall queries answered between them.
+Inserting a batch is split into slices with pending recall queries answered
+between them: about ``--query-slice-ms`` (1 ms) while queries are arriving
+(one was answered in the last ``QUERY_RECENT_S``), about 5 ms
+(``QUERY_CHECK_S``) otherwise, so a recall waits for a short slice and an
+ingest without queries pays for few slice boundaries.
 
 Taking work (``engine.worker.taking``): claims handed to this slot, its own
 rings high → normal → low, then stealing. Stolen records go into this
@@ -61,6 +64,8 @@ UTILIZATION_WINDOW_S = 1.0
 # seconds of inserting (it splits add_items into slices of that length), so
 # a recall waits about this long, not a whole --batch-budget-ms batch.
 QUERY_CHECK_S = 0.005
+# Queries count as "arriving" this long after the last one was answered.
+QUERY_RECENT_S = 1.0
 class Worker(ClaimTaking, PoisonGuard):
     def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic,
                  hooks: Hooks = NO_HOOKS, probe_shard: ProbeShard | None = None):
@@ -86,6 +91,8 @@ class Worker(ClaimTaking, PoisonGuard):
         self.store: SlotStore | None = None  # the log and snapshots (start(durable=True))
         self.busy_s = 0.0
         self.query_s = 0.0  # time answering queries inside batches (kept out of batch sizing)
+        self.last_query_at = float("-inf")  # clock() of the last answered recall query
+        self.query_slice_s = p.query_slice_ms / 1000.0
         self.window_start = clock()
         # Recall health: the reserved probe shard answers PROBE_SPACE (engine.recallhealth.probeset).
         self.search = (probe_shard or ProbeShard.for_params(p)).route(self.shards.search)
@@ -148,6 +155,7 @@ class Worker(ClaimTaking, PoisonGuard):
         answered = serve_pending(self.inst, self.slot, self.search)
         if answered:
             self.query_s += time.perf_counter() - t0
+            self.last_query_at = self.clock()
         return answered
 
     def report_utilization(self) -> None:
@@ -237,12 +245,10 @@ class Worker(ClaimTaking, PoisonGuard):
         if not 0 <= space < len(self.counts):
             self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="other")
             raise ValueError(f"ring record names space {space}, outside [0, {len(self.counts)})")
-        per_item = self.sizer.seconds_per_item
-        step = max(1, int(QUERY_CHECK_S / per_item)) if per_item else len(ids)
-        if positions is not None:
-            step = 1
         try:
-            for lo in range(0, len(ids), step):
+            lo = 0
+            while lo < len(ids):
+                step = 1 if positions is not None else self.slice_items(len(ids))
                 if lo:
                     self.heartbeat()
                     self.answer_queries()
@@ -251,12 +257,22 @@ class Worker(ClaimTaking, PoisonGuard):
                 if self.hooks.crash_on_id is not None and self.hooks.crash_on_id in ids[lo:lo + step]:
                     os._exit(70)  # test hook: behave like a batch that crashes its worker
                 self.counts[space] = self.shards.insert(space, ids[lo:lo + step], vectors[lo:lo + step])
+                lo += step
         except ResizeError:
             self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="resize_error")
             raise
         except Exception:
             self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="insert_error")
             raise
+
+    def slice_items(self, n: int) -> int:
+        """Records in the next insert slice: about ``--query-slice-ms`` of work
+        while recall queries are arriving, ``QUERY_CHECK_S`` otherwise."""
+        per_item = self.sizer.seconds_per_item
+        if not per_item:
+            return n
+        recent = self.clock() - self.last_query_at < QUERY_RECENT_S
+        return max(1, int((self.query_slice_s if recent else QUERY_CHECK_S) / per_item))
 
     def sleep(self) -> None:
         if self.store is not None:
