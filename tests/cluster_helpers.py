@@ -72,6 +72,14 @@ class NatsCluster:
             try:
                 js = nc.jetstream(timeout=2)
                 await js.account_info()  # answers once JetStream has its meta leader
+                running = sum(p is not None and p.poll() is None for p in self.procs)
+                if self.size > 1 and running == self.size:
+                    # Every peer must be able to take a replica: a stream of
+                    # --log-replicas 3 made before that is refused with "no
+                    # suitable peers for placement".
+                    await js.add_stream(name="READY_PROBE", subjects=["ready.probe"], num_replicas=self.size,
+                                        storage="memory")
+                    await js.delete_stream("READY_PROBE")
             finally:
                 await nc.close()
             return True

@@ -157,7 +157,8 @@ def test_stream_with_1s_keepalive_pings_stays_open_60s(engine_factory):
                     "--keepalive-ms", "1000", env={"GRPC_TRACE": "keepalive", "GRPC_VERBOSITY": "DEBUG"})
     lines = Lines(proc)
     try:
-        wait_for(lambda: lines.poll(), 30, message="the session opened")
+        wait_for(lambda: lines.poll(), 30, message="the client started")
+        wait_for(lambda: ep.engine().status()["gateway"]["sessions"] == 1, 30, message="the session opened")
         opened = time.monotonic()
         # While held, the session must stay open on the gateway the whole time.
         while proc.poll() is None and time.monotonic() - opened < seconds + 60:
