@@ -60,56 +60,38 @@ class ClusterGateway(Gateway):
         return names.partition_of(space, self.p.partitions)
 
     # -- observe ------------------------------------------------------------------
-    def _batch(self, row: int, space: str, priority: str, batch, context) -> pb.BatchAck:
-        first = batch.first_sequence
-        ack = pb.BatchAck(first_sequence=first)
-        idx = self.engine.spaces.lookup(space)
+    def _queue(self, row: int, space: str, priority: str, ids, vectors, nxt: int, ack, idx, context) -> None:
+        """Publish the batch's new observations to the partition's subject and
+        advance the session only after the log's PubAck (the log is the buffer:
+        no local admission here)."""
+        n = len(ids)
         try:
-            ids = wire.unpack_ids(batch.ids)
-            vectors = wire.unpack_rows(batch.vectors, self.p.dim, len(ids), "vectors")
+            ids_ok = validation.ids(ids, min(self.p.max_batch_size, names.MAX_MESSAGE_RECORDS))
+            vecs_ok = validation.vectors(vectors, len(ids_ok), self.p.dim, self.p.metric)
         except InvalidInput as exc:
-            n = max(1, len(batch.ids) // 8)
-            return self._rejected_ack(ack, row, priority, idx, "invalid_input", n, str(exc))
-        n = ack.count = len(ids)
-        with self.row_locks[row]:
-            self.sessions.touch(row)
-            nxt = self.sessions.next_seq(row)
-            if first == 0 or first > nxt:
-                text = ("sequence numbers start at 1" if first == 0 else
-                        f"gap: this session expects first_sequence {nxt}, got {first}")
-                return self._rejected_ack(ack, row, priority, idx, "invalid_sequence", max(1, n), text)
-            dup = min(n, nxt - first)
-            if dup:
-                ack.rejected["duplicate"] = dup
-                self.engine.count_rejected(idx, "duplicate", dup)
-                ack.message = f"{dup} observation(s) from {first} were already accepted; not queued again"
-            if dup < n:
-                try:
-                    ids_ok = validation.ids(ids[dup:], min(self.p.max_batch_size, names.MAX_MESSAGE_RECORDS))
-                    vecs_ok = validation.vectors(vectors[dup:], len(ids_ok), self.p.dim, self.p.metric)
-                except InvalidInput as exc:
-                    self.engine.count_rejected(idx, "invalid_input", n - dup)
-                    ack.rejected["invalid_input"] = n - dup
-                    ack.message = str(exc)
-                else:
-                    body = codec.encode(space, LANE_INDEX[priority], ids_ok, vecs_ok)
-                    msg_id = names.msg_id(self.sessions.session_id(row), nxt)
-                    t0 = time.monotonic()
-                    try:
-                        self.log.publish(self.partition(space), body, msg_id)
-                    except Exception as exc:
-                        self.counts["publish_failures"] += 1
-                        self.engine.record(lambda w: w.inc("cluster_publish_failures_total"))
-                        context.abort(grpc.StatusCode.UNAVAILABLE,
-                                      f"the cluster's log did not acknowledge the batch ({type(exc).__name__}: "
-                                      f"{exc}); resend it (a resent batch is stored once)")
-                    waited = time.monotonic() - t0
-                    self.engine.record(lambda w: w.observe("cluster_publish_latency_seconds", waited))
-                    self.counts["published"] += 1
-                    self.sessions.advance(row, nxt, len(ids_ok))
-                    ack.accepted = len(ids_ok)
-            ack.next_sequence = self.sessions.next_seq(row)
-        ack.backpressure = 0
+            self.engine.count_rejected(idx, "invalid_input", n)
+            ack.rejected["invalid_input"] = n
+            ack.message = str(exc)
+            return
+        body = codec.encode(space, LANE_INDEX[priority], ids_ok, vecs_ok)
+        msg_id = names.msg_id(self.sessions.session_id(row), nxt)
+        t0 = time.monotonic()
+        try:
+            self.log.publish(self.partition(space), body, msg_id)
+        except Exception as exc:
+            self.counts["publish_failures"] += 1
+            self.engine.record(lambda w: w.inc("cluster_publish_failures_total"))
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"the cluster's log did not acknowledge the batch ({type(exc).__name__}: "
+                          f"{exc}); resend it (a resent batch is stored once)")
+        waited = time.monotonic() - t0
+        self.engine.record(lambda w: w.observe("cluster_publish_latency_seconds", waited))
+        self.counts["published"] += 1
+        self.sessions.advance(row, nxt, len(ids_ok))
+        ack.accepted = len(ids_ok)
+
+    def _finish(self, ack, priority: str) -> pb.BatchAck:
+        ack.backpressure = 0  # local backpressure does not apply: the log takes the batch
         return ack
 
     # -- recall --------------------------------------------------------------------

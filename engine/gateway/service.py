@@ -214,22 +214,29 @@ class Gateway(pb_grpc.EngramServicer):
                 self.engine.count_rejected(idx, "duplicate", dup)
                 ack.message = f"{dup} observation(s) from {first} were already accepted; not queued again"
             if dup < n:
-                try:
-                    got = self.engine.observe_into(
-                        space, ids[dup:], vectors[dup:], priority, journal=(row, nxt),
-                        on_publish=lambda k: self.sessions.advance(row, nxt, k))
-                except InvalidInput as exc:
-                    ack.rejected["invalid_input"] = n - dup
-                    ack.message = str(exc)
-                except NotRunning as exc:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-                else:
-                    ack.accepted = got.accepted
-                    for reason, k in got.rejected.items():
-                        ack.rejected[reason] = k
-                    if got.message:
-                        ack.message = got.message
+                self._queue(row, space, priority, ids[dup:], vectors[dup:], nxt, ack, idx, context)
             ack.next_sequence = self.sessions.next_seq(row)
+        return self._finish(ack, priority)
+
+    def _queue(self, row: int, space: str, priority: str, ids, vectors, nxt: int, ack, idx, context) -> None:
+        """Queue the batch's new observations (caller holds the session's row
+        lock); the session's number advances atomically with the records."""
+        try:
+            got = self.engine.observe_into(space, ids, vectors, priority, journal=(row, nxt),
+                                           on_publish=lambda k: self.sessions.advance(row, nxt, k))
+        except InvalidInput as exc:
+            ack.rejected["invalid_input"] = len(ids)
+            ack.message = str(exc)
+        except NotRunning as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        else:
+            ack.accepted = got.accepted
+            for reason, k in got.rejected.items():
+                ack.rejected[reason] = k
+            if got.message:
+                ack.message = got.message
+
+    def _finish(self, ack, priority: str) -> pb.BatchAck:
         state, _ = self._state(priority)
         ack.backpressure = state
         ack.retry_after_ms = self._retry_ms(state, priority, ack.rejected.get("over_capacity", 0))
