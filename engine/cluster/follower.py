@@ -43,6 +43,11 @@ from engine.control.partitions import FREE, LOADING, PartitionTable
 log = logging.getLogger("engram.cluster")
 
 REQUEST_TIMEOUT_S = 2.0
+# Longest a snapshot upload or load may take. nats-py bounds each request,
+# but an object's chunks arrive on a consumer with no deadline of its own: a
+# server lost mid-transfer must fail the step, never hang the loop that
+# renews the leases.
+TRANSFER_TIMEOUT_S = 60.0
 
 
 class Follower:
@@ -124,7 +129,7 @@ class Follower:
         if now >= self.next_beat:
             self.next_beat = now + self.p.lease_ttl / 3
             try:
-                await self.beat()
+                await asyncio.wait_for(self.beat(), self.p.lease_ttl)
             except Exception as exc:  # NATS unreachable: leases run out, fencing below stops us
                 self.counters["log_errors"] = self.counters.get("log_errors", 0) + 1
                 log.warning("cluster heartbeat failed: %s", exc)
@@ -142,7 +147,7 @@ class Follower:
         for q in list(self.tasks):
             if int(self.table.rows[q, 1]) == SERVING and self.snapshots.due(q):
                 try:
-                    await self.snapshots.upload(q)
+                    await asyncio.wait_for(self.snapshots.upload(q), TRANSFER_TIMEOUT_S)
                 except Exception as exc:
                     self.snapshots.failures += 1
                     log.warning("partition %d: snapshot upload failed: %s", q, exc)
@@ -214,7 +219,7 @@ class Follower:
 
     async def _apply(self, q: int, epoch: int) -> None:
         try:
-            await self.snapshots.load(q, epoch)
+            await asyncio.wait_for(self.snapshots.load(q, epoch), TRANSFER_TIMEOUT_S)
             why = await applier.apply_partition(self.js, self.engine, self.table, self.p.cluster, q, epoch,
                                                 self.bells[q], self.counters, self.snapshots.note)
             log.info("partition %d: applier stopped (%s)", q, why)
@@ -224,7 +229,10 @@ class Follower:
             log.exception("partition %d: applier failed; dropping the partition", q)
             self.table.drop(q)
             self.tasks.pop(q, None)
-            await self.leases.release(q)
+            try:
+                await asyncio.wait_for(self.leases.release(q), REQUEST_TIMEOUT_S * 2)
+            except Exception as exc:  # it runs out instead; this host may take it again
+                log.warning("partition %d: release failed: %s", q, exc)
 
     async def hand_over(self, q: int) -> None:
         """Graceful handoff: stop applying, snapshot, release (the taker continues)."""
@@ -232,7 +240,7 @@ class Follower:
         self._stop_task(q)
         self.table.drop(q)
         try:
-            await self.snapshots.upload(q)
+            await asyncio.wait_for(self.snapshots.upload(q), TRANSFER_TIMEOUT_S)
         except Exception as exc:
             log.warning("partition %d: snapshot before handoff failed (%s); the next owner replays more", q, exc)
         await self.leases.release(q)

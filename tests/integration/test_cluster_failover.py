@@ -20,7 +20,7 @@ from engine.cluster import names
 
 from tests.harness import wait_for
 from tests.integration.test_cluster_ingest import (P, all_owned, counts_by_space, dataset, owned_partitions,
-                                                   owners_hold_everything, send_all, start_hosts, stop_hosts)
+                                                   wait_held, send_all, start_hosts, stop_hosts)
 
 TTL = 3.0
 
@@ -56,8 +56,7 @@ def test_kill9_host_mid_stream_partitions_move_nothing_lost(tmp_path, nats3, req
         failover = time.monotonic() - killed
         prod.join(120)
         assert prod.error is None, prod.error
-        wait_for(lambda: owners_hold_everything(survivors, data), 120, 0.25,
-                 "every acknowledged observation on its new owner, once")
+        wait_held(survivors, data, 120, "every acknowledged observation on its new owner, once")
         sys.stderr.write(f"\nfailover of {len(lost)} partition(s) after kill -9: {failover:.2f}s "
                          f"(lease ttl {TTL}s)\n")
         assert failover < TTL * 4
@@ -82,7 +81,7 @@ def test_kill9_nats_server_no_acknowledged_loss(tmp_path, nats3, request):
         # ingest continues on the remaining quorum (clients retry an unanswered batch)
         acked = send_all([h.target for h in hosts], rest, batch=100)
         assert acked == sum(len(v[0]) for v in rest.values())
-        wait_for(lambda: owners_hold_everything(hosts, data), 120, 0.25, "everything acknowledged applied once")
+        wait_held(hosts, data, 120, "everything acknowledged applied once")
     finally:
         stop_hosts(hosts, request)
 

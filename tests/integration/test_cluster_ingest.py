@@ -6,12 +6,14 @@ only; recall through any host returns each sampled vector's own id first.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from engine.client import Client
 from engine.cluster import names
 from tests.cluster_helpers import ClusterHost
-from tests.harness import wait_for
+from tests.harness import WaitTimeout, wait_for
 
 DIM = 16
 P = 8
@@ -27,9 +29,10 @@ def start_hosts(tmp_path, nats, cluster: str, n: int, **flags) -> list[ClusterHo
 
 
 def stop_hosts(hosts, request=None) -> None:
-    import sys
-    failed = request is not None and getattr(request.node, "rep_call", None) is not None \
-        and request.node.rep_call.failed
+    # Called from a test's ``finally``: an exception on its way out is the
+    # failure (the report of the call does not exist yet).
+    failed = sys.exc_info()[0] is not None or (
+        request is not None and getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed)
     for h in hosts:
         h.terminate(30)
         if failed:
@@ -58,13 +61,32 @@ def owner_of(hosts, space: str):
     return owners[0] if len(owners) == 1 else None
 
 
+def holdings_mismatch(hosts, data) -> str:
+    """What differs from "each space's owner holds exactly its acknowledged
+    observations" ("" when nothing does)."""
+    wrong = []
+    for s, (ids, _) in sorted(data.items()):
+        owner = owner_of(hosts, s)
+        if owner is None:
+            wrong.append(f"{s}: partition {names.partition_of(s, P)} has no single owner")
+            continue
+        held = counts_by_space(owner).get(s, 0)
+        if held != len(ids):
+            wrong.append(f"{s}: {owner.host_id} holds {held} of {len(ids)}")
+    return "; ".join(wrong)
+
+
 def owners_hold_everything(hosts, data) -> bool:
     """Each space's owner holds exactly its acknowledged observations."""
-    for s, (ids, _) in data.items():
-        owner = owner_of(hosts, s)
-        if owner is None or counts_by_space(owner).get(s, 0) != len(ids):
-            return False
-    return True
+    return not holdings_mismatch(hosts, data)
+
+
+def wait_held(hosts, data, timeout: float, message: str) -> None:
+    """``wait_for(owners_hold_everything)``, saying on a timeout what differed."""
+    try:
+        wait_for(lambda: owners_hold_everything(hosts, data), timeout, 0.25, message)
+    except WaitTimeout as exc:
+        raise WaitTimeout(f"{exc}: {holdings_mismatch(hosts, data)}") from None
 
 
 def counts_by_space(h) -> dict[str, int]:
@@ -106,8 +128,7 @@ def test_three_hosts_ingest_exactly_once_and_recall_anywhere(tmp_path, nats3, re
         acked = send_all([h.target for h in hosts], data)
         assert acked == 19_980
 
-        wait_for(lambda: owners_hold_everything(hosts, data), 120, 0.25,
-                 "every acknowledged observation inserted on its partition's owner")
+        wait_held(hosts, data, 120, "every acknowledged observation inserted on its partition's owner")
         per_host = [counts_by_space(h) for h in hosts]
         for s, (ids, _) in data.items():
             # exactly once on the owner; no host holds more than the owner

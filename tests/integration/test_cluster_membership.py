@@ -7,7 +7,7 @@ import json
 
 from tests.cluster_helpers import ClusterHost, run_cli
 from tests.harness import wait_for
-from tests.integration.test_cluster_ingest import (DIM, P, all_owned, dataset, owned_partitions, owners_hold_everything,
+from tests.integration.test_cluster_ingest import (DIM, P, all_owned, dataset, owned_partitions, wait_held,
                                                    send_all, start_hosts, stop_hosts)
 
 
@@ -29,7 +29,7 @@ def test_join_handoff_then_drain(tmp_path, nats3, request):
         fourth.start()
         wait_for(lambda: all_owned(hosts), 60, 0.2, "the fourth host took its share by handoff")
         send_all([h.target for h in hosts], dict(sorted(data.items())[8:]), batch=100)
-        wait_for(lambda: owners_hold_everything(hosts, data), 60, 0.25, "nothing lost or doubled after the join")
+        wait_held(hosts, data, 60, "nothing lost or doubled after the join")
         st = status(nats3, "mem")
         assert {h["id"] for h in st["hosts"] if h["live"]} == {"h0", "h1", "h2", "h3"}
         assert all(p["owner"] for p in st["partitions"])
@@ -38,7 +38,7 @@ def test_join_handoff_then_drain(tmp_path, nats3, request):
         assert res.returncode == 0, res.stderr
         wait_for(lambda: not owned_partitions(fourth) and all_owned(hosts[:3]), 60, 0.2,
                  "the drained host's partitions moved to the others")
-        wait_for(lambda: owners_hold_everything(hosts[:3], data), 60, 0.25, "nothing lost after the drain")
+        wait_held(hosts[:3], data, 60, "nothing lost after the drain")
         text = run_cli("cluster", "status", "--cluster", "mem", "--nats", nats3.urls)
         assert text.returncode == 0 and "h3" in text.stdout and "UNOWNED" not in text.stdout
     finally:

@@ -6,7 +6,7 @@ applies them and uploads snapshots; each of these must show in /metrics.
 
 from __future__ import annotations
 
-from tests.integration.test_cluster_ingest import P, all_owned, dataset, owners_hold_everything, send_all, \
+from tests.integration.test_cluster_ingest import P, all_owned, dataset, wait_held, send_all, \
     start_hosts, stop_hosts
 from tests.integration.test_metrics_live import scrape, total
 from tests.harness import wait_for
@@ -39,7 +39,7 @@ def test_cluster_metrics_move_on_a_working_host(tmp_path, nats1, request):
         wait_for(lambda: all_owned(hosts), 60, 0.2, "every partition owned by the host")
         data = dataset(8, 2000)
         assert send_all([host.target], data) == 2000
-        wait_for(lambda: owners_hold_everything(hosts, data), 60, 0.25, "every observation applied")
+        wait_held(hosts, data, 60, "every observation applied")
         seen: dict = {}
         try:
             wait_for(lambda: _cluster_metrics_moved(host, seen), 60, 0.5, "cluster metrics reported")
