@@ -15,7 +15,11 @@ says which message and how many of its records are in. Backpressure: when
 the engine admits nothing, the task waits and retries the rest of the same
 message: it pulls less, it never drops or rejects. Fencing: before every
 enqueue the task checks that the row still carries its epoch and that the
-lease is surely valid; otherwise it stops at once.
+lease is surely valid; otherwise it applies nothing more: it ends when the
+row's epoch is no longer its own, and waits (``still_ours``) while only
+the validity lapsed, because the follower's loop, which renews the lease
+and extends the row, may simply not have run yet (a slow NATS answer).
+Ending there instead left a held, renewed lease with nobody applying it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from engine.errors import InvalidInput, NotRunning
 log = logging.getLogger("engram.cluster")
 
 IDLE_POLL_S = 0.5        # longest wait for a doorbell before asking the stream again
+PAUSE_S = 0.05           # re-check interval while the row's validity has lapsed
 BACKOFF_S = (0.005, 0.2)  # waits while the local engine admits nothing, doubling
 
 
@@ -51,6 +56,17 @@ class Doorbell:
         self.event.clear()
 
 
+async def still_ours(table: PartitionTable, p: int, epoch: int) -> bool:
+    """True once applying may go on; False when the row's epoch is not ``epoch``
+    any more. Applies nothing while it waits: the follower either renews the
+    lease (and extends the row) or drops the row (epoch 0)."""
+    while not table.held(p, epoch):
+        if table.epoch(p) != epoch:
+            return False
+        await asyncio.sleep(PAUSE_S)
+    return True
+
+
 async def apply_partition(js, engine, table: PartitionTable, cluster: str, p: int, epoch: int,
                           bell: Doorbell, counters: dict, on_applied=None) -> str:
     """Apply until fenced or cancelled; returns why it stopped."""
@@ -60,7 +76,7 @@ async def apply_partition(js, engine, table: PartitionTable, cluster: str, p: in
     seq = max(seq, 1)
     state = LOADING
     while True:
-        if not table.held(p, epoch):
+        if not await still_ours(table, p, epoch):
             return "fenced"
         try:
             msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
@@ -101,7 +117,7 @@ async def enqueue(engine, table: PartitionTable, p: int, epoch: int, seq: int, o
         ids = ()
     wait = BACKOFF_S[0]
     while off < len(ids):
-        if not table.held(p, epoch):
+        if not await still_ours(table, p, epoch):
             return "fenced"
         pos = names.position(seq, off)
         try:

@@ -134,6 +134,7 @@ class Follower:
                 self.counters["log_errors"] = self.counters.get("log_errors", 0) + 1
                 log.warning("cluster heartbeat failed: %s", exc)
         self.fence()
+        self.reap()
         if self.leases.seen:
             try:
                 await self.balance()
@@ -193,6 +194,24 @@ class Follower:
                 self.counters["lease_expired"] = self.counters.get("lease_expired", 0) + 1
                 self.table.drop(q)
                 self._stop_task(q)
+                self.leases.lose(q)
+
+    def reap(self) -> None:
+        """An applier that ended while its lease is still held (the engine was
+        going away, or its epoch check raced a renewal) is started again: a
+        renewed lease with nobody applying would stall its partition for good."""
+        for q, task in list(self.tasks.items()):
+            if not task.done():
+                continue
+            del self.tasks[q]
+            epoch = self.epochs.get(q, 0)
+            if self.leases.valid(q) and epoch == self.leases.held[q].epoch:
+                log.warning("partition %d: applier ended while its lease is held; starting it again", q)
+                self.counters["applier_restarts"] = self.counters.get("applier_restarts", 0) + 1
+                self.table.hold(q, epoch, self._valid_us(q), LOADING)
+                self.tasks[q] = asyncio.get_running_loop().create_task(self._apply(q, epoch))
+            else:
+                self.table.drop(q)
                 self.leases.lose(q)
 
     async def balance(self) -> None:

@@ -102,6 +102,10 @@ class PartitionTable:
         return (e != 0 and (epoch is None or e == epoch) and int(row[P_STATE]) == require_state
                 and self.clock_us() < int(row[P_VALID_US]))
 
+    def epoch(self, p: int) -> int:
+        """The epoch the row is held under (0: not held)."""
+        return int(self.rows[p, P_EPOCH])
+
     def held(self, p: int, epoch: int) -> bool:
         """Applying may go on: the epoch is still ours and the lease is surely valid."""
         row = self.rows[p]
