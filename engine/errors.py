@@ -74,7 +74,26 @@ class GatewayError(EngineError):
     ``code`` is the ``grpc.StatusCode``; kept untyped here so that this
     module needs no grpc import."""
 
-    def __init__(self, code, details: str):
+    def __init__(self, code, details: str, transport: bool = False):
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        # The gateway could not be reached or did not answer (as opposed to
+        # an answer that refused the call): what a client retries elsewhere.
+        self.transport = transport
+
+
+class SessionLost(GatewayError):
+    """A session could not continue and the client will not move it (engine.client).
+
+    A single-host session lives in one engine: when its gateway stays
+    unreachable until ``retry_timeout``, the client does not carry it, or a
+    batch whose ack it never saw, to another target. In cluster mode, a
+    batch is resent through another gateway only within the log's duplicate
+    window. ``unacknowledged`` is the sequence range whose fate is unknown
+    (empty when no batch was waiting); the session starts afresh on its next
+    send (a new session, on the next target that answers)."""
+
+    def __init__(self, code, details: str, unacknowledged: range = range(0)):
+        super().__init__(code, details, transport=True)
+        self.unacknowledged = unacknowledged

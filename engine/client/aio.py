@@ -22,48 +22,59 @@ class AsyncSession(SessionState):
         super().__init__(client, space, priority, client_buffer)
         self._lock = asyncio.Lock()
 
-    async def _open(self) -> None:
-        call = self.client._stub.ObserveStream(metadata=self.client._metadata)
-        await call.write(self._init_message())
-        self._take_ready(await call.read())
+    async def _open(self, index: int) -> None:
+        call = self.client._stubs[index].ObserveStream(metadata=self.client._metadata)
         self._call = call
+        await call.write(self._init_message())
+        self._take_ready(await self._next(self.client.timeout, index), index)
 
     def _drop(self) -> None:
         if self._call is not None:
             self._call.cancel()
         self._call = None
 
-    async def _reply(self, kind: str):
+    async def _next(self, timeout: float, index: int):
+        """The stream's next message, waiting at most ``timeout`` seconds."""
+        try:
+            msg = await asyncio.wait_for(self._call.read(), max(0.0, timeout))
+        except asyncio.TimeoutError:
+            raise common.Unanswered(f"no answer from gateway {self.client.targets[index]} "
+                                    f"within {timeout:g}s") from None
+        if msg is grpc.aio.EOF:
+            raise common.StreamEnded("the gateway ended the stream")
+        return msg
+
+    async def _reply(self, kind: str, wait: float):
+        end = time.monotonic() + wait
         while True:
-            msg = await self._call.read()
-            if msg is grpc.aio.EOF:
-                raise GatewayError(grpc.StatusCode.UNAVAILABLE, "the gateway ended the stream")
-            got = self._take(msg, kind)
+            got = self._take(await self._next(end - time.monotonic(), self._at), kind)
             if got is not None:
                 return got
 
-    async def _exchange(self, message, kind: str, deadline: float, on_reconnect=None):
-        async def once(attempt: int):
+    async def _exchange(self, message, kind: str, deadline: float, on_reconnect=None, st=None,
+                        wait: float | None = None):
+        async def once(index: int, attempt: int):
             msg = message
             if self._call is None:
-                await self._open()
+                await self._open(index)
                 if on_reconnect is not None and attempt:
                     msg = on_reconnect()
             await self._call.write(msg)
-            return await self._reply(kind)
-        return await common.aretry(once, deadline, self._drop)
+            return await self._reply(kind, self.client.timeout if wait is None else wait)
+        pinned = self._pinned()
+        try:
+            return await common.aretry(once, self._plan(deadline), self._drop, stream=True)
+        except GatewayError as exc:
+            self._drop()
+            raise self._lost(exc, pinned, st) from None
 
     async def send(self, ids, vectors, first_sequence: int | None = None) -> Ack:
         async with self._lock:
             st, wait = self._sending(ids, vectors, first_sequence)
             await asyncio.sleep(wait)
-
-            def resend():
-                st.resent = True
-                return pb.ClientMessage(batch=st.batch())
-
             while True:
-                ack = await self._exchange(pb.ClientMessage(batch=st.batch()), "ack", st.deadline, resend)
+                ack = await self._exchange(pb.ClientMessage(batch=st.batch()), "ack", st.deadline,
+                                           lambda: self._resend(st), st)
                 self.next_sequence = max(self.next_sequence, ack.next_sequence)
                 wait = st.on_ack(ack)
                 if wait is None:
@@ -76,15 +87,16 @@ class AsyncSession(SessionState):
                 return None
             try:
                 closed = await self._exchange(self._close_message(drain, timeout), "closed",
-                                              time.monotonic() + self.client.retry_timeout)
+                                              time.monotonic() + self.client.retry_timeout,
+                                              wait=self.client.timeout + (timeout if drain else 0.0))
             finally:
                 self._drop()
             self.session_id = 0
             return closed
 
     async def __aenter__(self) -> "AsyncSession":
-        await common.aretry(lambda attempt: self._open(), time.monotonic() + self.client.retry_timeout,
-                            self._drop)
+        await common.aretry(lambda index, attempt: self._open(index),
+                            self._plan(time.monotonic() + self.client.retry_timeout), self._drop, stream=True)
         return self
 
     async def __aexit__(self, exc_type, *exc) -> None:
@@ -97,22 +109,23 @@ class AsyncSession(SessionState):
 class AsyncClient(common.ClientConfig):
     """``Client`` for asyncio: the same methods, as coroutines."""
 
-    def __init__(self, target: str, token: str | None = None, *, tls_root_cert=None,
+    def __init__(self, target: str | list[str], token: str | None = None, *, tls_root_cert=None,
                  retry_timeout: float = 30.0, timeout: float = 30.0,
                  max_message_bytes: int = common.DEFAULT_MAX_MESSAGE_BYTES):
         super().__init__(target, token, tls_root_cert, retry_timeout, timeout, max_message_bytes, grpc.aio)
 
-    async def _unary(self, method, request):
-        return await common.aretry(lambda attempt: method(request, timeout=self.timeout, metadata=self._metadata),
-                                   time.monotonic() + self.retry_timeout)
+    async def _unary(self, name: str, request):
+        async def call(index: int, attempt: int):
+            return await getattr(self._stubs[index], name)(request, timeout=self.timeout, metadata=self._metadata)
+        return await common.aretry(call, self._attempts())
 
     async def info(self) -> dict:
-        return common.info(await self._unary(self._stub.Info, pb.InfoRequest()))
+        return common.info(await self._unary("Info", pb.InfoRequest()))
 
     async def recall(self, space: str, query, k: int = 10, *, ef: int | None = None,
                      fresh: bool = False) -> RecallResult:
         request = common.recall_request(space, query, k, ef, fresh)
-        return common.recall_result(await self._unary(self._stub.Recall, request))
+        return common.recall_result(await self._unary("Recall", request))
 
     def stream(self, space: str, priority: str = "normal", client_buffer: int = 1) -> AsyncSession:
         return AsyncSession(self, space, priority, client_buffer)
@@ -130,7 +143,8 @@ class AsyncClient(common.ClientConfig):
             except GatewayError:
                 s._drop()
         self._sessions.clear()
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
     async def __aenter__(self) -> "AsyncClient":
         return self

@@ -1,8 +1,10 @@
 """The blocking client: ``Client`` and its ``Session`` (see ``engine.client``).
 
 A session's stream is fed from a queue (the request iterator gRPC reads on
-its own thread) and read in the caller's thread; one lock per session keeps
-sends in order, so a ``Session`` may be shared by threads.
+its own thread) and read by a reader thread into another queue, so that the
+caller waits for a reply at most ``timeout`` seconds (an unanswered gateway
+counts as gone); one lock per session keeps sends in order, so a
+``Session`` may be shared by threads.
 """
 
 from __future__ import annotations
@@ -20,49 +22,83 @@ from engine.results import Ack, RecallResult
 from engine.rpc import engram_pb2 as pb
 
 
+def _pump(call, inbox: queue.Queue) -> None:
+    """Reader thread of one stream: every reply into ``inbox``, then None
+    (the stream ended) or the error that ended it."""
+    try:
+        for msg in call:
+            inbox.put(msg)
+        inbox.put(None)
+    except grpc.RpcError as exc:
+        inbox.put(exc)
+
+
 class Session(SessionState):
     """A numbered stream of batches of one space (``Client.stream``)."""
 
     def __init__(self, client: "Client", space: str, priority: str, client_buffer: int = 1):
         super().__init__(client, space, priority, client_buffer)
         self._out: queue.Queue | None = None
+        self._inbox: queue.Queue | None = None
         self._lock = threading.Lock()
 
     # -- connection --------------------------------------------------------------
-    def _open(self) -> None:
+    def _open(self, index: int) -> None:
         out: queue.Queue = queue.Queue()
-        call = self.client._stub.ObserveStream(iter(out.get, None), metadata=self.client._metadata)
+        inbox: queue.Queue = queue.Queue()
+        call = self.client._stubs[index].ObserveStream(iter(out.get, None), metadata=self.client._metadata)
+        self._out, self._inbox, self._call = out, inbox, call
+        threading.Thread(target=_pump, args=(call, inbox), name="engram-session-reader", daemon=True).start()
         out.put(self._init_message())
-        self._take_ready(next(call))
-        self._out, self._call = out, call
+        self._take_ready(self._next(self.client.timeout, index), index)
 
     def _drop(self) -> None:
         if self._out is not None:
             self._out.put(None)
         if self._call is not None:
             self._call.cancel()
-        self._out = self._call = None
+        self._out = self._inbox = self._call = None
 
-    def _reply(self, kind: str):
-        """The next reply of ``kind``; status pushes on the way are taken in."""
-        for msg in self._call:
-            got = self._take(msg, kind)
+    def _next(self, timeout: float, index: int):
+        """The stream's next message, waiting at most ``timeout`` seconds."""
+        try:
+            msg = self._inbox.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            raise common.Unanswered(f"no answer from gateway {self.client.targets[index]} "
+                                    f"within {timeout:g}s") from None
+        if isinstance(msg, grpc.RpcError):
+            raise msg
+        if msg is None:
+            raise common.StreamEnded("the gateway ended the stream")
+        return msg
+
+    def _reply(self, kind: str, wait: float):
+        """The next reply of ``kind`` within ``wait`` seconds; status pushes on the way are taken in."""
+        end = time.monotonic() + wait
+        while True:
+            got = self._take(self._next(end - time.monotonic(), self._at), kind)
             if got is not None:
                 return got
-        raise GatewayError(grpc.StatusCode.UNAVAILABLE, "the gateway ended the stream")
 
-    def _exchange(self, message: pb.ClientMessage, kind: str, deadline: float, on_reconnect=None):
-        """Send ``message``, return the reply of ``kind``; reconnect (resuming
-        the session) on UNAVAILABLE and send ``on_reconnect()`` instead."""
-        def once(attempt: int):
+    def _exchange(self, message: pb.ClientMessage, kind: str, deadline: float, on_reconnect=None,
+                  st=None, wait: float | None = None):
+        """Send ``message``, return the reply of ``kind``; on a transport failure
+        reopen (resume) the session where ``_plan`` allows and send
+        ``on_reconnect()`` instead."""
+        def once(index: int, attempt: int):
             msg = message
             if self._call is None:
-                self._open()
+                self._open(index)
                 if on_reconnect is not None and attempt:
                     msg = on_reconnect()
             self._out.put(msg)
-            return self._reply(kind)
-        return common.retry(once, deadline, self._drop)
+            return self._reply(kind, self.client.timeout if wait is None else wait)
+        pinned = self._pinned()
+        try:
+            return common.retry(once, self._plan(deadline), self._drop, stream=True)
+        except GatewayError as exc:
+            self._drop()
+            raise self._lost(exc, pinned, st) from None
 
     # -- calls ---------------------------------------------------------------------
     def send(self, ids, vectors, first_sequence: int | None = None) -> Ack:
@@ -70,13 +106,9 @@ class Session(SessionState):
         with self._lock:
             st, wait = self._sending(ids, vectors, first_sequence)
             time.sleep(wait)
-
-            def resend():
-                st.resent = True
-                return pb.ClientMessage(batch=st.batch())
-
             while True:
-                ack = self._exchange(pb.ClientMessage(batch=st.batch()), "ack", st.deadline, resend)
+                ack = self._exchange(pb.ClientMessage(batch=st.batch()), "ack", st.deadline,
+                                     lambda: self._resend(st), st)
                 self.next_sequence = max(self.next_sequence, ack.next_sequence)
                 wait = st.on_ack(ack)
                 if wait is None:
@@ -90,7 +122,8 @@ class Session(SessionState):
                 return None
             try:
                 closed = self._exchange(self._close_message(drain, timeout), "closed",
-                                        time.monotonic() + self.client.retry_timeout)
+                                        time.monotonic() + self.client.retry_timeout,
+                                        wait=self.client.timeout + (timeout if drain else 0.0))
             finally:
                 self._drop()
             self.session_id = 0
@@ -98,7 +131,8 @@ class Session(SessionState):
 
     def __enter__(self) -> "Session":
         with self._lock:
-            common.retry(lambda attempt: self._open(), time.monotonic() + self.client.retry_timeout, self._drop)
+            common.retry(lambda index, attempt: self._open(index), self._plan(
+                time.monotonic() + self.client.retry_timeout), self._drop, stream=True)
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -109,28 +143,30 @@ class Session(SessionState):
 
 
 class Client(common.ClientConfig):
-    """Blocking client. ``target`` is HOST:PORT; ``token`` the bearer token when
-    the gateway runs with --auth-token-file; ``tls_root_cert`` (PEM bytes or a
-    path) switches to TLS."""
+    """Blocking client. ``target`` is HOST:PORT, or several gateways (comma-separated,
+    or a list) to fail over between; ``token`` the bearer token when the gateway
+    runs with --auth-token-file; ``tls_root_cert`` (PEM bytes or a path) switches
+    to TLS."""
 
-    def __init__(self, target: str, token: str | None = None, *, tls_root_cert=None,
+    def __init__(self, target: str | list[str], token: str | None = None, *, tls_root_cert=None,
                  retry_timeout: float = 30.0, timeout: float = 30.0,
                  max_message_bytes: int = common.DEFAULT_MAX_MESSAGE_BYTES):
         super().__init__(target, token, tls_root_cert, retry_timeout, timeout, max_message_bytes, grpc)
         self._lock = threading.Lock()
 
-    def _unary(self, method, request):
-        return common.retry(lambda attempt: method(request, timeout=self.timeout, metadata=self._metadata),
-                            time.monotonic() + self.retry_timeout)
+    def _unary(self, name: str, request):
+        def call(index: int, attempt: int):
+            return getattr(self._stubs[index], name)(request, timeout=self.timeout, metadata=self._metadata)
+        return common.retry(call, self._attempts())
 
     def info(self) -> dict:
-        return common.info(self._unary(self._stub.Info, pb.InfoRequest()))
+        return common.info(self._unary("Info", pb.InfoRequest()))
 
     def recall(self, space: str, query, k: int = 10, *, ef: int | None = None,
                fresh: bool = False) -> RecallResult:
         """As ``engine.connect(...).recall``: ``ef``/``fresh`` keyword-only."""
         request = common.recall_request(space, query, k, ef, fresh)
-        return common.recall_result(self._unary(self._stub.Recall, request))
+        return common.recall_result(self._unary("Recall", request))
 
     def stream(self, space: str, priority: str = "normal", client_buffer: int = 1) -> Session:
         return Session(self, space, priority, client_buffer)
@@ -150,7 +186,8 @@ class Client(common.ClientConfig):
             except GatewayError:
                 s._drop()
         self._sessions.clear()
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> "Client":
         return self

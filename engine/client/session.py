@@ -1,5 +1,20 @@
 """What a session knows and what one ``send`` has achieved so far, whatever
-the transport (``blocking.Session``, ``aio.AsyncSession``)."""
+the transport (``blocking.Session``, ``aio.AsyncSession``).
+
+Where a session may go when its gateway fails (``SessionState._plan``):
+
+* not opened yet: any target, round robin (nothing was sent);
+* cluster mode (``Ready.cluster`` set): any gateway of the cluster. It is
+  resumed there with its id and ``resume_next_sequence``, and the batch
+  waiting for its ack is resent with its own numbers: the log's message id
+  (session:first sequence) stores it once. Only within ``RESEND_WINDOW_S``
+  of its first send, below the stream's 2-minute duplicate window;
+* single host: only its own gateway (the engine restarts a gateway it lost,
+  and the session table survives that). Another target is another engine,
+  which cannot know whether the first one took the batch; when the gateway
+  stays unreachable until ``retry_timeout``, a client with several targets
+  raises ``SessionLost`` and the session starts afresh on its next send.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +25,15 @@ import grpc
 import numpy as np
 
 from engine.client.common import backoff
-from engine.errors import GatewayError, InvalidInput
+from engine.errors import GatewayError, InvalidInput, SessionLost
 from engine.results import Ack
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import wire
+
+# The cluster's stream drops a message id from its duplicate window after
+# 120 s (engine.cluster.bootstrap.DUPLICATE_WINDOW_S); a resend later than
+# this after the batch's first send could be stored twice, so it is refused.
+RESEND_WINDOW_S = 100.0
 
 
 def sending(ids, vectors, first: int, deadline: float) -> "Sending":
@@ -28,7 +48,7 @@ def sending(ids, vectors, first: int, deadline: float) -> "Sending":
     # rows when the shape allows it (a remainder can then be sent again);
     # otherwise as they are, for the gateway to reject with the byte counts
     vec = vec.reshape(n, -1) if n and vec.size % n == 0 else vec.reshape(1, -1)
-    return Sending(arr, vec, first, deadline)
+    return Sending(arr, vec, first, deadline, since=time.monotonic())
 
 
 @dataclass
@@ -47,6 +67,7 @@ class Sending:
     message: str = ""
     resent: bool = False      # sent again after a lost connection
     attempt: int = 0
+    since: float = 0.0        # monotonic time of the first send of ``first``
 
     def batch(self) -> pb.Batch:
         return pb.Batch(first_sequence=self.first, ids=wire.pack_ids(self.ids),
@@ -68,6 +89,7 @@ class Sending:
             self.final = {**final, **({"over_capacity": over} if over else {})}
             return None
         self.ids, self.vectors, self.first = self.ids[done:], self.vectors[done:], self.first + done
+        self.since = time.monotonic()
         self.attempt += 1
         wait = ack.retry_after_ms / 1000.0 or backoff(self.attempt)
         return min(wait, max(0.0, self.deadline - time.monotonic()))
@@ -93,19 +115,69 @@ class SessionState:
         self.backpressure = "normal"
         self.paused = False
         self.retry_after = 0.0
+        self.cluster = ""          # Ready.cluster: "" on a single host
+        self._at: int | None = None  # index of the target the session was last open on
         self._call = None
 
+    @property
+    def target(self) -> str | None:
+        """The gateway the session is open on, or was last (None before it opened)."""
+        return None if self._at is None else self.client.targets[self._at]
+
     def _init_message(self) -> pb.ClientMessage:
+        resume = self.next_sequence if self.session_id else 0
         return pb.ClientMessage(init=pb.Init(space=self.space, priority=wire.PRIORITY_TO_PB[self.priority],
                                              client_buffer=self.client_buffer,
-                                             resume_session_id=self.session_id))
+                                             resume_session_id=self.session_id, resume_next_sequence=resume))
 
-    def _take_ready(self, msg) -> None:
+    def _take_ready(self, msg, index: int) -> None:
         if msg is grpc.aio.EOF or msg.WhichOneof("kind") != "ready":
             raise GatewayError(grpc.StatusCode.INTERNAL, "the gateway did not answer init with ready")
         r = msg.ready
         self.session_id, self.next_sequence, self.limits = r.session_id, r.next_sequence, r.limits
         self.backpressure = wire.state_name(r.backpressure)
+        self.cluster, self._at = r.cluster, index
+
+    # -- where the session may go (see the module's docstring) -------------------------
+    def _pinned(self) -> bool:
+        return bool(self.session_id) and not self.cluster
+
+    def _plan(self, deadline: float):
+        if self._pinned():
+            return self.client._targets.attempts(deadline, pinned=self._at)
+        return self.client._targets.attempts(deadline, start=self._at if self._call is not None else None)
+
+    def _resend(self, st: "Sending") -> pb.ClientMessage:
+        """The batch of ``st`` again, on a reconnected stream."""
+        if self.cluster and time.monotonic() - st.since > RESEND_WINDOW_S:
+            raise self._reset(SessionLost(
+                grpc.StatusCode.UNAVAILABLE,
+                f"session {self.session_id}: the batch from sequence {st.first} was first sent "
+                f"{time.monotonic() - st.since:.0f}s ago, longer than the cluster log remembers message ids "
+                f"({RESEND_WINDOW_S:.0f}s kept here, below its 2-minute window); a resend could be stored "
+                f"twice, so it is not resent: its fate is unknown",
+                range(st.first, st.first + len(st.ids))))
+        st.resent = True
+        return pb.ClientMessage(batch=st.batch())
+
+    def _lost(self, exc: GatewayError, pinned: bool, st: "Sending | None" = None) -> GatewayError:
+        """What to raise when a call of the session failed with ``exc``."""
+        if isinstance(exc, SessionLost) or not (pinned and exc.transport and len(self.client.targets) > 1):
+            return exc
+        pending = range(st.first, st.first + len(st.ids)) if st is not None else range(0)
+        fate = (f"whether the batch from sequence {st.first} went in is unknown" if st is not None
+                else "no batch was waiting for an ack")
+        return self._reset(SessionLost(
+            exc.code, f"session {self.session_id} lives on the single-host engine at {self.target}, which "
+            f"did not answer within retry_timeout ({exc.details}); a session and a batch whose ack was "
+            f"not seen are never moved to another engine; {fate}; the next send opens a new session",
+            pending))
+
+    def _reset(self, exc: SessionLost) -> SessionLost:
+        """Forget the session (its next send opens a new one); returns ``exc``."""
+        self.session_id, self.next_sequence, self.cluster = 0, 1, ""
+        self.paused, self.retry_after = False, 0.0
+        return exc
 
     def _take(self, msg, kind: str):
         """The payload if ``msg`` is of ``kind``; status pushes are taken in (None)."""

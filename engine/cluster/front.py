@@ -8,8 +8,11 @@ subclasses ``Gateway``), with two differences:
   and the session advances only after the PubAck, so an acknowledged batch
   is in the replicated stream. The partition's owner applies it
   (``engine.cluster.follower``). A retry of the same batch after a lost ack
-  is stored once by the stream's duplicate window. Nothing is queued into
-  this host's rings here.
+  is stored once by the stream's duplicate window; its PubAck says
+  ``duplicate`` and so does the batch's ack. Nothing is queued into this
+  host's rings here. Sessions resume through any gateway of the cluster
+  (``self.cluster``, ``engine.gateway.opening``): the message id, not the
+  session table, is what keeps a resent batch from being stored twice.
   The wait for the PubAck is ``cluster_publish_latency_seconds``; a batch
   not acknowledged counts in ``cluster_publish_failures_total``.
 * Recall: served from this host when it owns the space's partition and the
@@ -54,7 +57,8 @@ class ClusterGateway(Gateway):
         self.log = log_client
         self.table = PartitionTable(inst.partition_rows)
         self.forwarder = Forwarder(self.p)
-        self.counts = {"published": 0, "publish_failures": 0, "forwarded": 0, "unowned": 0}
+        self.counts = {"published": 0, "publish_failures": 0, "forwarded": 0, "unowned": 0, "deduplicated": 0}
+        self.cluster = self.p.cluster
 
     def partition(self, space: str) -> int:
         return names.partition_of(space, self.p.partitions)
@@ -77,7 +81,7 @@ class ClusterGateway(Gateway):
         msg_id = names.msg_id(self.sessions.session_id(row), nxt)
         t0 = time.monotonic()
         try:
-            self.log.publish(self.partition(space), body, msg_id)
+            puback = self.log.publish(self.partition(space), body, msg_id)
         except Exception as exc:
             self.counts["publish_failures"] += 1
             self.engine.record(lambda w: w.inc("cluster_publish_failures_total"))
@@ -86,8 +90,17 @@ class ClusterGateway(Gateway):
                           f"{exc}); resend it (a resent batch is stored once)")
         waited = time.monotonic() - t0
         self.engine.record(lambda w: w.observe("cluster_publish_latency_seconds", waited))
-        self.counts["published"] += 1
         self.sessions.advance(row, nxt, len(ids_ok))
+        if puback.duplicate:
+            # A resend of a batch the stream already holds (its ack was lost,
+            # perhaps on another gateway): acknowledged, never applied twice.
+            self.counts["deduplicated"] += 1
+            self.engine.count_rejected(idx, "duplicate", len(ids_ok))
+            ack.rejected["duplicate"] = ack.rejected.get("duplicate", 0) + len(ids_ok)
+            ack.message = (f"observations from {nxt} were already stored in the cluster's log "
+                           f"(a resend after a lost ack); not stored again")
+            return
+        self.counts["published"] += 1
         ack.accepted = len(ids_ok)
 
     def _finish(self, ack, priority: str) -> pb.BatchAck:
@@ -99,6 +112,9 @@ class ClusterGateway(Gateway):
         try:
             space = validation.space_name(req.space)
             queries = wire.unpack_rows(req.queries, self.p.dim, None, "queries")
+            # here, not only on the owner: a refusal of a forwarded recall would
+            # come back as "owner did not answer" instead of INVALID_ARGUMENT
+            validation.top_k(req.k, self.p.max_k)
         except InvalidInput as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         p = self.partition(space)
@@ -151,10 +167,10 @@ class ClusterGateway(Gateway):
             leases, hosts = self.log.view()
         except Exception:
             leases, hosts = {}, {}
-        owned: dict[str, int] = {}
-        for rec in leases.values():
+        owned: dict[str, list[int]] = {}
+        for p, rec in sorted(leases.items()):
             if rec is not None and not rec.released:
-                owned[rec.owner] = owned.get(rec.owner, 0) + 1
+                owned.setdefault(rec.owner, []).append(p)
         now_ms = time.time() * 1000
         res.cluster.name = self.p.cluster
         res.cluster.host_id = self.p.host_id
@@ -164,7 +180,7 @@ class ClusterGateway(Gateway):
                 continue
             res.cluster.hosts.add(id=hid, address=h.get("address", ""), draining=bool(h.get("draining")),
                                   live=now_ms - h.get("heartbeat_ms", 0) < self.p.lease_ttl * 1000,
-                                  partitions=owned.get(hid, 0))
+                                  partitions=len(owned.get(hid, ())), owned=owned.get(hid, ()))
         return res
 
 

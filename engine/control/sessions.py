@@ -76,6 +76,21 @@ class SessionTable:
         row[S_ID] = secrets.randbits(63) or 1  # last: the row is in use from here
         return i
 
+    def adopt(self, session_id: int, space_key: int, lane: int, next_seq: int) -> int:
+        """A row for a session another host's gateway opened (cluster mode: the
+        client resumes it here), continuing from ``next_seq``; raises TableFull."""
+        i = self.open(space_key, lane)
+        self.rows[i, S_NEXT_SEQ] = max(1, next_seq)
+        self.rows[i, S_ID] = session_id  # the id the client holds, not the random one
+        return i
+
+    def catch_up(self, i: int, next_seq: int) -> None:
+        """Move the session's next number forward to ``next_seq`` (cluster mode:
+        batches up to there were acknowledged through another gateway). Never
+        back, and not counted in S_ACCEPTED: this gateway accepted none of them."""
+        if next_seq > self.rows[i, S_NEXT_SEQ]:
+            self.rows[i, S_NEXT_SEQ] = next_seq
+
     def find(self, session_id: int) -> int | None:
         if session_id <= 0:
             return None

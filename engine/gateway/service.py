@@ -74,6 +74,9 @@ class Gateway(pb_grpc.EngramServicer):
         self.evictions = Evictions(self.sessions, self.p.session_idle_timeout)
         self.meter = DrainMeter(inst.rings)
         self.capacity = sum(inst.capacity_by_lane())
+        # Cluster mode's name (engine.cluster.front sets it): sessions then
+        # resume through any gateway of the cluster (engine.gateway.opening).
+        self.cluster = ""
 
     # -- bookkeeping ----------------------------------------------------------
     def event(self, event: str) -> None:
@@ -117,7 +120,7 @@ class Gateway(pb_grpc.EngramServicer):
             state, refused = self._state(priority)
             yield pb.ServerMessage(ready=pb.Ready(
                 session_id=self.sessions.session_id(row), next_sequence=self.sessions.next_seq(row),
-                limits=wire.limits(self.p), backpressure=state, resumed=resumed))
+                limits=wire.limits(self.p), backpressure=state, resumed=resumed, cluster=self.cluster))
             last_status = (state, refused)
             last_msg = time.monotonic()
             while True:

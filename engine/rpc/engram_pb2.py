@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65ngine/rpc/engram.proto\x12\tengram.v1\"~\n\rClientMessage\x12\x1f\n\x04init\x18\x01 \x01(\x0b\x32\x0f.engram.v1.InitH\x00\x12!\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x10.engram.v1.BatchH\x00\x12!\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x10.engram.v1.CloseH\x00\x42\x06\n\x04kind\"n\n\x04Init\x12\r\n\x05space\x18\x01 \x01(\t\x12%\n\x08priority\x18\x02 \x01(\x0e\x32\x13.engram.v1.Priority\x12\x15\n\rclient_buffer\x18\x03 \x01(\r\x12\x19\n\x11resume_session_id\x18\x04 \x01(\x04\"=\n\x05\x42\x61tch\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x0b\n\x03ids\x18\x02 \x01(\x0c\x12\x0f\n\x07vectors\x18\x03 \x01(\x0c\"/\n\x05\x43lose\x12\r\n\x05\x64rain\x18\x01 \x01(\x08\x12\x17\n\x0f\x64rain_timeout_s\x18\x02 \x01(\x01\"\xa8\x01\n\rServerMessage\x12!\n\x05ready\x18\x01 \x01(\x0b\x32\x10.engram.v1.ReadyH\x00\x12\"\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.engram.v1.BatchAckH\x00\x12#\n\x06status\x18\x03 \x01(\x0b\x32\x11.engram.v1.StatusH\x00\x12#\n\x06\x63losed\x18\x04 \x01(\x0b\x32\x11.engram.v1.ClosedH\x00\x42\x06\n\x04kind\"\xde\x01\n\x06Limits\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x15\n\rcapacity_high\x18\x05 \x01(\x04\x12\x17\n\x0f\x63\x61pacity_normal\x18\x06 \x01(\x04\x12\x14\n\x0c\x63\x61pacity_low\x18\x07 \x01(\x04\x12\r\n\x05max_k\x18\x08 \x01(\r\x12\x14\n\x0cmax_sessions\x18\t \x01(\r\x12\x1e\n\x16session_idle_timeout_s\x18\n \x01(\x01\"\x95\x01\n\x05Ready\x12\x12\n\nsession_id\x18\x01 \x01(\x04\x12\x15\n\rnext_sequence\x18\x02 \x01(\x04\x12!\n\x06limits\x18\x03 \x01(\x0b\x32\x11.engram.v1.Limits\x12-\n\x0c\x62\x61\x63kpressure\x18\x04 \x01(\x0e\x32\x17.engram.v1.Backpressure\x12\x0f\n\x07resumed\x18\x05 \x01(\x08\"\x98\x02\n\x08\x42\x61tchAck\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x33\n\x08rejected\x18\x04 \x03(\x0b\x32!.engram.v1.BatchAck.RejectedEntry\x12-\n\x0c\x62\x61\x63kpressure\x18\x05 \x01(\x0e\x32\x17.engram.v1.Backpressure\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\x12\x15\n\rnext_sequence\x18\x07 \x01(\x04\x12\x0f\n\x07message\x18\x08 \x01(\t\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"p\n\x06Status\x12-\n\x0c\x62\x61\x63kpressure\x18\x01 \x01(\x0e\x32\x17.engram.v1.Backpressure\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\"H\n\x06\x43losed\x12\x15\n\rnext_sequence\x18\x01 \x01(\x04\x12\x16\n\x0e\x61\x63\x63\x65pted_total\x18\x02 \x01(\x04\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\"U\n\rRecallRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0f\n\x07queries\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\r\x12\n\n\x02\x65\x66\x18\x04 \x01(\r\x12\r\n\x05\x66resh\x18\x05 \x01(\x08\"\x85\x01\n\x0eRecallResponse\x12\x0f\n\x07queries\x18\x01 \x01(\r\x12\t\n\x01k\x18\x02 \x01(\r\x12\x0b\n\x03ids\x18\x03 \x01(\x0c\x12\x11\n\tdistances\x18\x04 \x01(\x0c\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\rskipped_slots\x18\x07 \x03(\r\"\r\n\x0bInfoRequest\"*\n\tSpaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07vectors\x18\x02 \x01(\x04\"\x8e\x02\n\x0cInfoResponse\x12!\n\x06limits\x18\x01 \x01(\x0b\x32\x11.engram.v1.Limits\x12$\n\x06spaces\x18\x02 \x03(\x0b\x32\x14.engram.v1.SpaceInfo\x12-\n\x0c\x62\x61\x63kpressure\x18\x03 \x01(\x0e\x32\x17.engram.v1.Backpressure\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0f\n\x07workers\x18\x05 \x01(\r\x12\x12\n\nworkers_up\x18\x06 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x07 \x01(\r\x12\x10\n\x08pressure\x18\x08 \x01(\x01\x12\'\n\x07\x63luster\x18\t \x01(\x0b\x32\x16.engram.v1.ClusterInfo\"^\n\x0b\x43lusterHost\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\x12\x12\n\npartitions\x18\x05 \x01(\r\"g\n\x0b\x43lusterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x12\n\npartitions\x18\x03 \x01(\r\x12%\n\x05hosts\x18\x04 \x03(\x0b\x32\x16.engram.v1.ClusterHost*D\n\x08Priority\x12\x13\n\x0fPRIORITY_NORMAL\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x10\n\x0cPRIORITY_LOW\x10\x02*y\n\x0c\x42\x61\x63kpressure\x12\x17\n\x13\x42\x41\x43KPRESSURE_NORMAL\x10\x00\x12\x18\n\x14\x42\x41\x43KPRESSURE_WARNING\x10\x01\x12\x19\n\x15\x42\x41\x43KPRESSURE_CRITICAL\x10\x02\x12\x1b\n\x17\x42\x41\x43KPRESSURE_OVERLOADED\x10\x03\x32\x92\x02\n\x06\x45ngram\x12G\n\rObserveStream\x12\x18.engram.v1.ClientMessage\x1a\x18.engram.v1.ServerMessage(\x01\x30\x01\x12=\n\x06Recall\x12\x18.engram.v1.RecallRequest\x1a\x19.engram.v1.RecallResponse\x12G\n\x0cRecallStream\x12\x18.engram.v1.RecallRequest\x1a\x19.engram.v1.RecallResponse(\x01\x30\x01\x12\x37\n\x04Info\x12\x16.engram.v1.InfoRequest\x1a\x17.engram.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65ngine/rpc/engram.proto\x12\tengram.v1\"~\n\rClientMessage\x12\x1f\n\x04init\x18\x01 \x01(\x0b\x32\x0f.engram.v1.InitH\x00\x12!\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x10.engram.v1.BatchH\x00\x12!\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x10.engram.v1.CloseH\x00\x42\x06\n\x04kind\"\x8c\x01\n\x04Init\x12\r\n\x05space\x18\x01 \x01(\t\x12%\n\x08priority\x18\x02 \x01(\x0e\x32\x13.engram.v1.Priority\x12\x15\n\rclient_buffer\x18\x03 \x01(\r\x12\x19\n\x11resume_session_id\x18\x04 \x01(\x04\x12\x1c\n\x14resume_next_sequence\x18\x05 \x01(\x04\"=\n\x05\x42\x61tch\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\x0b\n\x03ids\x18\x02 \x01(\x0c\x12\x0f\n\x07vectors\x18\x03 \x01(\x0c\"/\n\x05\x43lose\x12\r\n\x05\x64rain\x18\x01 \x01(\x08\x12\x17\n\x0f\x64rain_timeout_s\x18\x02 \x01(\x01\"\xa8\x01\n\rServerMessage\x12!\n\x05ready\x18\x01 \x01(\x0b\x32\x10.engram.v1.ReadyH\x00\x12\"\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x13.engram.v1.BatchAckH\x00\x12#\n\x06status\x18\x03 \x01(\x0b\x32\x11.engram.v1.StatusH\x00\x12#\n\x06\x63losed\x18\x04 \x01(\x0b\x32\x11.engram.v1.ClosedH\x00\x42\x06\n\x04kind\"\xde\x01\n\x06Limits\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x15\n\rcapacity_high\x18\x05 \x01(\x04\x12\x17\n\x0f\x63\x61pacity_normal\x18\x06 \x01(\x04\x12\x14\n\x0c\x63\x61pacity_low\x18\x07 \x01(\x04\x12\r\n\x05max_k\x18\x08 \x01(\r\x12\x14\n\x0cmax_sessions\x18\t \x01(\r\x12\x1e\n\x16session_idle_timeout_s\x18\n \x01(\x01\"\xa6\x01\n\x05Ready\x12\x12\n\nsession_id\x18\x01 \x01(\x04\x12\x15\n\rnext_sequence\x18\x02 \x01(\x04\x12!\n\x06limits\x18\x03 \x01(\x0b\x32\x11.engram.v1.Limits\x12-\n\x0c\x62\x61\x63kpressure\x18\x04 \x01(\x0e\x32\x17.engram.v1.Backpressure\x12\x0f\n\x07resumed\x18\x05 \x01(\x08\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\"\x98\x02\n\x08\x42\x61tchAck\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x33\n\x08rejected\x18\x04 \x03(\x0b\x32!.engram.v1.BatchAck.RejectedEntry\x12-\n\x0c\x62\x61\x63kpressure\x18\x05 \x01(\x0e\x32\x17.engram.v1.Backpressure\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\x12\x15\n\rnext_sequence\x18\x07 \x01(\x04\x12\x0f\n\x07message\x18\x08 \x01(\t\x1a/\n\rRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"p\n\x06Status\x12-\n\x0c\x62\x61\x63kpressure\x18\x01 \x01(\x0e\x32\x17.engram.v1.Backpressure\x12\x0e\n\x06paused\x18\x02 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\"H\n\x06\x43losed\x12\x15\n\rnext_sequence\x18\x01 \x01(\x04\x12\x16\n\x0e\x61\x63\x63\x65pted_total\x18\x02 \x01(\x04\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\"U\n\rRecallRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\x0f\n\x07queries\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\r\x12\n\n\x02\x65\x66\x18\x04 \x01(\r\x12\r\n\x05\x66resh\x18\x05 \x01(\x08\"\x85\x01\n\x0eRecallResponse\x12\x0f\n\x07queries\x18\x01 \x01(\r\x12\t\n\x01k\x18\x02 \x01(\r\x12\x0b\n\x03ids\x18\x03 \x01(\x0c\x12\x11\n\tdistances\x18\x04 \x01(\x0c\x12\x10\n\x08\x63omplete\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x15\n\rskipped_slots\x18\x07 \x03(\r\"\r\n\x0bInfoRequest\"*\n\tSpaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07vectors\x18\x02 \x01(\x04\"\x8e\x02\n\x0cInfoResponse\x12!\n\x06limits\x18\x01 \x01(\x0b\x32\x11.engram.v1.Limits\x12$\n\x06spaces\x18\x02 \x03(\x0b\x32\x14.engram.v1.SpaceInfo\x12-\n\x0c\x62\x61\x63kpressure\x18\x03 \x01(\x0e\x32\x17.engram.v1.Backpressure\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0f\n\x07workers\x18\x05 \x01(\r\x12\x12\n\nworkers_up\x18\x06 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x07 \x01(\r\x12\x10\n\x08pressure\x18\x08 \x01(\x01\x12\'\n\x07\x63luster\x18\t \x01(\x0b\x32\x16.engram.v1.ClusterInfo\"m\n\x0b\x43lusterHost\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04live\x18\x03 \x01(\x08\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\x12\x12\n\npartitions\x18\x05 \x01(\r\x12\r\n\x05owned\x18\x06 \x03(\r\"g\n\x0b\x43lusterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x12\n\npartitions\x18\x03 \x01(\r\x12%\n\x05hosts\x18\x04 \x03(\x0b\x32\x16.engram.v1.ClusterHost*D\n\x08Priority\x12\x13\n\x0fPRIORITY_NORMAL\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x10\n\x0cPRIORITY_LOW\x10\x02*y\n\x0c\x42\x61\x63kpressure\x12\x17\n\x13\x42\x41\x43KPRESSURE_NORMAL\x10\x00\x12\x18\n\x14\x42\x41\x43KPRESSURE_WARNING\x10\x01\x12\x19\n\x15\x42\x41\x43KPRESSURE_CRITICAL\x10\x02\x12\x1b\n\x17\x42\x41\x43KPRESSURE_OVERLOADED\x10\x03\x32\x92\x02\n\x06\x45ngram\x12G\n\rObserveStream\x12\x18.engram.v1.ClientMessage\x1a\x18.engram.v1.ServerMessage(\x01\x30\x01\x12=\n\x06Recall\x12\x18.engram.v1.RecallRequest\x1a\x19.engram.v1.RecallResponse\x12G\n\x0cRecallStream\x12\x18.engram.v1.RecallRequest\x1a\x19.engram.v1.RecallResponse(\x01\x30\x01\x12\x37\n\x04Info\x12\x16.engram.v1.InfoRequest\x1a\x17.engram.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,46 +33,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BATCHACK_REJECTEDENTRY']._loaded_options = None
   _globals['_BATCHACK_REJECTEDENTRY']._serialized_options = b'8\001'
-  _globals['_PRIORITY']._serialized_start=2165
-  _globals['_PRIORITY']._serialized_end=2233
-  _globals['_BACKPRESSURE']._serialized_start=2235
-  _globals['_BACKPRESSURE']._serialized_end=2356
+  _globals['_PRIORITY']._serialized_start=2228
+  _globals['_PRIORITY']._serialized_end=2296
+  _globals['_BACKPRESSURE']._serialized_start=2298
+  _globals['_BACKPRESSURE']._serialized_end=2419
   _globals['_CLIENTMESSAGE']._serialized_start=38
   _globals['_CLIENTMESSAGE']._serialized_end=164
-  _globals['_INIT']._serialized_start=166
-  _globals['_INIT']._serialized_end=276
-  _globals['_BATCH']._serialized_start=278
-  _globals['_BATCH']._serialized_end=339
-  _globals['_CLOSE']._serialized_start=341
-  _globals['_CLOSE']._serialized_end=388
-  _globals['_SERVERMESSAGE']._serialized_start=391
-  _globals['_SERVERMESSAGE']._serialized_end=559
-  _globals['_LIMITS']._serialized_start=562
-  _globals['_LIMITS']._serialized_end=784
-  _globals['_READY']._serialized_start=787
-  _globals['_READY']._serialized_end=936
-  _globals['_BATCHACK']._serialized_start=939
-  _globals['_BATCHACK']._serialized_end=1219
-  _globals['_BATCHACK_REJECTEDENTRY']._serialized_start=1172
-  _globals['_BATCHACK_REJECTEDENTRY']._serialized_end=1219
-  _globals['_STATUS']._serialized_start=1221
-  _globals['_STATUS']._serialized_end=1333
-  _globals['_CLOSED']._serialized_start=1335
-  _globals['_CLOSED']._serialized_end=1407
-  _globals['_RECALLREQUEST']._serialized_start=1409
-  _globals['_RECALLREQUEST']._serialized_end=1494
-  _globals['_RECALLRESPONSE']._serialized_start=1497
-  _globals['_RECALLRESPONSE']._serialized_end=1630
-  _globals['_INFOREQUEST']._serialized_start=1632
-  _globals['_INFOREQUEST']._serialized_end=1645
-  _globals['_SPACEINFO']._serialized_start=1647
-  _globals['_SPACEINFO']._serialized_end=1689
-  _globals['_INFORESPONSE']._serialized_start=1692
-  _globals['_INFORESPONSE']._serialized_end=1962
-  _globals['_CLUSTERHOST']._serialized_start=1964
-  _globals['_CLUSTERHOST']._serialized_end=2058
-  _globals['_CLUSTERINFO']._serialized_start=2060
-  _globals['_CLUSTERINFO']._serialized_end=2163
-  _globals['_ENGRAM']._serialized_start=2359
-  _globals['_ENGRAM']._serialized_end=2633
+  _globals['_INIT']._serialized_start=167
+  _globals['_INIT']._serialized_end=307
+  _globals['_BATCH']._serialized_start=309
+  _globals['_BATCH']._serialized_end=370
+  _globals['_CLOSE']._serialized_start=372
+  _globals['_CLOSE']._serialized_end=419
+  _globals['_SERVERMESSAGE']._serialized_start=422
+  _globals['_SERVERMESSAGE']._serialized_end=590
+  _globals['_LIMITS']._serialized_start=593
+  _globals['_LIMITS']._serialized_end=815
+  _globals['_READY']._serialized_start=818
+  _globals['_READY']._serialized_end=984
+  _globals['_BATCHACK']._serialized_start=987
+  _globals['_BATCHACK']._serialized_end=1267
+  _globals['_BATCHACK_REJECTEDENTRY']._serialized_start=1220
+  _globals['_BATCHACK_REJECTEDENTRY']._serialized_end=1267
+  _globals['_STATUS']._serialized_start=1269
+  _globals['_STATUS']._serialized_end=1381
+  _globals['_CLOSED']._serialized_start=1383
+  _globals['_CLOSED']._serialized_end=1455
+  _globals['_RECALLREQUEST']._serialized_start=1457
+  _globals['_RECALLREQUEST']._serialized_end=1542
+  _globals['_RECALLRESPONSE']._serialized_start=1545
+  _globals['_RECALLRESPONSE']._serialized_end=1678
+  _globals['_INFOREQUEST']._serialized_start=1680
+  _globals['_INFOREQUEST']._serialized_end=1693
+  _globals['_SPACEINFO']._serialized_start=1695
+  _globals['_SPACEINFO']._serialized_end=1737
+  _globals['_INFORESPONSE']._serialized_start=1740
+  _globals['_INFORESPONSE']._serialized_end=2010
+  _globals['_CLUSTERHOST']._serialized_start=2012
+  _globals['_CLUSTERHOST']._serialized_end=2121
+  _globals['_CLUSTERINFO']._serialized_start=2123
+  _globals['_CLUSTERINFO']._serialized_end=2226
+  _globals['_ENGRAM']._serialized_start=2422
+  _globals['_ENGRAM']._serialized_end=2696
 # @@protoc_insertion_point(module_scope)

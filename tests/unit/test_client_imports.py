@@ -37,8 +37,8 @@ def test_remote_client_loads_no_shared_memory_code():
 
 
 def test_every_client_module_alone_stays_clean():
-    for mod in ("engine.client.common", "engine.client.session", "engine.client.blocking",
-                "engine.client.aio"):
+    for mod in ("engine.client.targets", "engine.client.common", "engine.client.session",
+                "engine.client.blocking", "engine.client.aio"):
         assert loaded_forbidden(mod) == [], mod
 
 

@@ -120,6 +120,22 @@ def test_session_table_open_find_close_idle_and_cap(shared):
     assert table.rows[rows[0], S_NEXT_SEQ] == 11 and table.rows[rows[0], S_ACCEPTED] == 10
 
 
+def test_cluster_adoption_keeps_the_clients_id_and_number_and_never_moves_back():
+    table = SessionTable(np.zeros((2, 8), np.int64))
+    row = table.adopt(123456789, space_key("abc"), 1, 41)
+    assert table.find(123456789) == row and table.next_seq(row) == 41
+    assert int(table.rows[row, S_ACCEPTED]) == 0  # accepted through another gateway, not this one
+    table.catch_up(row, 30)
+    assert table.next_seq(row) == 41
+    table.catch_up(row, 60)
+    assert table.next_seq(row) == 60 and int(table.rows[row, S_ACCEPTED]) == 0
+    table.advance(row, 60, 5)
+    assert table.next_seq(row) == 65 and int(table.rows[row, S_ACCEPTED]) == 5
+    assert table.next_seq(table.adopt(7, space_key("abc"), 1, 0)) == 1  # numbers start at 1
+    with pytest.raises(TableFull):
+        table.adopt(8, space_key("abc"), 1, 1)
+
+
 def test_space_key_is_stable_positive_and_tells_names_apart():
     keys = {name: space_key(name) for name in ("default", "a" * 64, "a" * 63, "space-1", "space-2")}
     assert len(set(keys.values())) == len(keys)
