@@ -31,8 +31,9 @@ Three measurements in one run on this host, all on one local nats-server
    lease, until it serves).
 
 A wait in which no more vectors are inserted for ``--stall-s`` is recorded
-under ``incidents`` and its measurement runs once more (a follower was seen
-keeping a lease whose applier had stopped; see docs/performance.md).
+under ``incidents`` and its measurement runs once more (a guard: before a
+fix of the follower, a lease could stay held with its applier stopped; see
+docs/performance.md).
 
 Every process started here (nats-server, engine process groups) is killed
 and every shared-memory object removed on the way out, also on an error,
