@@ -280,6 +280,8 @@ class Follower:
                 self.table.extend(q, self._valid_us(q))
 
     async def leave(self) -> None:
+        if self.tasks:
+            log.info("leaving the cluster: releasing %d partition lease(s)", len(self.tasks))
         for q in list(self.tasks):
             self._stop_task(q)
             self.table.drop(q, FREE)

@@ -184,7 +184,8 @@ class Supervisor:
                     sup.state = STOPPED
                 else:
                     claims.note_death(self.inst, s.index)
-            if not stopping:
+            left = s.kind == "cluster" and code == 0 and self.shutdown.draining  # as it should
+            if not stopping and not left:
                 log.error("%s (pid %d) exited with %s; reason %s", s.label, s.pid,
                           f"signal {-code}" if code < 0 else f"code {code}", reason)
                 s.last_reason = reason
@@ -233,6 +234,8 @@ class Supervisor:
         for s in self.children():
             if s.proc is not None:
                 continue
+            if s.kind == "cluster" and self.shutdown.draining:
+                continue  # it left the cluster when admission closed (engine.cluster.follower)
             was_parked = bool(s.parked_until)
             if self.policy.due(s, now):
                 if was_parked:

@@ -14,8 +14,13 @@ Order (SIGTERM, or ``engram-stream stop``):
    (disk full), the shared memory is kept instead and the next start
    carries it over, as after a ``kill -9``;
 5. the gateway (final ``Status`` to every open stream, then the gRPC
-   server's grace), the prober and the exporter (serving until the workers
-   are gone) get SIGTERM, and SIGKILL only if they outlast ``STOP_GRACE_S``.
+   server's grace), the prober, the cluster follower (it releases its
+   partition leases, so other hosts take them at once instead of after the
+   lease ttl) and the exporter (serving until the workers are gone) get
+   SIGTERM, and SIGKILL only if they outlast ``STOP_GRACE_S``.
+
+The follower stops applying as soon as admission closes (it watches the
+header); the arbiter does not restart it while the engine drains.
 """
 
 from __future__ import annotations
@@ -109,9 +114,10 @@ class Shutdown:
             return sum(len(x.ids) for x in leftovers)
 
     def stop_services(self) -> None:
-        """SIGTERM to the gateway and the exporter (they stop gracefully), SIGKILL after STOP_GRACE_S."""
+        """SIGTERM to the gateway, the prober, the cluster follower and the
+        exporter (they stop gracefully), SIGKILL after STOP_GRACE_S."""
         sv = self.sv
-        services = [c for c in (sv.gateway, sv.prober, sv.exporter) if c is not None and c.proc is not None]
+        services = [c for c in (sv.gateway, sv.prober, sv.cluster, sv.exporter) if c is not None and c.proc is not None]
         for c in services:
             sv.spawner.signal(c, signal.SIGTERM)
         self._wait_for(services, STOP_GRACE_S)

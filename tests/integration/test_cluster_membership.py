@@ -43,3 +43,21 @@ def test_join_handoff_then_drain(tmp_path, nats3, request):
         assert text.returncode == 0 and "h3" in text.stdout and "UNOWNED" not in text.stdout
     finally:
         stop_hosts(hosts, request)
+
+
+def test_graceful_stop_releases_leases_instead_of_letting_them_expire(tmp_path, nats1, request):
+    # ttl 10 s: a released lease is taken at the survivor's next beat (every
+    # ttl/3), an unreleased one only after it expired.
+    hosts = start_hosts(tmp_path, nats1, "gs", 2, lease_ttl="10")
+    try:
+        wait_for(lambda: all_owned(hosts), 60, 0.2, "partitions spread over two hosts")
+        leaving, staying = hosts
+        assert owned_partitions(leaving)
+        assert leaving.terminate(60) == 0
+        log = leaving.log()
+        assert "exited with" not in log, log  # the follower was not restarted while the host stopped
+        wait_for(lambda: all_owned([staying]), 60, 0.2, "the survivor owns every partition")
+        took = staying.log()
+        assert "whose lease expired" not in took, took
+    finally:
+        stop_hosts(hosts, request)
