@@ -151,3 +151,30 @@ def test_three_hosts_ingest_exactly_once_and_recall_anywhere(tmp_path, nats3, re
                 c.close()
     finally:
         stop_hosts(hosts, request)
+
+
+def test_fresh_recall_reads_its_own_writes_through_any_host(tmp_path, nats1, request):
+    """``fresh=True``: the owner answers only once it applied the partition up to
+    the stream's last sequence, so a batch acknowledged a moment ago is found,
+    whichever gateway took it and whichever answers the recall."""
+    hosts = start_hosts(tmp_path, nats1, "fr", 2)
+    try:
+        wait_for(lambda: all_owned(hosts), 60, 0.2, "partitions spread over two hosts")
+        rng = np.random.default_rng(4)
+        clients = [Client(h.target) for h in hosts]
+        try:
+            n = 3000  # a batch whose insert takes a while: its last records are still queued
+            for i in range(6):
+                space = f"fresh-{i % 3}"
+                ids = np.arange(1 + n * i, 1 + n * (i + 1), dtype=np.uint64)
+                vecs = rng.standard_normal((n, DIM)).astype(np.float32)
+                with clients[i % 2].stream(space) as s:
+                    assert s.send(ids, vecs).accepted == n
+                res = clients[(i + 1) % 2].recall(space, vecs[-10:], k=1, fresh=True)
+                assert res.complete, res
+                assert list(res.ids[:, 0]) == list(ids[-10:]), (i, res)
+        finally:
+            for c in clients:
+                c.close()
+    finally:
+        stop_hosts(hosts, request)
