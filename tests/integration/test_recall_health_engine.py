@@ -96,15 +96,29 @@ def test_autotune_lowers_the_batch_budget_under_light_bursty_load(engine_factory
     port = int(eng.inst.header.exporter_port)
     rng = np.random.default_rng(9)
     n = 0
+    sent_at = drained_at = None
 
     def burst():
-        nonlocal n
+        # Light whatever the machine's speed: the next burst only once the
+        # last one is inserted and the workers have then been idle twice as
+        # long as it took, so utilization stays near a third.
+        nonlocal n, sent_at, drained_at
+        if recallstate.tuned(eng.inst).generation > 0:
+            return True
+        now = time.monotonic()
+        if sent_at is not None and drained_at is None:
+            if sum(eng.inst.queued_by_lane()) or int(eng.inst.shard_counts.sum()) < n:
+                return False
+            drained_at = now
+        if sent_at is not None and now - drained_at < 2 * (drained_at - sent_at):
+            return False
+        sent_at, drained_at = now, None
         observe_all(eng, "bursty", np.arange(n, n + 2000, dtype=np.uint64),
                     rng.standard_normal((2000, DIM)).astype(np.float32))
         n += 2000
-        return recallstate.tuned(eng.inst).generation > 0
+        return False
 
-    wait_for(burst, 120, interval=0.5, message="an auto-tuner change")
+    wait_for(burst, 120, interval=0.05, message="an auto-tuner change")
     cfg = get(port, "/api/v1/system/config")[1]
     change = next(h for h in cfg["history"] if h["setting"] == "batch_budget_ms")
     assert change["new"] < change["old"] == 50.0 and change["evidence"]
