@@ -154,6 +154,11 @@ class EngineProcess:
             self.wait_ready(timeout)
         return self
 
+    def exporter_port(self, timeout: float = 30.0) -> int:
+        """The exporter's bound port, once it has published it: the exporter
+        binds after the supervisor already reports ``running``."""
+        return wait_for(lambda: int(self.engine().inst.header.exporter_port), timeout, message="the exporter's port")
+
     def check_alive(self) -> None:
         """Raise ``EngineExited`` (with the log tail) once the supervisor has exited."""
         if self.proc is not None and self.proc.poll() is not None:

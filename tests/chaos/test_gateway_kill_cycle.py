@@ -53,5 +53,5 @@ def test_gateway_kill_9_client_resumes_without_loss_or_duplicate(engine_factory)
     assert st["throughput"]["observations_total"] == n
     assert st["gateway"]["pid"] not in killed and st["gateway"]["port"] == port
     health = json.loads(urllib.request.urlopen(
-        f"http://127.0.0.1:{int(inst.header.exporter_port)}/api/v1/system/health", timeout=10).read())
+        f"http://127.0.0.1:{ep.exporter_port()}/api/v1/system/health", timeout=10).read())
     assert health["components"]["gateway"]["status"] == "up"

@@ -307,7 +307,7 @@ def test_idle_sessions_expire_and_the_session_cap_holds(engine_factory):
         r.reply("ready")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     r.close()
-    port = int(ep.engine().inst.header.exporter_port)
+    port = ep.exporter_port()
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'engram_streaming_sessions_total{event="expired"} 2.0' in text
     assert 'engram_streaming_sessions_total{event="opened"} 2.0' in text

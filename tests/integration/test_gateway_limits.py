@@ -141,7 +141,7 @@ def test_sessions_without_data_create_no_space(engine_factory):
 
 
 def sessions_total(ep, event: str) -> float:
-    port = int(ep.engine().inst.header.exporter_port)
+    port = ep.exporter_port()
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     line = f'engram_streaming_sessions_total{{event="{event}"}} '
     return float(next(x for x in text.splitlines() if x.startswith(line)).split()[-1])

@@ -24,7 +24,7 @@ DIM = 16
 
 
 def port_of(ep) -> int:
-    return wait_for(lambda: int(ep.engine().inst.header.exporter_port), 30, message="exporter port")
+    return ep.exporter_port()
 
 
 def get(url: str, accept: str | None = None) -> tuple[int, str, str]:

@@ -36,7 +36,7 @@ def space_homed_on(slot: int, slots: int = 2) -> str:
 def test_stopped_worker_opens_its_breaker_and_fails_readiness_then_recovers(engine_factory):
     ep = engine_factory(probe_interval="0.2", breaker_cooldown="2", grpc_addr="off")
     eng = ep.engine()
-    port = int(eng.inst.header.exporter_port)
+    port = ep.exporter_port()
     rng = np.random.default_rng(5)
     for slot in (0, 1):
         sp = space_homed_on(slot)
@@ -93,7 +93,7 @@ def test_autotune_lowers_the_batch_budget_under_light_bursty_load(engine_factory
     ep = engine_factory(autotune_interval="3", grpc_addr="off", batch_max="1000", batch_min="10",
                         ef_construction="400")
     eng = ep.engine()
-    port = int(eng.inst.header.exporter_port)
+    port = ep.exporter_port()
     rng = np.random.default_rng(9)
     n = 0
     sent_at = drained_at = None

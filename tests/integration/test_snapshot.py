@@ -144,7 +144,7 @@ def test_kill_9_during_a_snapshot_loses_nothing_and_leaves_no_temp_files(tmp_pat
 
 
 def health(ep) -> dict:
-    port = int(ep.engine().inst.header.exporter_port)
+    port = ep.exporter_port()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/system/health", timeout=10) as resp:
         return json.loads(resp.read())
 

@@ -97,7 +97,7 @@ def stack(tmp_path_factory):
     prom = None
     try:
         ep.start()
-        port = wait_for(lambda: int(ep.engine().inst.header.exporter_port), 30, message="exporter port")
+        port = ep.exporter_port()
         prom = Prometheus(tmp, port)
         wait_for(lambda: prom.query('up{job="engram-streaming"} == 1'), 60, interval=0.2,
                  message="prometheus scraping the engine")
