@@ -137,6 +137,16 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
+def loadavg() -> str:
+    """``/proc/loadavg`` as the kernel writes it (1/5/15-minute load, runnable/total
+    tasks, last pid), for the results JSON before and after a measurement."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return fh.read().strip()
+    except OSError:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def host_busy_s() -> float:
     """CPU seconds the whole host spent non-idle so far (all CPUs); the
     difference over a measurement, against W x seconds, shows other load."""
@@ -181,10 +191,11 @@ class EngineRun:
     def log(self) -> str:
         return self.instance.log()
 
-    def teardown(self) -> None:
+    def teardown(self, grace_s: float = 30.0) -> None:
+        """SIGTERM (the engine drains its rings), SIGKILL after ``grace_s``."""
         self.eng = None
         self.instance.disconnect()
-        self.instance.terminate(30)
+        self.instance.terminate(grace_s)
         left = self.instance.cleanup()
         shutil.rmtree(self.instance.data_dir, ignore_errors=True)
         if left:

@@ -12,8 +12,15 @@ peer that lets us set them):
   with ``configuration={"hnsw": {space, max_neighbors, ef_construction,
   ef_search}}``, ``add`` in batches of ``client.get_max_batch_size()``.
 * **milvus** — Milvus Lite (``pymilvus.MilvusClient`` on a local ``.db``
-  file URI), HNSW index (faiss, M=16, efConstruction=200, search ef=64) on a
+  file URI; the server runs in this process as threads), HNSW index (faiss
+  ``IndexHNSWFlat``, M=16, efConstruction=200, search ef=64) on a
   FLOAT_VECTOR field, COSINE; ``insert`` in batches of ``--milvus-batch``.
+  Until ``flush`` the rows sit in its in-memory table, which every query
+  scans exactly; after ``flush`` the segment's HNSW index is built in a
+  background thread and queries scan the segment exactly until it is
+  attached (bench/milvus_index.py shows it). So the idle queries wait for
+  that build (``index_build_s``), and ``throughput_indexed`` counts insert +
+  flush + build.
 * **hnswlib** — one ``hnswlib.Index`` in this process, ``add_items`` in
   batches of ``--batch`` with ``num_threads=W``: the ceiling.
 
@@ -33,14 +40,22 @@ Per contender and data set:
   worker processes (psutil), or of this process and its children for the
   embedded peers, divided by N.
 
+With ``--repeats`` N every contender is measured N times on the same data
+(the contender order rotates each repeat); the JSON keeps every run and
+reports, per figure and per engine/peer ratio (each ratio taken within one
+repeat), the median and the min–max. Every single-query latency is kept
+(``lat_ms``), and a second PNG (``-cdf.png``) draws their CDFs, idle and
+under ingest, pooled over the repeats.
+
 Data sets: ``synthetic`` (float32 standard normal, fixed seed) and ``stdlib``
 (the docstring paragraphs of the running Python's standard library and of
 the installed numpy: TF-IDF, scikit-learn, then TruncatedSVD to
 ``--real-dim`` dimensions; see ``stdlib_docstrings``; about 14,500
 paragraphs here, so that set is capped by what there is).
 
-Usage: python bench/peers.py [--n 20000] [--peers engine,chroma,milvus,hnswlib]
-Writes bench/results/peers-<hostname>-w<W>.json (or --out) and a .png next to it.
+Usage: python bench/peers.py [--n 20000] [--repeats 3] [--peers engine,chroma,milvus,hnswlib]
+Writes bench/results/peers-<hostname>-w<W>.json (or --out), and a .png and a
+-cdf.png next to it.
 """
 
 from __future__ import annotations
@@ -56,6 +71,7 @@ import ast  # noqa: E402
 import gc  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import sysconfig  # noqa: E402
@@ -283,7 +299,8 @@ class MilvusPeer:
         from pymilvus import DataType, MilvusClient
 
         self.path = tempfile.mkdtemp(prefix="milvus-", dir=self.workdir)
-        self.client = MilvusClient(uri=os.path.join(self.path, "bench.db"))
+        self.uri = os.path.join(self.path, "bench.db")
+        self.client = MilvusClient(uri=self.uri)
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.vecs.shape[1])
@@ -291,8 +308,9 @@ class MilvusPeer:
         index.add_index(field_name="vector", index_type="HNSW", metric_type="COSINE",
                         params={"M": M, "efConstruction": EF_CONSTRUCTION})
         self.client.create_collection("bench", schema=schema, index_params=index)
-        self.detail = {"batch": self.batch, "index": "HNSW (faiss)", "pymilvus": ingest._version("pymilvus"),
-                       "milvus_lite": ingest._version("milvus-lite"), "faiss_cpu": ingest._version("faiss-cpu")}
+        self.detail = {"batch": self.batch, "index": "HNSW (faiss IndexHNSWFlat)", "pymilvus": ingest._version("pymilvus"),
+                       "milvus_lite": ingest._version("milvus-lite"), "faiss_cpu": ingest._version("faiss-cpu"),
+                       "describe_index": self.client.describe_index("bench", "vector")}
 
     def batches(self):
         return [(lo, min(len(self.vecs), lo + self.batch)) for lo in range(0, len(self.vecs), self.batch)]
@@ -310,6 +328,29 @@ class MilvusPeer:
 
     def flush(self):
         self.client.flush("bench")
+
+    def wait_indexed(self) -> list[dict]:
+        """Wait until every sealed segment has its vector index attached.
+
+        Milvus Lite 3.x builds it in a background thread after ``flush``
+        (milvus_lite/engine/collection.py, ``_trigger_flush`` →
+        ``_bg_compact_and_index``) and searches a segment without one by
+        brute force (milvus_lite/search/executor_indexed.py). No public call
+        waits for it: ``describe_index`` reports ``Finished`` and
+        ``indexed_rows`` = all rows before any index exists
+        (adapter/grpc/servicer.py). So this reaches into the in-process
+        collection behind the server and drains its background queue."""
+        from milvus_lite.server_manager import server_manager_instance
+
+        _, db, _ = server_manager_instance._servers[os.path.abspath(self.uri)]
+        col = db.get_collection("bench")
+        col._wait_for_bg(600)
+        segments = [{"rows": s.num_rows, "indexes": {f: type(ix).__name__ for f, ix in s.indexes.items()}}
+                    for s in col._segments_snapshot()]
+        if col._memtable.size() or not all("vector" in s["indexes"] for s in segments):
+            raise BenchError(f"milvus: not every row is in an indexed segment: memtable "
+                             f"{col._memtable.size()}, segments {segments}")
+        return segments
 
     def mem_pids(self):
         return own_tree()
@@ -329,6 +370,7 @@ class EnginePeer:
 
     def __init__(self, vecs, workers, batch, workdir):
         self.vecs, self.workers, self.batch, self.workdir = vecs, workers, batch, workdir
+        self.incomplete = 0  # recalls answered without every shard (counted, and reported)
 
     def setup(self):
         self.inst = EngineProcess(self.workdir, defaults=None, prefix="peers", log_tail=5000,
@@ -373,7 +415,10 @@ class EnginePeer:
         self.detail["shards"] = int((counts > 0).sum())
 
     def search(self, vec, k):
-        return [int(x) for x in self.eng.recall(self.SPACE, vec, k=k).ids[0]]
+        res = self.eng.recall(self.SPACE, vec, k=k)
+        if not res.complete:  # a worker missed the deadline, or its recall breaker is open
+            self.incomplete += 1
+        return [int(x) for x in res.ids[0]]
 
     def mem_pids(self):
         return self.worker_pids
@@ -405,6 +450,11 @@ def pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(xs) * 1e3, q)), 3) if xs else None
 
 
+def samples_ms(xs: list[float]) -> list[float]:
+    """Every latency, in ms to the microsecond, in the order measured."""
+    return [round(x * 1e3, 3) for x in xs]
+
+
 def ingest_until_searchable(peer, n: int, probe_queries: np.ndarray | None, probe_ms: float) -> dict:
     """Insert everything; stop the clock once the last vector finds itself.
     With ``probe_queries``, a thread issues one single-vector recall every
@@ -428,6 +478,7 @@ def ingest_until_searchable(peer, n: int, probe_queries: np.ndarray | None, prob
 
     prober = threading.Thread(target=probe, daemon=True) if probe_queries is not None else None
     batches = peer.batches()
+    incomplete0 = getattr(peer, "incomplete", 0)
     h0, t0 = ingest.host_busy_s(), time.perf_counter()
     for j, (lo, hi) in enumerate(batches):
         peer.insert(lo, hi)
@@ -453,18 +504,22 @@ def ingest_until_searchable(peer, n: int, probe_queries: np.ndarray | None, prob
             "host_busy_s": round(h1 - h0, 3),
             "probe": None if prober is None else {
                 "queries": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
-                "errors": len(errors), "first_error": errors[0] if errors else None}}
+                "errors": len(errors), "first_error": errors[0] if errors else None,
+                "incomplete": getattr(peer, "incomplete", 0) - incomplete0,
+                "lat_ms": samples_ms(lat)}}
 
 
 def idle_recall(peer, queries: np.ndarray, truth: np.ndarray) -> dict:
     lat, hits = [], 0
+    incomplete0 = getattr(peer, "incomplete", 0)
     for q, t in zip(queries, truth):
         t0 = time.perf_counter()
         got = peer.search(q, K)
         lat.append(time.perf_counter() - t0)
         hits += len(set(got[:K]) & set(int(x) for x in t))
     return {"recall_at_10": round(hits / (K * len(queries)), 4), "queries": len(queries),
-            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+            "incomplete": getattr(peer, "incomplete", 0) - incomplete0, "lat_ms": samples_ms(lat)}
 
 
 def run_contender(name: str, vecs: np.ndarray, queries: np.ndarray, truth: np.ndarray,
@@ -489,7 +544,12 @@ def run_contender(name: str, vecs: np.ndarray, queries: np.ndarray, truth: np.nd
         if hasattr(peer, "flush"):  # Milvus: seal and build the index before measuring queries
             t = time.perf_counter()
             peer.flush()
-            out["flush_s"] = round(time.perf_counter() - t, 3)
+            t1 = time.perf_counter()
+            out["flush_s"] = round(t1 - t, 3)
+            out["segments"] = peer.wait_indexed()
+            out["index_build_s"] = round(time.perf_counter() - t1, 3)
+            out["throughput_indexed"] = round(
+                n / (out["ingest"]["seconds"] + out["flush_s"] + out["index_build_s"]), 1)
         out["idle"] = idle_recall(peer, queries, truth)
         out["detail"] = dict(peer.detail)
     finally:
@@ -506,69 +566,207 @@ def run_contender(name: str, vecs: np.ndarray, queries: np.ndarray, truth: np.nd
 
 
 # -- report ---------------------------------------------------------------------------
+# Figure name -> where it sits in one run's row of a contender.
+FIGURES = {
+    "throughput": ("ingest", "throughput"),
+    "throughput_indexed": ("throughput_indexed",),  # Milvus: insert + flush + index build
+    "recall_at_10": ("idle", "recall_at_10"),
+    "p50_idle_ms": ("idle", "p50_ms"),
+    "p99_idle_ms": ("idle", "p99_ms"),
+    "p50_under_ingest_ms": ("under_ingest", "probe", "p50_ms"),
+    "p99_under_ingest_ms": ("under_ingest", "probe", "p99_ms"),
+    "queries_under_ingest": ("under_ingest", "probe", "queries"),
+    "incomplete_idle": ("idle", "incomplete"),  # engine: recalls missing a shard
+    "incomplete_under_ingest": ("under_ingest", "probe", "incomplete"),
+    "bytes_per_vector": ("bytes_per_vector",),
+    "flush_s": ("flush_s",),
+    "index_build_s": ("index_build_s",),
+}
+# Ratio name -> (engine figure, peer figure).
+RATIOS = {
+    "throughput": ("throughput", "throughput"),
+    "throughput_vs_indexed": ("throughput", "throughput_indexed"),
+    "recall_at_10": ("recall_at_10", "recall_at_10"),
+    "p99_idle": ("p99_idle_ms", "p99_idle_ms"),
+    "p99_under_ingest": ("p99_under_ingest_ms", "p99_under_ingest_ms"),
+    "bytes_per_vector": ("bytes_per_vector", "bytes_per_vector"),
+}
+
+
+def figures(row: dict) -> dict:
+    """The FIGURES of one contender's row of one run (absent ones left out)."""
+    out = {}
+    for name, path in FIGURES.items():
+        v = row
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        if v is not None:
+            out[name] = v
+    return out
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": round(float(np.median(values)), 4), "min": round(float(min(values)), 4),
+            "max": round(float(max(values)), 4), "n": len(values)}
+
+
 def ratios(rows: dict) -> dict:
+    """engine / peer for each RATIOS figure, within one run."""
     e = rows.get("engine")
     if not e or "error" in e:
         return {}
+    fe = figures(e)
     out = {}
     for name, r in rows.items():
         if name == "engine" or "error" in r:
             continue
-        out[f"engine/{name}"] = {
-            "throughput": round(e["ingest"]["throughput"] / r["ingest"]["throughput"], 3),
-            "recall_at_10": round(e["idle"]["recall_at_10"] / r["idle"]["recall_at_10"], 3),
-            "p99_idle": round(e["idle"]["p99_ms"] / r["idle"]["p99_ms"], 3),
-            "p99_under_ingest": (round(e["under_ingest"]["probe"]["p99_ms"] / r["under_ingest"]["probe"]["p99_ms"], 3)
-                                 if r["under_ingest"]["probe"]["p99_ms"] else None),
-            "bytes_per_vector": (round(e["bytes_per_vector"] / r["bytes_per_vector"], 3)
-                                 if r["bytes_per_vector"] > 0 else None),
-        }
+        fp = figures(r)
+        out[f"engine/{name}"] = {k: round(fe[a] / fp[b], 3) for k, (a, b) in RATIOS.items()
+                                 if a in fe and fp.get(b)}
     return out
 
 
-def print_table(ds: str, rows: dict) -> None:
-    print(f"\n{ds}: peer | vec/s | recall@10 | p50/p99 idle ms | p50/p99 under ingest ms | B/vector")
-    for name, r in rows.items():
-        if "error" in r:
-            print(f"  {name}: ERROR {r['error'][:300]}")
+def summarise(runs: list[dict], peers: list[str]) -> tuple[dict, dict]:
+    """Median and min–max over the repeats: of each figure per contender, and
+    of each per-run ratio."""
+    summary = {}
+    for name in peers:
+        ok = [run[name] for run in runs if "error" not in run[name]]
+        errors = [run[name]["error"] for run in runs if "error" in run[name]]
+        figs = [figures(r) for r in ok]
+        summary[name] = {k: spread([f[k] for f in figs if k in f]) for k in FIGURES if any(k in f for f in figs)}
+        summary[name]["runs_ok"] = len(ok)
+        if errors:
+            summary[name]["errors"] = errors
+    per_run = [ratios(run) for run in runs]
+    pairs = sorted({pair for rs in per_run for pair in rs})
+    ratio_summary = {}
+    for pair in pairs:
+        vals = [rs[pair] for rs in per_run if pair in rs]
+        ratio_summary[pair] = {k: spread([v[k] for v in vals if k in v]) for k in RATIOS
+                               if any(k in v for v in vals)}
+    return summary, ratio_summary
+
+
+def fmt(sp: dict | None, digits: int = 2) -> str:
+    if not sp:
+        return "-"
+    if sp["n"] == 1 or sp["min"] == sp["max"]:
+        return f"{sp['median']:,.{digits}f}"
+    return f"{sp['median']:,.{digits}f} [{sp['min']:,.{digits}f}–{sp['max']:,.{digits}f}]"
+
+
+def print_table(ds: str, summary: dict, ratio_summary: dict) -> None:
+    print(f"\n{ds}: median [min–max] over the repeats")
+    print("  peer | vec/s until searchable | recall@10 | p50 / p99 idle ms | p50 / p99 under ingest ms (queries) | B/vector")
+    for name, f in summary.items():
+        if not f["runs_ok"]:
+            print(f"  {name}: ERROR {f['errors'][0][:300]}")
             continue
-        pr = r["under_ingest"]["probe"]
-        print(f"  {name:8s} {r['ingest']['throughput']:10.0f} {r['idle']['recall_at_10']:.4f} "
-              f"{r['idle']['p50_ms']}/{r['idle']['p99_ms']} {pr['p50_ms']}/{pr['p99_ms']} ({pr['queries']} q) "
-              f"{r['bytes_per_vector']:.0f}")
+        line = (f"  {name:8s} {fmt(f.get('throughput'), 0)} | {fmt(f.get('recall_at_10'), 4)} | "
+                f"{fmt(f.get('p50_idle_ms'))} / {fmt(f.get('p99_idle_ms'))} | "
+                f"{fmt(f.get('p50_under_ingest_ms'), 1)} / {fmt(f.get('p99_under_ingest_ms'), 1)} "
+                f"({fmt(f.get('queries_under_ingest'), 0)}) | {fmt(f.get('bytes_per_vector'), 0)}")
+        inc = [f[k]["max"] for k in ("incomplete_idle", "incomplete_under_ingest") if k in f]
+        if any(inc):
+            line += (f"  INCOMPLETE recalls idle {fmt(f.get('incomplete_idle'), 0)}, "
+                     f"under ingest {fmt(f.get('incomplete_under_ingest'), 0)}")
+        if "throughput_indexed" in f:
+            line += (f"\n           until indexed {fmt(f['throughput_indexed'], 0)} vec/s "
+                     f"(flush {fmt(f['flush_s'])} s, index build {fmt(f['index_build_s'])} s)")
+        print(line)
+    for pair, rs in ratio_summary.items():
+        print(f"  {pair}: " + "  ".join(f"{k} {fmt(v, 3)}" for k, v in rs.items()))
+
+
+COLORS = {"engine": "C0", "chroma": "C1", "milvus": "C2", "hnswlib": "C7"}
 
 
 def plot(result: dict, path: str) -> None:
+    """Throughput (median, min–max bars) and recall@10 against p99 latency (medians)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sets = list(result["datasets"])
     fig, axes = plt.subplots(len(sets), 2, figsize=(11, 4 * len(sets)), squeeze=False)
-    colors = {"engine": "C0", "chroma": "C1", "milvus": "C2", "hnswlib": "C7"}
+    reps = result["params"]["repeats"]
     for row, ds in enumerate(sets):
-        rows = {k: v for k, v in result["datasets"][ds]["peers"].items() if "error" not in v}
+        rows = {k: v for k, v in result["datasets"][ds]["peers"].items() if v["runs_ok"]}
         shape = result["datasets"][ds]["shape"]
         ax = axes[row][0]
         names = list(rows)
-        ax.bar(names, [rows[p]["ingest"]["throughput"] for p in names], color=[colors[p] for p in names])
+        med = [rows[p]["throughput"]["median"] for p in names]
+        err = [[m - rows[p]["throughput"]["min"] for p, m in zip(names, med)],
+               [rows[p]["throughput"]["max"] - m for p, m in zip(names, med)]]
+        ax.bar(names, med, yerr=err, capsize=4, color=[COLORS[p] for p in names])
+        for j, p in enumerate(names):
+            if "throughput_indexed" in rows[p]:
+                ax.plot([j - 0.4, j + 0.4], [rows[p]["throughput_indexed"]["median"]] * 2, "k--", lw=1)
+                ax.annotate("until indexed", (j, rows[p]["throughput_indexed"]["median"]),
+                            fontsize=7, ha="center", va="bottom")
         ax.set_ylabel("vectors/s until searchable")
-        ax.set_title(f"{ds} {shape[0]}x{shape[1]}: ingest throughput")
+        ax.set_title(f"{ds} {shape[0]}x{shape[1]}: ingest throughput (median, min-max of {reps})", fontsize=9)
         ax = axes[row][1]
         for p in names:
-            ax.scatter(rows[p]["idle"]["p99_ms"], rows[p]["idle"]["recall_at_10"], color=colors[p],
+            ax.scatter(rows[p]["p99_idle_ms"]["median"], rows[p]["recall_at_10"]["median"], color=COLORS[p],
                        marker="o", label=f"{p} idle")
-            pr = rows[p]["under_ingest"]["probe"]
-            if pr["p99_ms"]:
-                ax.scatter(pr["p99_ms"], rows[p]["idle"]["recall_at_10"], color=colors[p], marker="x",
-                           label=f"{p} under ingest")
+            if "p99_under_ingest_ms" in rows[p]:
+                ax.scatter(rows[p]["p99_under_ingest_ms"]["median"], rows[p]["recall_at_10"]["median"],
+                           color=COLORS[p], marker="x", label=f"{p} under ingest")
         ax.set_xscale("log")
         ax.set_xlabel("recall latency p99, ms (log)")
         ax.set_ylabel("recall@10")
-        ax.set_title(f"{ds}: recall@10 vs p99 latency (o idle, x under ingest)")
+        ax.set_title(f"{ds}: recall@10 vs p99 latency (medians; o idle, x under ingest)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def cdf(ax, samples: list[float], label: str, color: str) -> None:
+    xs = np.sort(np.asarray(samples))
+    ys = np.arange(1, len(xs) + 1) / len(xs)
+    ax.step(xs, ys, where="post", color=color, label=label,
+            marker="o" if len(xs) < 30 else None, markersize=3)
+
+
+def plot_cdf(result: dict, path: str) -> None:
+    """Latency CDFs (log x) per data set: idle and under ingest, one line per
+    contender, every query of every repeat."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(result["datasets"])
+    fig, axes = plt.subplots(len(sets), 2, figsize=(12, 4.2 * len(sets)), squeeze=False)
+    reps = result["params"]["repeats"]
+    for row, ds in enumerate(sets):
+        runs = result["datasets"][ds]["runs"]
+        for col, (what, title) in enumerate((("idle", "idle (after ingest)"),
+                                             ("under_ingest", f"under ingest (one query every {result['params']['probe_ms']:g} ms)"))):
+            ax = axes[row][col]
+            for name in result["datasets"][ds]["peers"]:
+                lat = []
+                for run in runs:
+                    r = run[name]
+                    if "error" in r:
+                        continue
+                    lat += r["idle"]["lat_ms"] if what == "idle" else r["under_ingest"]["probe"]["lat_ms"]
+                if lat:
+                    cdf(ax, lat, f"{name} ({len(lat)} q; p50 {np.percentile(lat, 50):.2f}, "
+                        f"p99 {np.percentile(lat, 99):.2f} ms)", COLORS[name])
+            ax.set_xscale("log")
+            ax.set_xlabel("single-vector recall latency, ms (log)")
+            ax.set_ylabel("fraction of queries")
+            ax.set_ylim(0, 1.02)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.set_title(f"{ds}: {title}, {reps} repeat(s) pooled", fontsize=9)
+            ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     print(f"wrote {path}")
 
 
@@ -582,17 +780,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1000, help="engine observe / hnswlib add_items batch")
     p.add_argument("--milvus-batch", type=int, default=5000)
     p.add_argument("--probe-ms", type=float, default=10.0)
+    p.add_argument("--repeats", type=int, default=1, help="measure every contender this many times "
+                   "(order rotated each repeat); figures and ratios as median and min-max")
     p.add_argument("--datasets", default="synthetic,stdlib")
     p.add_argument("--peers", default=",".join(PEERS))
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, ingest._interrupt)  # SIGTERM tears the engine instances down too
     peers = [x for x in args.peers.split(",") if x]
     result = {"bench": "peers", "command": "python bench/peers.py " + shlex.join(sys.argv[1:] if argv is None else argv),
               "machine": ingest.machine_info(), "params": vars(args),
               "versions": {d: ingest._version(d) for d in ("chromadb", "pymilvus", "milvus-lite", "faiss-cpu",
                                                          "hnswlib", "scikit-learn", "numpy")},
               "hnsw": {"M": M, "ef_construction": EF_CONSTRUCTION, "ef_search": EF_SEARCH, "metric": "cosine"},
-              "load_before": os.getloadavg(), "datasets": {}}
+              "loadavg_before": ingest.loadavg(), "datasets": {}}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="engram-peers-") as workdir:
         for ds in args.datasets.split(","):
@@ -602,25 +803,35 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{ds}: only {len(vecs)} vectors available", file=sys.stderr)
             queries, base = vecs[:args.queries].copy(), np.ascontiguousarray(vecs[args.queries:])
             truth = exact_neighbours(base, queries, K)
-            rows = {}
-            for name in peers:
-                print(f"{ds}: {name} ...", flush=True)
-                t = time.perf_counter()
-                try:
-                    rows[name] = run_contender(name, base, queries, truth, args, workdir)
-                except Exception as exc:
-                    rows[name] = {"peer": name, "error": f"{type(exc).__name__}: {exc}",
-                                  "traceback": traceback.format_exc()[-3000:]}
-                rows[name]["wall_s"] = round(time.perf_counter() - t, 1)
-                rows[name]["load_after"] = os.getloadavg()
-            result["datasets"][ds] = {"shape": list(base.shape), "data": info, "peers": rows,
-                                      "ratios": ratios(rows)}
-            print_table(ds, rows)
+            runs = []
+            for r in range(args.repeats):
+                order = peers[r % len(peers):] + peers[:r % len(peers)]  # no contender always first
+                rows = {}
+                for name in order:
+                    print(f"{ds} repeat {r + 1}/{args.repeats}: {name} ...", flush=True)
+                    t = time.perf_counter()
+                    try:
+                        rows[name] = run_contender(name, base, queries, truth, args, workdir)
+                    except Exception as exc:
+                        rows[name] = {"peer": name, "error": f"{type(exc).__name__}: {exc}",
+                                      "traceback": traceback.format_exc()[-3000:]}
+                    rows[name]["wall_s"] = round(time.perf_counter() - t, 1)
+                    rows[name]["position"] = order.index(name)
+                    rows[name]["loadavg_after"] = ingest.loadavg()
+                runs.append({name: rows[name] for name in peers})
+            summary, ratio_summary = summarise(runs, peers)
+            result["datasets"][ds] = {"shape": list(base.shape), "data": info, "peers": summary,
+                                      "ratios": ratio_summary, "runs": runs,
+                                      "ratios_per_run": [ratios(run) for run in runs]}
+            print_table(ds, summary, ratio_summary)
     result["wall_s"] = round(time.perf_counter() - t_all, 1)
+    result["loadavg_after"] = ingest.loadavg()
     path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                     f"peers-{socket.gethostname()}-w{args.workers}.json")
     ingest.write_result(result, "peers", args.workers, path)
-    plot(result, os.path.splitext(path)[0] + ".png")
+    stem = os.path.splitext(path)[0]
+    plot(result, stem + ".png")
+    plot_cdf(result, stem + "-cdf.png")
     return 0
 
 
