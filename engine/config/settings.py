@@ -78,7 +78,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("steal-threshold", p.non_negative_int, 1000, "Depth above which an idle worker steals from a ring.", "N"),
     Setting("batch-min", p.positive_int, 10, "Smallest insert batch.", "N"),
     Setting("batch-max", p.positive_int, 1000, "Largest insert batch.", "N"),
-    Setting("query-slice-ms", p.positive_float, 1.5, "While recall queries are arriving, a worker inserts in "
+    Setting("query-slice-ms", p.positive_float, 2.0, "While recall queries are arriving, a worker inserts in "
             "slices of about this long and answers pending queries between them (5 ms slices otherwise).", "MS"),
     Setting("batch-budget-ms", p.positive_float, 50.0, "Time budget of one insert batch (claim, insert, commit).", "MS"),
     Setting("max-spaces", p.positive_int, 1024, "Most memory spaces per engine (bounds label cardinality).", "N"),

@@ -6,7 +6,7 @@ Loop (one iteration)::
                                               └─ none: sleep on the wake signal
 
 Inserting a batch is split into slices with pending recall queries answered
-between them: about ``--query-slice-ms`` (1.5 ms) while queries are arriving
+between them: about ``--query-slice-ms`` (2 ms) while queries are arriving
 (one was answered in the last ``QUERY_RECENT_S``), about 5 ms
 (``QUERY_CHECK_S``) otherwise, so a recall waits for a short slice and an
 ingest without queries pays for few slice boundaries.
