@@ -160,9 +160,12 @@ def test_stream_with_1s_keepalive_pings_stays_open_60s(engine_factory):
         wait_for(lambda: lines.poll(), 30, message="the client started")
         wait_for(lambda: ep.engine().status()["gateway"]["sessions"] == 1, 30, message="the session opened")
         opened = time.monotonic()
-        # While held, the session must stay open on the gateway the whole time.
+        # While held, the session must stay open on the gateway the whole time
+        # (checked until 2 s before the client's own end: it closes the
+        # stream at `seconds`, a moment before its process exits).
         while proc.poll() is None and time.monotonic() - opened < seconds + 60:
-            assert ep.engine().status()["gateway"]["sessions"] == 1 or proc.poll() is not None
+            if time.monotonic() - opened < seconds - 2:
+                assert ep.engine().status()["gateway"]["sessions"] == 1 or proc.poll() is not None
             time.sleep(0.5)
         assert proc.poll() is not None, "hold did not finish"
     finally:
