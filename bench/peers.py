@@ -86,6 +86,7 @@ import psutil  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import cdfplot  # noqa: E402
 import ingest  # noqa: E402  (bench/ingest.py: machine info, host load, version lookup)
 from tests.harness import EngineProcess  # noqa: E402  (ingest put the root on sys.path)
 
@@ -725,13 +726,6 @@ def plot(result: dict, path: str) -> None:
     print(f"wrote {path}")
 
 
-def cdf(ax, samples: list[float], label: str, color: str) -> None:
-    xs = np.sort(np.asarray(samples))
-    ys = np.arange(1, len(xs) + 1) / len(xs)
-    ax.step(xs, ys, where="post", color=color, label=label,
-            marker="o" if len(xs) < 30 else None, markersize=3)
-
-
 def plot_cdf(result: dict, path: str) -> None:
     """Latency CDFs (log x) per data set: idle and under ingest, one line per
     contender, every query of every repeat."""
@@ -755,19 +749,9 @@ def plot_cdf(result: dict, path: str) -> None:
                         continue
                     lat += r["idle"]["lat_ms"] if what == "idle" else r["under_ingest"]["probe"]["lat_ms"]
                 if lat:
-                    cdf(ax, lat, f"{name} ({len(lat)} q; p50 {np.percentile(lat, 50):.2f}, "
-                        f"p99 {np.percentile(lat, 99):.2f} ms)", COLORS[name])
-            ax.set_xscale("log")
-            ax.set_xlabel("single-vector recall latency, ms (log)")
-            ax.set_ylabel("fraction of queries")
-            ax.set_ylim(0, 1.02)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.set_title(f"{ds}: {title}, {reps} repeat(s) pooled", fontsize=9)
-            ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+                    cdfplot.line(ax, lat, name, COLORS[name])
+            cdfplot.axes(ax, "single-vector recall latency, ms (log)", f"{ds}: {title}, {reps} repeat(s) pooled")
+    cdfplot.save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

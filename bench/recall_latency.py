@@ -42,6 +42,7 @@ import psutil  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import cdfplot  # noqa: E402
 import ingest  # noqa: E402
 
 
@@ -148,23 +149,12 @@ def plot_cdf(result: dict, path: str) -> None:
                [x for m in ms for x in m["lat_ms"]]) for k, ms in result["runs"].items()]
     series.append((f"hnswlib knn_query alone ({result['hnswlib']['vectors']} vectors)", result["hnswlib"]["lat_ms"]))
     for j, (label, lat) in enumerate(series):
-        xs = np.sort(np.asarray(lat))
-        ax.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post",
-                color="C7" if label.startswith("hnswlib") else f"C{j}",
-                label=f"{label}: {len(xs)} q, p50 {np.percentile(xs, 50):.2f}, p99 {np.percentile(xs, 99):.2f} ms")
+        cdfplot.line(ax, lat, label, "C7" if label.startswith("hnswlib") else f"C{j}")
     p = result["parameters"]
-    ax.set_xscale("log")
-    ax.set_xlabel("recall latency, ms (log)")
-    ax.set_ylabel("fraction of queries")
-    ax.set_ylim(0, 1.02)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"recall under full ingest: {p['workers']} workers, {p['dim']}-d, {p['qps']:g} recalls/s, "
-                 f"{p['repeats']} x {p['seconds']:g} s per setting", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+    cdfplot.axes(ax, "recall latency, ms (log)",
+                 f"recall under full ingest: {p['workers']} workers, {p['dim']}-d, {p['qps']:g} recalls/s, "
+                 f"{p['repeats']} x {p['seconds']:g} s per setting")
+    cdfplot.save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
