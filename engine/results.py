@@ -1,4 +1,4 @@
-"""What the engine's calls return, local and remote alike: ``Ack`` and ``RecallResult``.
+"""What the engine's calls return, local and remote alike: ``Ack``, ``ForgetResult`` and ``RecallResult``.
 
 No shared-memory import here: the remote client (``engine.client``) uses
 these without loading the engine's process code.
@@ -23,6 +23,22 @@ class Ack:
     accepted: int
     rejected: dict[str, int] = field(default_factory=dict)
     backpressure: str = "normal"
+    message: str = ""
+
+
+@dataclass
+class ForgetResult:
+    """Outcome of one forget call. Accepted forgets are the leading
+    ``accepted`` ids of the call; ``not_found`` of them named no observation
+    the space held when they were accepted (not an error). ``applied``: every
+    accepted forget was applied (no recall returns those ids any more); False
+    when the call did not wait or its wait ran out first."""
+
+    accepted: int
+    not_found: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    backpressure: str = "normal"
+    applied: bool = False
     message: str = ""
 
 
