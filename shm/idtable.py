@@ -52,7 +52,8 @@ HEADER_BYTES = 64
 ABSENT = np.iinfo(np.int32).min  # ``holders`` of a key the table does not hold
 NO_FLOOR = np.iinfo(np.uint64).max
 _K1 = np.uint64(0x9E3779B97F4A7C15)
-_K2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_K2_INT = 0xC2B2AE3D27D4EB4F
+_U64 = (1 << 64) - 1
 
 
 class TableFull(LayoutError):
@@ -115,7 +116,7 @@ class IdTable:
         return int(self._hdr[3])
 
     def _home(self, space: int, ids: np.ndarray) -> np.ndarray:
-        h = (ids.astype(np.uint64) * _K1) ^ (np.uint64(space + 1) * _K2)
+        h = (ids.astype(np.uint64) * _K1) ^ np.uint64((space + 1) * _K2_INT & _U64)
         return ((h * _K1) >> self.shift).astype(np.int64)
 
     def _probe(self, space: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

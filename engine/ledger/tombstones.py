@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 MARGIN_NS = 1_000_000_000
-CHUNK = 1 << 16
+CHUNK = 1 << 18
 MAX_DROP = 4096
 INTERVAL_S = 0.2
 

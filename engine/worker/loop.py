@@ -66,6 +66,8 @@ UTILIZATION_WINDOW_S = 1.0
 # seconds of inserting (it splits add_items into slices of that length), so
 # a recall waits about this long, not a whole --batch-budget-ms batch.
 QUERY_CHECK_S = 0.005
+# How often a worker looks for live counts of its slot that other slots changed.
+COUNTS_EVERY_S = 0.25
 # Queries count as "arriving" this long after the last one was answered.
 QUERY_RECENT_S = 1.0
 class Worker(ClaimTaking, PoisonGuard):
@@ -97,6 +99,8 @@ class Worker(ClaimTaking, PoisonGuard):
         self.query_slice_s = p.query_slice_ms / 1000.0
         self.window_start = clock()
         self.book = Book(inst.ids, slot)  # forget and upsert (engine.ledger)
+        self.published = np.zeros(inst.params.max_spaces, np.int64)  # index_vectors as last published
+        self.counts_due = 0.0
         self.compactor = Compactor(shards, self.book, p.compact_ratio, self.metrics, clock)
         # Recall health: the reserved probe shard answers PROBE_SPACE (engine.recallhealth.probeset).
         self.search = (probe_shard or ProbeShard.for_params(p)).route(self.held_search)
@@ -134,6 +138,7 @@ class Worker(ClaimTaking, PoisonGuard):
         """One iteration; returns True if it did any work."""
         self.heartbeat()
         self.report_utilization()
+        self.publish_changed()
         if self.store is not None:
             if self.store.blocked is not None:
                 return self.step_blocked()
@@ -274,9 +279,21 @@ class Worker(ClaimTaking, PoisonGuard):
     def publish_counts(self, space: int) -> None:
         """Live vectors this slot holds of ``space``, and dead ones its shard still keeps."""
         held = self.book.held(space)
+        self.published[space] = held
         self.metrics.set("index_vectors", float(held), memory_space=space)
         self.metrics.set("index_deleted_vectors", float(max(0, self.shards.count(space) - held)),
                          memory_space=space)
+
+    def publish_changed(self) -> None:
+        """Counts of spaces whose live vectors on this slot another slot changed
+        (a forget or a replacement applied there), about every ``COUNTS_EVERY_S``."""
+        now = self.clock()
+        if now < self.counts_due:
+            return
+        self.counts_due = now + COUNTS_EVERY_S
+        held = self.book.table.held[self.slot]
+        for space in np.flatnonzero(held != self.published):
+            self.publish_counts(int(space))
 
     def commit(self, ring, claim: Claim) -> None:
         """Commit, or keep the claim for a later try when the ring's lock stays
