@@ -81,3 +81,15 @@ def apply_ops(book: Book, shards, space: int, kind: int, ids: np.ndarray, stamps
         if len(here):
             shards.delete(space, ids[here])
     return chosen, prev
+
+
+def keep_rows(ids: np.ndarray, dist: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's entries where ``ok``, in order, cut to the narrowest row's
+    count (a result array has one width)."""
+    width = int(ok.sum(axis=1).min()) if len(ok) else 0
+    out_ids = np.zeros((len(ids), width), ids.dtype)
+    out_dist = np.zeros((len(ids), width), dist.dtype)
+    for r in range(len(ids)):
+        out_ids[r] = ids[r][ok[r]][:width]
+        out_dist[r] = dist[r][ok[r]][:width]
+    return out_ids, out_dist

@@ -227,7 +227,10 @@ class Engine(Recalling):
 
     def _not_found(self, idx: int, ids: np.ndarray) -> int:
         """How many of ``ids`` the space neither holds nor has an observation
-        of queued (the forget will find it when it is applied)."""
+        of queued (the forget will find it when it is applied). The rings are
+        read before the table is looked at again: an observation that leaves
+        a ring has been applied to the table before (a worker commits after
+        applying), so none slips between the two."""
         absent = book.absent(self.inst.ids, idx, ids)
         if not absent.any():
             return 0
@@ -239,6 +242,8 @@ class Engine(Recalling):
                 continue  # counted as not found: a count, never a decision
         if queued:
             absent &= ~np.isin(ids, np.concatenate(queued))
+        if absent.any():
+            absent[absent] = book.absent(self.inst.ids, idx, ids[absent])
         return int(absent.sum())
 
     def _wait_applied(self, marks: list, timeout: float) -> bool:

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from engine.distances import exact_distances
-from engine.ledger.book import OBSERVE, newest
+from engine.ledger.book import OBSERVE, keep_rows, newest
 from engine.producer import validation
 from engine.producer.recall import merge
 from engine.results import RecallResult
@@ -69,7 +69,7 @@ class Recalling:
             parts, ok = self.queries.ask(idx, part_q, k, max(ef, k), targets, deadline, answered)
             self.breakers.note(targets, answered, outcomes)
             if masked is not None and len(masked):
-                parts = [_without(i, d, masked) for i, d in parts]
+                parts = [keep_rows(i, d, ~np.isin(i, masked)) for i, d in parts]
             complete = complete and ok
             if fresh_part is not None:
                 parts.append((fresh_part[0][lo:lo + chunk], fresh_part[1][lo:lo + chunk]))
@@ -119,14 +119,3 @@ class Recalling:
         kk = min(k, len(ids))
         top = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
         return ids[top], np.take_along_axis(dist, top, axis=1), masked, ok
-
-
-def _without(ids: np.ndarray, dist: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A shard's answer without the ids in ``masked`` (each row keeps its
-    order; rows are cut to a common width)."""
-    ok = ~np.isin(ids, masked)
-    if ok.all():
-        return ids, dist
-    width = int(ok.sum(axis=1).min())
-    return (np.stack([ids[r][ok[r]][:width] for r in range(len(ids))]).reshape(len(ids), width),
-            np.stack([dist[r][ok[r]][:width] for r in range(len(ids))]).reshape(len(ids), width))

@@ -11,6 +11,11 @@ between them: about ``--query-slice-ms`` (2 ms) while queries are arriving
 (``QUERY_CHECK_S``) otherwise, so a recall waits for a short slice and an
 ingest without queries pays for few slice boundaries.
 
+Forget and upsert (``engine.worker.ledgering``, ``engine.ledger``): each
+claim's operations go through the identity table before the shard (newest
+stamp wins), recall keeps only what the table says this slot holds, and a
+shard past ``--compact-ratio`` is rebuilt in slices between batches.
+
 Taking work (``engine.worker.taking``): claims handed to this slot, its own
 rings high → normal → low, then stealing. Stolen records go into this
 slot's own shard for their space. A claim a worker died inside is handled
@@ -51,8 +56,9 @@ from engine.worker.scheduler import BatchSizer, LaneScheduler
 from engine.worker.taking import ClaimTaking
 from engine.errors import ResizeError
 from engine.worker.shards import ShardSet
-from engine.ledger.book import FORGET, Book, apply_ops
+from engine.ledger.book import FORGET, Book
 from engine.ledger.compaction import Compactor
+from engine.worker.ledgering import Ledgering, groups_of
 from engine.control.spaces import SpaceRegistry
 from metrics.writer import MetricWriter, NullWriter
 from shm.errors import LockTimeout
@@ -67,11 +73,9 @@ UTILIZATION_WINDOW_S = 1.0
 # seconds of inserting (it splits add_items into slices of that length), so
 # a recall waits about this long, not a whole --batch-budget-ms batch.
 QUERY_CHECK_S = 0.005
-# How often a worker looks for live counts of its slot that other slots changed.
-COUNTS_EVERY_S = 0.25
 # Queries count as "arriving" this long after the last one was answered.
 QUERY_RECENT_S = 1.0
-class Worker(ClaimTaking, PoisonGuard):
+class Worker(ClaimTaking, PoisonGuard, Ledgering):
     def __init__(self, inst: Instance, slot: int, shards: ShardSet, clock=time.monotonic,
                  hooks: Hooks = NO_HOOKS, probe_shard: ProbeShard | None = None):
         p = inst.params
@@ -161,33 +165,6 @@ class Worker(ClaimTaking, PoisonGuard):
             self.sleep()
         return worked
 
-    def compact(self) -> bool:
-        """One slice of shard compaction (``engine.ledger.compaction``), if one is due."""
-        space = self.compactor.job.space if self.compactor.job is not None else None
-        if not self.compactor.step():
-            return False
-        if space is not None and self.compactor.job is None:  # swapped in
-            self.counts[space] = self.shards.count(space)
-            self.publish_counts(space)
-        return True
-
-    def held_search(self, space: int, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
-        """Search the space's shard, keeping only the vectors the identity table
-        says this slot holds: a copy left behind by a replacement or a forget
-        applied elsewhere is marked deleted here when a search meets it, and the
-        search runs again (at most twice); what is still foreign is cut out."""
-        for _ in range(3):
-            ids, dist = self.shards.search(space, queries, k, ef)
-            if ids.size == 0:
-                return ids, dist
-            ok = self.book.held_here(space, ids.astype(np.uint64))
-            if ok.all():
-                return ids, dist
-            stale = np.unique(ids[~ok]).astype(np.uint64)
-            self.shards.delete(space, stale)
-            self.compactor.touch(space, stale)
-        return _keep(ids, dist, ok)
-
     def answer_queries(self) -> int:
         """Answer recall requests addressed to this slot (between insert slices)."""
         t0 = time.perf_counter()
@@ -227,7 +204,7 @@ class Worker(ClaimTaking, PoisonGuard):
         self.live.claim_ring, self.live.claim_start = claim.ring, claim.start
         started = time.monotonic()
         t0, q0 = time.perf_counter(), self.query_s
-        groups = _groups(spaces, kinds)
+        groups = groups_of(spaces, kinds)
         todo = []
         try:
             for space, kind, sel in groups:
@@ -264,41 +241,6 @@ class Worker(ClaimTaking, PoisonGuard):
             if not self.store.log(claim, todo):
                 return  # blocked: the store commits it once the log takes it
         self.commit(ring, claim)
-
-    def _apply(self, space: int, kind: int, ids, stamps, vectors, positions) -> tuple:
-        """Apply one space's operations of one kind (``engine.ledger.book``);
-        returns what to log: the ones that applied (an older one is dropped)."""
-        if not 0 <= space < len(self.counts):
-            self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="other")
-            raise ValueError(f"ring record names space {space}, outside [0, {len(self.counts)})")
-
-        def insert(sp, chosen):
-            self._insert(sp, ids[chosen], vectors[chosen], None if positions is None else positions[chosen])
-        chosen, _ = apply_ops(self.book, self.shards, space, kind, ids, stamps, vectors, insert)
-        self.counts[space] = self.shards.count(space)
-        self.compactor.touch(space, ids[chosen])
-        if kind == FORGET:
-            return space, kind, ids[chosen], stamps[chosen], None
-        return space, kind, ids[chosen], stamps[chosen], vectors[chosen]
-
-    def publish_counts(self, space: int) -> None:
-        """Live vectors this slot holds of ``space``, and dead ones its shard still keeps."""
-        held = self.book.held(space)
-        self.published[space] = held
-        self.metrics.set("index_vectors", float(held), memory_space=space)
-        self.metrics.set("index_deleted_vectors", float(max(0, self.shards.count(space) - held)),
-                         memory_space=space)
-
-    def publish_changed(self) -> None:
-        """Counts of spaces whose live vectors on this slot another slot changed
-        (a forget or a replacement applied there), about every ``COUNTS_EVERY_S``."""
-        now = self.clock()
-        if now < self.counts_due:
-            return
-        self.counts_due = now + COUNTS_EVERY_S
-        held = self.book.table.held[self.slot]
-        for space in np.flatnonzero(held != self.published):
-            self.publish_counts(int(space))
 
     def commit(self, ring, claim: Claim) -> None:
         """Commit, or keep the claim for a later try when the ring's lock stays
@@ -372,33 +314,6 @@ class Worker(ClaimTaking, PoisonGuard):
         self.live.sleeping = 0
         if woken:
             self.inst.wake[self.slot].drain()
-
-
-def _keep(ids: np.ndarray, dist: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's entries where ``ok``, in order, cut to the narrowest row's
-    count (a result array has one width)."""
-    width = int(ok.sum(axis=1).min()) if len(ok) else 0
-    out_ids = np.zeros((len(ids), width), ids.dtype)
-    out_dist = np.zeros((len(ids), width), dist.dtype)
-    for r in range(len(ids)):
-        out_ids[r] = ids[r][ok[r]][:width]
-        out_dist[r] = dist[r][ok[r]][:width]
-    return out_ids, out_dist
-
-
-def _groups(spaces: np.ndarray, kinds: np.ndarray) -> list[tuple[int, int, object]]:
-    """[(space, kind, selector)] of a claim's records (observes before forgets;
-    their stamps, not this order, decide between operations on one id)."""
-    if not len(spaces):
-        return []
-    if (spaces == spaces[0]).all() and (kinds == kinds[0]).all():
-        return [(int(spaces[0]), int(kinds[0]), slice(None))]
-    out = []
-    for sp in np.unique(spaces):
-        in_space = spaces == sp
-        for kind in np.unique(kinds[in_space]):
-            out.append((int(sp), int(kind), in_space & (kinds == kind)))
-    return out
 
 
 def pin(cpu: int | None) -> None:

@@ -95,6 +95,7 @@ def test_snapshot_shard_of_an_invalid_name_is_skipped_and_counted(tmp_path, capl
 def test_a_dead_runs_records_of_an_invalid_name_are_not_carried_over(monkeypatch, caplog):
     ids, vecs = batch(6, 7)
     ring = SimpleNamespace(ring_id=0, ids=ids, vectors=vecs, spaces=np.array([0, 0, 1, 1, 1, 0]),
+                           stamps=np.arange(6, dtype=np.uint64), kinds=np.zeros(6, np.uint8),
                            uncommitted=lambda: (np.arange(6), np.full(6, -1)))
     old = SimpleNamespace(name="x", slots=1, dim=DIM, rings=[ring], space_names=lambda: {0: LONG, 1: BAD},
                           close=lambda: None)
