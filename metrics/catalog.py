@@ -150,7 +150,24 @@ CATALOG: tuple[Metric, ...] = (
        "was evicted while idle (503).", ("reason",), reason="http_reject"),
     _m("sessions_total", COUNTER, "Gateway session events: opened, resumed after a reconnect, closed "
        "by the client, expired idle, evicted (the table was full and it had no stream).", ("event",)),
-    _m("index_vectors", GAUGE, "Vectors held in the HNSW shards of a memory space.", _SPACE),
+    _m("index_vectors", GAUGE, "Live observations of a memory space (one per id; forgotten and replaced "
+       "vectors are not counted).", _SPACE),
+    # -- forget and upsert (engine.ledger) -------------------------------------
+    _m("forgets_total", COUNTER, "Forgets applied (an id the space held, or a tombstone for one it did not).",
+       _SPACE),
+    _m("index_deleted_vectors", GAUGE, "Vectors still in a space's HNSW shards that are forgotten or replaced: "
+       "memory not yet given back (compaction rebuilds a shard past --compact-ratio).", _SPACE),
+    _m("compactions_total", COUNTER, "Shards rebuilt without their forgotten and replaced vectors.", _SPACE),
+    _m("compaction_duration_seconds", HISTOGRAM, "Time from the start to the swap of one shard's compaction "
+       "(done in slices between batches).", (), (.01, .05, .1, .5, 1, 5, 10, 30, 60, 300)),
+    _m("compaction_reclaimed_bytes_total", COUNTER, "Index bytes given back by compactions (size before minus "
+       "size after).", _SPACE),
+    _m("identity_table_entries", GAUGE, "Keys the identity table tracks: live observations plus tombstones of "
+       "recent forgets.", ()),
+    _m("identity_table_capacity", GAUGE, "Keys the identity table may track (3/4 of its entries, --max-ids).",
+       ()),
+    _m("tombstones_dropped_total", COUNTER, "Tombstones dropped once no older operation on their key could "
+       "still be applied.", ()),
     # -- latencies and sizes --------------------------------------------------
     _m("observation_latency_seconds", HISTOGRAM,
        "Time from enqueue to inserted in an index.", _SPACE, _LAT_BUCKETS),

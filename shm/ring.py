@@ -41,6 +41,11 @@ Layout of one ring inside a segment, starting at ``offset`` (64-byte aligned)::
                                            (the engine's: time.monotonic(), one
                                            clock for every process of the host)
     ...  4*C*D (align 64) vectors  f32[C, D]
+    ...  8*C  (align 64) stamps    u64[C]   the operation's stamp (its order
+                                           among operations on one key;
+                                           engine.ledger), as the producer passes it
+    ...  1*C  (align 64) kinds     u8[C]    0 observe, 1 forget (a forget's
+                                           vector row is not written nor read)
 
 Concurrency contract: every mutation happens under the ring's byte lock in a
 ``shm.lock.LockFile`` (kernel-released on death). ``depth``/``queued`` read
@@ -87,6 +92,8 @@ def ring_bytes(capacity: int, dim: int, claim_slots: int) -> int:
     n += _align(4 * capacity)
     n += _align(8 * capacity)
     n += _align(4 * capacity * dim)
+    n += _align(8 * capacity)
+    n += _align(capacity)
     return n
 
 
@@ -131,6 +138,10 @@ class Ring:
         self.times = np.frombuffer(buf, np.float64, capacity, o)
         o += _align(8 * capacity)
         self.vectors = np.frombuffer(buf, np.float32, capacity * dim, o).reshape(capacity, dim)
+        o += _align(4 * capacity * dim)
+        self.stamps = np.frombuffer(buf, np.uint64, capacity, o)
+        o += _align(8 * capacity)
+        self.kinds = np.frombuffer(buf, np.uint8, capacity, o)
         if init:
             self._hdr[:] = 0
             self._hdr[3] = capacity
@@ -172,9 +183,13 @@ class Ring:
                 f"ring {self.ring_id}: corrupt counters head={head} claimed={claimed} tail={tail}")
         return head, claimed, tail
 
-    def enqueue(self, ids: np.ndarray, vectors: np.ndarray, space: int, now: float,
+    def enqueue(self, ids: np.ndarray, vectors: np.ndarray | None, space: int, now: float,
+                stamps: np.ndarray | None = None, kind: int = 0,
                 journal: tuple[int, int] | None = None, on_publish=None) -> int:
         """Append as many leading records as fit; returns how many were written.
+        ``stamps``: one per record (None: all 0, for the ring's own tests;
+        the engine always passes them); ``kind``: of every record
+        (``vectors`` None for a kind that has none).
 
         With ``journal=(tag_a, tag_b)``, ``on_publish(n)`` runs under the lock
         right after the records are published, inside the journal's open
@@ -193,7 +208,10 @@ class Ring:
                 self.ids[slot:slot + m] = ids[done:done + m]
                 self.spaces[slot:slot + m] = space
                 self.times[slot:slot + m] = now
-                self.vectors[slot:slot + m] = vectors[done:done + m]
+                self.stamps[slot:slot + m] = 0 if stamps is None else stamps[done:done + m]
+                self.kinds[slot:slot + m] = kind
+                if vectors is not None:
+                    self.vectors[slot:slot + m] = vectors[done:done + m]
                 done += m
             if journal is not None:
                 self._journal[1:] = (head, head + n, journal[0], journal[1])
@@ -336,6 +354,22 @@ class Ring:
         e = s + claim.count
         return self.ids[s:e], self.spaces[s:e], self.times[s:e], self.vectors[s:e]
 
+    def view_ops(self, claim: Claim) -> tuple[np.ndarray, np.ndarray]:
+        """Zero-copy views (kinds, stamps) of a claim's records (after ``view``)."""
+        s = claim.start % self.capacity
+        return self.kinds[s:s + claim.count], self.stamps[s:s + claim.count]
+
+    def pending_floor(self) -> int | None:
+        """The smallest stamp among records not yet committed, None if none
+        (no lock: counters may be stale; the caller allows for records being
+        published meanwhile)."""
+        head, tail = int(self._hdr[0]), int(self._hdr[2])
+        if not 0 < head - tail <= self.capacity:
+            return None
+        a, b = tail % self.capacity, head % self.capacity
+        parts = [self.stamps[a:b]] if a < b else [self.stamps[a:], self.stamps[:b]]
+        return int(min(int(x.min()) for x in parts if len(x)))
+
     def uncommitted(self) -> tuple[np.ndarray, np.ndarray]:
         """Records not yet committed, as (slot index of each, claimer of each or
         -1 if never claimed). Records of claims already committed (waiting only
@@ -354,13 +388,10 @@ class Ring:
             slots = (np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)).astype(np.int64)
             return slots[keep], owner[keep]
 
-    def scan(self, space: int) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of (ids, vectors) of every uncommitted record of ``space``."""
+    def scan(self, space: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of (ids, vectors, stamps, kinds) of every uncommitted record of ``space``."""
         with self._lock.hold(self._lock_index, self.lock_timeout):
             head, _, tail = self._counters()
-            if head == tail:
-                return self.ids[:0].copy(), self.vectors[:0].copy()
             slots = np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)
-            mask = self.spaces[slots] == space
-            sel = slots[mask]
-            return self.ids[sel], self.vectors[sel]
+            sel = slots[self.spaces[slots] == space]
+            return self.ids[sel], self.vectors[sel], self.stamps[sel], self.kinds[sel]

@@ -37,7 +37,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 TEST_FLAGS = {
     "workers": "2", "dim": "16", "capacity-high": "2000", "capacity-normal": "20000",
     "capacity-low": "10000", "worker-timeout": "20", "graceful-timeout": "20",
-    "metrics-addr": "127.0.0.1:0", "grpc-addr": "127.0.0.1:0",
+    "metrics-addr": "127.0.0.1:0", "grpc-addr": "127.0.0.1:0", "max-ids": "262144",
 }
 
 

@@ -87,6 +87,9 @@ class Params:
     log_replicas: int = 3
     lease_ttl: float = 10.0
     cluster_snapshot_interval: float = 60.0
+    # Forget and upsert (engine.ledger).
+    max_ids: int = 4_194_304
+    compact_ratio: float = 0.2
     # Derived by the supervisor's plan.
     slots: int = 1
     slot_cpus: tuple[int | None, ...] = ()

@@ -39,6 +39,13 @@ def positive_float(v: Any) -> float:
     return x
 
 
+def fraction(v: Any) -> float:
+    x = float(v)
+    if not 0 < x < 1:
+        raise ValueError("must be between 0 and 1 (exclusive)")
+    return x
+
+
 def workers(v: Any) -> int | str:
     if str(v).strip().lower() == "auto":
         return "auto"

@@ -87,6 +87,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-k", p.positive_int, 256, "Largest k a recall may ask for.", "K"),
     Setting("query-slots", p.positive_int, 16, "Concurrent recall requests in shared memory.", "N"),
     Setting("query-batch", p.positive_int, 16, "Query vectors per recall request slot (larger recalls are chunked).", "N"),
+    Setting("max-ids", p.positive_int, 4_194_304, "Most distinct (space, id) keys the engine tracks at once: live "
+            "observations plus recently forgotten ones (24 bytes of shared memory per table entry, the table "
+            "kept at most 3/4 full).", "N"),
+    Setting("compact-ratio", p.fraction, 0.2, "A shard whose deleted or replaced vectors exceed this share of it "
+            "is rebuilt without them (in slices between batches), giving their memory back.", "X"),
     Setting("shard-initial-capacity", p.positive_int, 1024, "Initial HNSW shard capacity (doubles when full).", "N"),
     Setting("worker-timeout", p.positive_float, 30.0, "Seconds without heartbeat before a worker is killed as hung.", "S"),
     Setting("graceful-timeout", p.positive_float, 30.0, "Seconds to drain queues on SIGTERM before stopping anyway, and again for the workers' final "

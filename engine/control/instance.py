@@ -15,13 +15,14 @@ import os
 import numpy as np
 
 from engine.config import Params
-from engine.control.layouts import (ABSENT_AFTER_S, CLAIM_SLOTS, HEADER_CELLS, LANES, LOCK_RING_BASE,
-                                    PARAMS_BYTES, control_layout, partition_rows, query_layout, ring_capacity, ring_id,
-                                    ring_offsets)
+from engine.control.layouts import (ABSENT_AFTER_S, CLAIM_SLOTS, HEADER_CELLS, LANES, LOCK_IDS, LOCK_RING_BASE,
+                                    PARAMS_BYTES, control_layout, id_table_bytes, id_table_capacity, partition_rows,
+                                    query_layout, ring_capacity, ring_id, ring_offsets)
 from engine.control.records import (GATEWAY, PRODUCER, READER, RUNNING, SUPERVISOR, WORKER, Header, LiveRecord,
                                     SupervisorRecord)
 from metrics.array import MetricArray
 from shm.errors import LayoutError
+from shm.idtable import IdTable
 from shm.layout import MAGIC
 from shm.lock import LockFile
 from shm.ring import Ring
@@ -34,6 +35,9 @@ from shm.segment import Segment, WakeSignal, object_name
 # skips what it wanted this tick. Nothing waits without bound.
 RING_LOCK_TIMEOUT_S = {WORKER: 0.02, PRODUCER: 0.5, GATEWAY: 0.5, SUPERVISOR: 2.0, READER: 2.0}
 CONTROL_LOCK_TIMEOUT_S = 0.5
+# The identity table's lock is held for a batch's table update (well under a
+# millisecond); a writer that meets it taken this long tries again later.
+IDS_LOCK_TIMEOUT_S = 2.0
 
 # Byte offsets inside the control block of what must be read before its
 # sizes are known (the parameters say how many slots, spaces, sessions).
@@ -64,6 +68,7 @@ class Instance:
         self.ctl: dict[str, np.ndarray] = {}
         self.query: dict[str, np.ndarray] = {}
         self.metrics: MetricArray | None = None
+        self.ids: IdTable | None = None
         self.locks = LockFile.open(os.path.join(params.data_dir, "engine.locks"))
 
     # -- construction ------------------------------------------------------
@@ -135,6 +140,9 @@ class Instance:
             qlayout.init(qseg.buf)
         else:
             self.query = qlayout.views(qseg.buf)
+        iseg = self._segment("ids", id_table_bytes(p), create)
+        self.ids = IdTable(iseg.buf, id_table_capacity(p), p.slots, p.max_spaces, self.locks, LOCK_IDS,
+                           init=create, lock_timeout=IDS_LOCK_TIMEOUT_S)
         mname = object_name(self.name, "metrics")
         if create:
             self.metrics = MetricArray.create(mname, p.slots, p.max_spaces)
@@ -149,6 +157,7 @@ class Instance:
         if not self.owner:
             return
         self.rings = []
+        self.ids = None
         self.ctl = {}
         self.query = {}
         for seg in self.segments:

@@ -6,10 +6,12 @@ Objects (``<n>`` = instance name; see ``shm.segment.object_name``)::
     /engram.<n>.rings       rings[slot][lane], structure of arrays (shm.ring)
     /engram.<n>.query       recall request slots (engine.control.query)
     /engram.<n>.metrics     metric array, one row per writer (metrics.array)
+    /engram.<n>.ids         identity table: (space, id) -> stamp, holder (shm.idtable;
+                            what it means: engine.ledger)
     sem /engram.<n>.wake.<slot>    wakes a sleeping worker
     sem /engram.<n>.qdone.<j>      wakes the client waiting on query slot j
-    <data-dir>/engine.locks        fcntl byte locks: 0 control, 64+r ring r,
-                                   4096+j query slot j
+    <data-dir>/engine.locks        fcntl byte locks: 0 control, 1 breakers,
+                                   2 identity table, 64+r ring r, 4096+j query slot j
 
 Control block (``control_layout``), shown for S = 2 slots, M = 1024 spaces,
 X = 256 sessions (``Layout.describe()``; tests/unit keep this table in step)::
@@ -63,6 +65,7 @@ from __future__ import annotations
 from engine.config import Params
 from metrics.array import MetricArray
 from shm.layout import Field, Layout
+from shm.idtable import capacity_for, table_bytes
 from shm.ring import ring_bytes
 
 LANES = ("high", "normal", "low")
@@ -86,6 +89,9 @@ LOCK_CONTROL = 0
 # The breaker table (``breaker``, ``breaker_ring``): every read-modify-write
 # of it is made holding this byte (engine.recallhealth.board).
 LOCK_BREAKER = 1
+# The identity table (shm.idtable): its writers (workers applying operations,
+# the supervisor dropping old tombstones) hold this byte.
+LOCK_IDS = 2
 LOCK_RING_BASE = 64
 LOCK_QUERY_BASE = 4096
 
@@ -146,7 +152,16 @@ def ring_id(slot: int, lane: int) -> int:
     return slot * len(LANES) + lane
 
 
+def id_table_capacity(p: Params) -> int:
+    """Entries of the identity table: ``--max-ids`` at a load of at most 3/4."""
+    return capacity_for(p.max_ids)
+
+
+def id_table_bytes(p: Params) -> int:
+    return table_bytes(id_table_capacity(p), p.slots, p.max_spaces)
+
+
 def required_bytes(p: Params) -> int:
     """Shared memory an instance with parameters ``p`` needs, all segments together."""
     return (control_layout(p.slots, p.max_spaces, p.max_sessions, partition_rows(p)).size + ring_offsets(p)[1]
-            + query_layout(p).size + MetricArray.nbytes(p.slots, p.max_spaces))
+            + query_layout(p).size + MetricArray.nbytes(p.slots, p.max_spaces) + id_table_bytes(p))

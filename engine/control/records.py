@@ -116,7 +116,8 @@ class Header(Record):
     gateway_pid = Cell(12, (GATEWAY,))
     gateway_port = Cell(13, (GATEWAY,), doc="bound gRPC port")
     run_id = Cell(14, (SUPERVISOR,), doc="random id of this run, also in <data-dir>/LOCK (liveness)")
-    # 15: unused
+    stamp_offset = Cell(15, (SUPERVISOR,), doc="ns added to time.monotonic_ns() to make an operation's stamp "
+                        "(engine.ledger.stamps); set before the magic")
 
 
 # Slot states, written by the supervisor into SupervisorRecord.state.

@@ -103,10 +103,15 @@ def collect(inst: Instance, interval: float = 0.0) -> dict:
         workers.append(worker)
     queued, capacity = inst.queued_by_lane(), inst.capacity_by_lane()
     counts = inst.shard_counts
+    held = inst.ids.held
     spaces = {}
     for idx, name in inst.space_names().items():
         col = counts[:, idx]
-        spaces[name] = {"vectors": int(col.sum()), "shards": int((col > 0).sum())}
+        live = int(held[:, idx].sum())
+        # vectors: live observations (one per id); stored: what the shards keep,
+        # forgotten and replaced ones included until a compaction.
+        spaces[name] = {"vectors": live, "stored": int(col.sum()), "deleted": max(0, int(col.sum()) - live),
+                        "shards": int((col > 0).sum())}
     state = int(hdr.bp_state)
     return {
         "name": inst.name,

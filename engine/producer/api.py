@@ -1,8 +1,10 @@
 """The same-host client: ``engine.connect(name)`` → ``Engine``.
 
 observe: validate → admit (priority × backpressure state) → route (home slot
-of the space, spill-over) → enqueue into shared memory with one copy → wake
-the worker if it sleeps. recall: optional exact scan of queued records
+of the space, spill-over) → stamp (engine.ledger.stamps) → enqueue into
+shared memory with one copy → wake the worker if it sleeps. forget: the same
+path with ids only, admitted and queued like ``high`` priority; with
+``wait`` it returns once the workers applied it. recall: optional exact scan of queued records
 (``fresh``), fan-out to every slot holding a shard of the space, top-k merge.
 
 Thread safety: an ``Engine`` may be shared by threads; ring and control
@@ -30,7 +32,10 @@ from engine.control.query import QueryClient
 from engine.control.spaces import SpaceRegistry
 from engine.producer.recalling import Recalling
 from engine.recallhealth import report as recall_report
-from engine.results import Ack
+from engine.ledger import book
+from engine.ledger.book import FORGET, OBSERVE
+from engine.ledger.stamps import StampClock
+from engine.results import Ack, ForgetResult
 from engine.producer.routing import home_slot, spill_order
 from engine.recallhealth.board import BreakerBoard
 from metrics.lease import ProducerRowLease
@@ -54,6 +59,7 @@ class Engine(Recalling):
         self.metric = self.params.metric
         self.spaces = SpaceRegistry(inst)
         self.queries = QueryClient(inst)
+        self.clock = StampClock(inst.header.stamp_offset)
         self._lease: ProducerRowLease | None = None
         self._writer = writer
         self._metrics_lock = threading.Lock()  # a row has one writer: serialise threads
@@ -130,11 +136,14 @@ class Engine(Recalling):
         except LockTimeout:
             self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name, BUSY)
+        if (full := self._ids_full(n)) is not None:
+            self.count_rejected(idx, "over_capacity", n)
+            return Ack(0, {"over_capacity": n}, state_name, full)
         lane = LANE_INDEX[priority]
         if journal is None:
-            written, busy = self._enqueue(space, idx, ids, vectors, lane)
+            written, busy, _ = self._enqueue(idx, ids, vectors, lane, OBSERVE)
         else:
-            written, busy = self._enqueue_one_ring(space, idx, ids, vectors, lane, journal, on_publish)
+            written, busy, _ = self._enqueue_one_ring(space, idx, ids, vectors, lane, OBSERVE, journal, on_publish)
         # The ack carries the state after this batch: what the next one meets.
         state_name = admission.STATES[self.backpressure()]
         if written == n:
@@ -142,6 +151,88 @@ class Engine(Recalling):
         self.count_rejected(idx, "over_capacity", n - written)
         return Ack(written, {"over_capacity": n - written}, state_name,
                    BUSY if busy else f"{priority} lane full: {n - written} of {n} rejected")
+
+    def _ids_full(self, n: int) -> str | None:
+        """Why ``n`` more observations would not fit the identity table, if so:
+        its entries plus every record the rings can hold must stay within
+        3/4 of it (a worker must never meet a full table)."""
+        table = self.inst.ids
+        room = table.capacity * 3 // 4 - table.used - sum(self.inst.capacity_by_lane())
+        if n <= room:
+            return None
+        return (f"identity table full: {table.used} keys tracked, room for {max(0, room)} more "
+                f"(raise --max-ids, now {self.params.max_ids}, or forget observations)")
+
+    # -- forget ------------------------------------------------------------
+    def forget(self, space: str, ids, wait: bool = True, timeout: float = 10.0) -> ForgetResult:
+        """Forget observations of one space by id; see ``ForgetResult``.
+
+        Queued like ``high`` priority (refused only when that lane is full).
+        With ``wait``, returns once every accepted forget is applied (no
+        recall returns those ids any more), or after ``timeout`` seconds with
+        ``applied`` False. Bad input raises InvalidInput, counted as rejected
+        with reason invalid_input."""
+        result, marks = self._forget(space, ids)
+        if wait and result.accepted:
+            result.applied = self._wait_applied(marks, timeout)
+        return result
+
+    def forget_into(self, space: str, ids, journal: tuple[int, int] | None = None, on_publish=None) -> ForgetResult:
+        """``forget`` without waiting; with ``journal``, as ``observe_into``."""
+        return self._forget(space, ids, journal, on_publish)[0]
+
+    def _forget(self, space: str, ids, journal=None, on_publish=None) -> tuple[ForgetResult, list]:
+        p = self.params
+        try:
+            space = validation.space_name(space)
+            ids = validation.ids(ids, p.max_batch_size)
+        except InvalidInput:
+            known = self.spaces.lookup(space) if isinstance(space, str) else None
+            self.count_rejected(known, "invalid_input", _batch_len(ids))
+            raise
+        n = len(ids)
+        self._check_alive()
+        state_name = admission.STATES[self.backpressure()]
+        idx = self.spaces.lookup(space)
+        if idx is None:
+            # A space that was never registered holds nothing, and nothing of
+            # it is queued (a space registers before its first enqueue).
+            if journal is not None and on_publish is not None:
+                on_publish(n)
+            return ForgetResult(n, n, {}, state_name, True), []
+        if self.inst.header.admission_closed:
+            self.count_rejected(idx, "over_capacity", n)
+            return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, "engine is shutting down"), []
+        if blocked := pressure.unwritable(self.inst):
+            self.count_rejected(idx, "over_capacity", n)
+            return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, blocked), []
+        missing = book.not_found(self.inst.ids, idx, ids)
+        lane = LANE_INDEX["high"]
+        if journal is None:
+            written, busy, marks = self._enqueue(idx, ids, None, lane, FORGET)
+        else:
+            written, busy, marks = self._enqueue_one_ring(space, idx, ids, None, lane, FORGET, journal, on_publish)
+        state_name = admission.STATES[self.backpressure()]
+        if written == n:
+            return ForgetResult(n, missing, {}, state_name, False), marks
+        self.count_rejected(idx, "over_capacity", n - written)
+        if written:
+            missing = book.not_found(self.inst.ids, idx, ids[:written])
+        return ForgetResult(written, min(missing, written), {"over_capacity": n - written}, state_name, False,
+                            BUSY if busy else f"high lane full: {n - written} of {n} forgets rejected"), marks
+
+    def _wait_applied(self, marks: list, timeout: float) -> bool:
+        """Until every ring in ``marks`` [(ring, position)] has committed
+        everything before its position (its tail passed it)."""
+        deadline = time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            if all(ring.tail >= end for ring, end in marks):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(0.01, pause * 2)
 
     def _check_alive(self) -> None:
         """Refuse to queue into the shared memory of a run that is gone: nothing
@@ -158,39 +249,47 @@ class Engine(Recalling):
         free = [r.capacity - r.queued() for r in rings]
         return rings, free, spill_order(home_slot(space, inst.slots), free)
 
-    def _enqueue(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int) -> tuple[int, bool]:
-        """(records written, whether a ring's lock was not free in time)."""
-        rings, _, order = self._targets(space, lane)
+    def _enqueue(self, idx: int, ids: np.ndarray, vectors: np.ndarray | None, lane: int,
+                 kind: int) -> tuple[int, bool, list]:
+        """(records written, whether a ring's lock was not free in time,
+        [(ring, head after our records)]). One stamp for the whole call."""
+        rings, _, order = self._targets(self.inst.space_name(idx), lane)
         now = time.monotonic()
+        stamps = np.full(len(ids), self.clock.take(), np.uint64)
         written = 0
         busy = 0
+        marks = []
         for slot in order:
             try:
-                n = rings[slot].enqueue(ids[written:], vectors[written:], idx, now)
+                n = rings[slot].enqueue(ids[written:], None if vectors is None else vectors[written:], idx, now,
+                                        stamps[written:], kind)
             except LockTimeout:
                 busy += 1  # its lock holder is stopped: the next ring in spill order
                 continue
             if n:
                 written += n
+                marks.append((rings[slot], rings[slot].head))
                 self._wake(slot, rings[slot].depth())
             if written == len(ids):
                 break
-        return written, busy > 0
+        return written, busy > 0, marks
 
-    def _enqueue_one_ring(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray, lane: int,
-                          journal: tuple[int, int], on_publish) -> tuple[int, bool]:
+    def _enqueue_one_ring(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray | None, lane: int,
+                          kind: int, journal: tuple[int, int], on_publish) -> tuple[int, bool, list]:
         """Into the first ring in spill order with room for the whole batch,
         else the one with the most room (a leading part goes in)."""
         rings, free, order = self._targets(space, lane)
         fits = [s for s in order if free[s] >= len(ids)]
         slot = fits[0] if fits else max(order, key=lambda s: free[s])
+        stamps = np.full(len(ids), self.clock.take(), np.uint64)
         try:
-            n = rings[slot].enqueue(ids, vectors, idx, time.monotonic(), journal=journal, on_publish=on_publish)
+            n = rings[slot].enqueue(ids, vectors, idx, time.monotonic(), stamps, kind, journal=journal,
+                                    on_publish=on_publish)
         except LockTimeout:
-            return 0, True  # nothing published: the session's number did not move; the client resends
+            return 0, True, []  # nothing published: the session's number did not move; the client resends
         if n:
             self._wake(slot, rings[slot].depth())
-        return n, False
+        return n, False, [(rings[slot], rings[slot].head)] if n else []
 
     def _wake(self, slot: int, depth: int) -> None:
         live = self.inst.live

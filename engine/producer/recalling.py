@@ -1,7 +1,9 @@
 """Recall through the same-host engine (``Engine`` mixes this in).
 
 fan-out: optional exact scan of the space's records still queued (``fresh``,
-read-your-writes), then one request to every slot holding a shard of the
+read-your-writes: per id the newest queued operation that is newer than
+what the identity table has applied decides, so a queued forget hides the
+id and a queued replacement stands in for the indexed vector), then one request to every slot holding a shard of the
 space whose breaker admits it (``engine.recallhealth``) and whose worker
 beats, through the query slots (``engine.control.query``); the answers are
 merged into top-k (``engine.producer.recall.merge``). ``complete`` is False
@@ -16,6 +18,7 @@ import time
 import numpy as np
 
 from engine.distances import exact_distances
+from engine.ledger.book import OBSERVE, newest
 from engine.producer import validation
 from engine.producer.recall import merge
 from engine.results import RecallResult
@@ -47,9 +50,9 @@ class Recalling:
         deadline = started + timeout
         # Scan rings before reading shard counts: a record committed between
         # the two is then seen in the ring or in a shard we ask (DESIGN §5).
-        fresh_part, scanned = None, True
+        fresh_part, scanned, masked = None, True, None
         if fresh:
-            *fresh_part, scanned = self._scan_rings(idx, queries, k)
+            *fresh_part, masked, scanned = self._scan_rings(idx, queries, k)
         counts = self.inst.shard_counts[:, idx]
         holders = [s for s in range(self.inst.slots) if counts[s] > 0]
         now = time.monotonic()
@@ -65,6 +68,8 @@ class Recalling:
             answered: dict = {}
             parts, ok = self.queries.ask(idx, part_q, k, max(ef, k), targets, deadline, answered)
             self.breakers.note(targets, answered, outcomes)
+            if masked is not None and len(masked):
+                parts = [_without(i, d, masked) for i, d in parts]
             complete = complete and ok
             if fresh_part is not None:
                 parts.append((fresh_part[0][lo:lo + chunk], fresh_part[1][lo:lo + chunk]))
@@ -79,20 +84,49 @@ class Recalling:
         return RecallResult(np.vstack([x[:, :width] for x in out_ids]),
                             np.vstack([x[:, :width] for x in out_dist]), complete, tuple(skipped))
 
-    def _scan_rings(self, idx: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Exact candidates among queued records; False when a ring could not
-        be read before its lock deadline (the answer is then incomplete)."""
+    def _scan_rings(self, idx: int, queries: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """Exact candidates among queued observations, the ids whose indexed
+        vector a queued operation overrides (forgotten or replaced), and False
+        when a ring could not be read before its lock deadline (the answer is
+        then incomplete)."""
         found, ok = [], True
         for r in self.inst.rings:
             try:
                 found.append(r.scan(idx))
             except LockTimeout:
                 ok = False
+        none = np.zeros((len(queries), 0), np.uint64), np.zeros((len(queries), 0), np.float32)
         ids = np.concatenate([f[0] for f in found]) if found else np.zeros(0, np.uint64)
         if len(ids) == 0:
-            return np.zeros((len(queries), 0), np.uint64), np.zeros((len(queries), 0), np.float32), ok
+            return (*none, ids, ok)
         vecs = np.concatenate([f[1] for f in found])
+        stamps = np.concatenate([f[2] for f in found])
+        kinds = np.concatenate([f[3] for f in found])
+        pick = newest(ids, stamps)
+        ids, vecs, stamps, kinds = ids[pick], vecs[pick], stamps[pick], kinds[pick]
+        table = self.inst.ids
+        pos = table.find(idx, ids)
+        applied = np.zeros(len(ids), np.uint64)
+        applied[pos >= 0] = table.stamps[pos[pos >= 0]]
+        ahead = (pos < 0) | (stamps >= applied)  # not yet overtaken by what the table applied
+        masked = ids[ahead]
+        keep = ahead & (kinds == OBSERVE)
+        ids, vecs = ids[keep], vecs[keep]
+        if len(ids) == 0:
+            return (*none, masked, ok)
         dist = exact_distances(queries, vecs, self.metric)
         kk = min(k, len(ids))
         top = np.argpartition(dist, kk - 1, axis=1)[:, :kk]
-        return ids[top], np.take_along_axis(dist, top, axis=1), ok
+        return ids[top], np.take_along_axis(dist, top, axis=1), masked, ok
+
+
+def _without(ids: np.ndarray, dist: np.ndarray, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A shard's answer without the ids in ``masked`` (each row keeps its
+    order; rows are cut to a common width)."""
+    ok = ~np.isin(ids, masked)
+    if ok.all():
+        return ids, dist
+    width = int(ok.sum(axis=1).min())
+    return (np.stack([ids[r][ok[r]][:width] for r in range(len(ids))]).reshape(len(ids), width),
+            np.stack([dist[r][ok[r]][:width] for r in range(len(ids))]).reshape(len(ids), width))

@@ -25,6 +25,16 @@ A snapshot covers generations < g and the log holds every batch since, so
 replaying after it adds exactly what is missing; a batch present in both (a
 claim processed again after a crash) is an update of the same label in the
 same shard, never a second vector (hnswlib ``add_items`` on a known label).
+
+Forget and upsert (``engine.ledger``): with a ``book``, the snapshot's
+ledger (``engine.storage.ledgerfile``) puts the slot's rows back into the
+identity table and the shards' deleted marks back into the ``ShardSet``,
+and each logged operation is applied through the table's rule (newest stamp
+wins) as the worker applied it. Every slot recovers at once into the one
+table, so the order between slots does not matter: the newest stamp wins
+whichever slot replays first. A snapshot from before ledgers existed counts
+every vector it holds as live at stamp 0. ``Recovered.gen_floor`` gives the
+smallest stamp replayed from each log generation (the slot's floor).
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import numpy as np
 from engine.config import valid_space
 from engine.storage import snapshots
 from engine.errors import SnapshotError
+from engine.ledger.book import OBSERVE, apply_ops
 from engine.storage.snapshots import Entry
 from engine.storage.walscan import Replayed, replay
 from engine.storage.walgen import generations
@@ -60,6 +71,7 @@ class Recovered:
     vectors: int = 0
     skipped_shards: int = 0  # snapshot shards whose space name does not validate
     skipped_records: int = 0  # logged batches whose space name does not validate
+    gen_floor: dict = field(default_factory=dict)  # log generation -> smallest stamp in it
 
 
 def _candidates(sdir: str, slot: int) -> list[Entry]:
@@ -78,7 +90,7 @@ def _candidates(sdir: str, slot: int) -> list[Entry]:
 
 
 def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, metrics,
-            heartbeat=lambda: None, delay_s: float = 0.0, progress=lambda share: None) -> Recovered:
+            heartbeat=lambda: None, delay_s: float = 0.0, progress=lambda share: None, book=None) -> Recovered:
     """Load the newest good snapshot into ``shards`` and replay the log after it.
     ``register(name) -> space index``; ``publish(space, count)`` after each change;
     ``progress(share)``: the share of the bytes to read done so far (a snapshot
@@ -97,6 +109,7 @@ def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, met
         path = os.path.join(sdir, entry.dir)
         try:
             loaded = snapshots.load(path, meta)
+            ledger = snapshots.load_ledger(path)
         except SnapshotError as exc:
             bad.append(entry)
             metrics.inc("snapshot_fallbacks_total", worker_id=slot)
@@ -114,7 +127,13 @@ def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, met
                           index.get_current_count(), name)
                 continue
             space = register(name)
-            publish(space, shards.adopt(space, index))
+            dead = ledger.dead(name) if ledger is not None else ()
+            publish(space, shards.adopt(space, index, dead))
+            if book is not None and ledger is None:
+                labels = np.asarray(index.get_ids_list(), np.uint64)
+                book.table.apply(space, labels, np.zeros(len(labels), np.uint64), slot)
+        if book is not None and ledger is not None:
+            _restore_rows(slot, ledger, register, book, metrics)
         out.loaded = entry
         progress(min(1.0, entry.bytes / total))
         if delay_s:
@@ -141,7 +160,7 @@ def recover(data_dir: str, slot: int, meta: dict, shards, register, publish, met
         done += _size(path)
         progress(min(1.0, done / total))
     _replay(slot, [(g, p) for g, p in generations(data_dir, slot) if g >= start_gen], register, publish,
-            shards, metrics, heartbeat, out, generation_done)
+            shards, metrics, heartbeat, out, generation_done, book)
     out.uncovered_bytes = sum(os.path.getsize(p) for g, p in generations(data_dir, slot) if g >= start_gen)
     if out.records or out.loaded is not None:
         log.info("slot %d: recovered %d vectors (%s + %d vectors from %d logged batches) in %.1fs", slot,
@@ -157,20 +176,41 @@ def _size(path: str) -> int:
         return 0
 
 
+def _restore_rows(slot: int, ledger, register, book, metrics) -> None:
+    """Put a snapshot's identity-table rows of this slot back (newest stamp wins)."""
+    for name, ids, stamps, forgotten in ledger.rows():
+        if not valid_space(name):
+            metrics.inc("snapshot_shards_skipped_total", worker_id=slot)
+            log.error("slot %d: snapshot ledger holds %d row(s) for %.80r, which is not a valid memory-space "
+                      "name; skipped", slot, len(ids), name)
+            continue
+        space = register(name)
+        book.table.apply(space, ids[~forgotten], stamps[~forgotten], slot)
+        book.table.apply(space, ids[forgotten], stamps[forgotten], -slot - 1)
+
+
 def _replay(slot, gens, register, publish, shards, metrics, heartbeat, out: Recovered,
-            generation_done=lambda path: None) -> None:
+            generation_done=lambda path: None, book=None) -> None:
     last_log = time.monotonic()
 
     skipped: dict[str, list[int]] = {}  # invalid name -> [batches, vectors], per generation
+    gen = 0
 
-    def apply(name: str, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def apply(name: str, ids: np.ndarray, vectors: np.ndarray, stamps: np.ndarray, kind: int) -> None:
         if not valid_space(name):
             counts = skipped.setdefault(name, [0, 0])
             counts[0] += 1
             counts[1] += len(ids)
             return
         space = register(name)
-        publish(space, shards.insert(space, ids, vectors))
+        if len(stamps):
+            out.gen_floor[gen] = min(out.gen_floor.get(gen, int(stamps.min())), int(stamps.min()))
+        if book is None:
+            if kind == OBSERVE:
+                publish(space, shards.insert(space, ids, vectors))
+            return
+        apply_ops(book, shards, space, kind, ids, stamps, vectors,
+                  lambda sp, chosen: publish(sp, shards.insert(sp, ids[chosen], vectors[chosen])))
 
     def progress(stats) -> None:
         nonlocal last_log
@@ -182,7 +222,7 @@ def _replay(slot, gens, register, publish, shards, metrics, heartbeat, out: Reco
 
     for gen, path in gens:
         skipped.clear()
-        stats = replay(path, apply, progress)
+        stats = replay(path, apply, progress, with_ops=True)
         bad_records = sum(c[0] for c in skipped.values())
         out.records += stats.records - bad_records
         out.vectors += stats.vectors - sum(c[1] for c in skipped.values())

@@ -5,8 +5,11 @@ snapshots, and the blocked state when the data directory cannot be written.
 the log after it), open the log at a generation above every snapshot
 (``engine.storage.walgen.WalLog``), set up snapshots (``engine.storage.snapshotter``).
 
-``log(claim, todo)``: append the claim's batches; the worker commits the
-claim only when this returns True. If an append fails (ENOSPC, EFBIG, EIO)
+``log(claim, todo)``: append the claim's batches (one record per space and
+kind, with their stamps); the worker commits the claim only when this
+returns True. The slot's *floor* (``IdTable.floors[slot]``) is the smallest
+stamp in its log files still on disk: a restart replays those, so the
+supervisor keeps every tombstone at or above it (``engine.ledger.tombstones``). If an append fails (ENOSPC, EFBIG, EIO)
 the log has already been cut back to its last complete record (``WalWriter``),
 so no torn record precedes later good ones. The slot is then *blocked*: the
 claim stays uncommitted (its records are in the shard already, and in the
@@ -26,12 +29,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-from engine.storage import recovery
+from engine.storage import ledgerfile, recovery
 from engine.control.instance import Instance
 from engine.config.hooks import NONE as NO_HOOKS, Hooks
 from engine.storage.snapshotter import Snapshotter
 from engine.storage.walgen import WalLog
 from shm.errors import LockTimeout
+from shm.idtable import NO_FLOOR
 from shm.ring import Claim
 
 log = logging.getLogger("engram.worker")
@@ -43,15 +47,16 @@ UNWRITABLE_RETRY_S = 0.5
 class Blocked:
     """A claim inserted but not yet logged because the log could not be written."""
     claim: Claim
-    todo: list  # [(space, ids, vectors)] still to append: views into the claimed ring range
+    todo: list  # [(space, kind, ids, stamps, vectors)] still to append: views into the claimed ring range
     since: float
     retry_at: float
 
 
 class SlotStore:
     def __init__(self, inst: Instance, slot: int, shards, spaces, metrics, clock=time.monotonic,
-                 snapshot_cpus: set[int] | None = None, hooks: Hooks = NO_HOOKS):
+                 snapshot_cpus: set[int] | None = None, hooks: Hooks = NO_HOOKS, book=None):
         self.inst = inst
+        self.book = book  # engine.ledger.book.Book of the slot (recovery applies through it)
         self.hooks = hooks
         self.slot = slot
         self.shards = shards
@@ -63,37 +68,61 @@ class SlotStore:
         self.wal: WalLog | None = None
         self.snapshots: Snapshotter | None = None
         self.blocked: Blocked | None = None
+        self.gen_floor: dict[int, int] = {}  # log generation -> smallest stamp appended to it
 
     def open(self, publish, heartbeat, progress=lambda share: None) -> None:
         """Recover the shards (``publish(space, count)`` as they fill), open the log."""
         p = self.inst.params
         meta = {"slot": self.slot, "dim": p.dim, "metric": p.metric}
         rec = recovery.recover(p.data_dir, self.slot, meta, self.shards, self.spaces.register, publish,
-                               self.metrics, heartbeat, self.hooks.recovery_delay_s, progress)
+                               self.metrics, heartbeat, self.hooks.recovery_delay_s, progress, self.book)
+        self.gen_floor = dict(rec.gen_floor)
         self.wal = WalLog(p.data_dir, self.slot, p.fsync, rec.first_generation)
+        table, shards, name_of = self.inst.ids, self.shards, self.inst.space_name
         self.snapshots = Snapshotter(p.data_dir, self.slot, self.shards, self.inst.space_name, self.wal,
                                      rec.entries, meta, self.metrics, p.snapshot_interval,
                                      p.snapshot_wal_bytes, rec.uncovered_bytes, self.snapshot_cpus,
-                                     self.clock, self.hooks.snapshot_pause_s)
+                                     self.clock, self.hooks.snapshot_pause_s,
+                                     lambda: ledgerfile.collect(table, self.slot, name_of, shards.dead))
+        self.snapshots.on_covered = self._covered
+        self._publish_floor()
         self.metrics.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
 
     # -- appending ------------------------------------------------------------------
     def log(self, claim: Claim, todo: list) -> bool:
-        """Append each (space, ids, vectors) of ``todo``, removing it once logged.
-        False if an append failed: the slot is then blocked on this claim."""
+        """Append each (space, kind, ids, stamps, vectors) of ``todo``, removing
+        it once logged. False if an append failed: the slot is then blocked on
+        this claim."""
         while todo:
-            space, ids, vectors = todo[0]
+            space, kind, ids, stamps, vectors = todo[0]
+            if not len(ids):
+                todo.pop(0)
+                continue
             try:
-                nbytes, synced = self.wal.append(self.inst.space_name(space), ids, vectors)
+                nbytes, synced = self.wal.append(self.inst.space_name(space), ids, vectors, stamps, kind)
             except OSError as exc:
                 self._block(claim, todo, exc)
                 return False
             todo.pop(0)
+            low = int(stamps.min())
+            gen = self.wal.generation
+            if low < self.gen_floor.get(gen, NO_FLOOR):
+                self.gen_floor[gen] = low
+                self._publish_floor()
             self.metrics.inc("wal_appends_total", worker_id=self.slot)
             self.metrics.inc("wal_bytes_total", nbytes, worker_id=self.slot)
             self.snapshots.appended(nbytes)
             self._record_sync(synced)
         return True
+
+    def _covered(self, wal_from: int) -> None:
+        """Log generations below ``wal_from`` were deleted: their stamps no longer replay."""
+        for gen in [g for g in self.gen_floor if g < wal_from]:
+            del self.gen_floor[gen]
+        self._publish_floor()
+
+    def _publish_floor(self) -> None:
+        self.inst.ids.floors[self.slot] = min(self.gen_floor.values(), default=NO_FLOOR)
 
     def _block(self, claim: Claim, todo: list, exc: OSError) -> None:
         now = self.clock()

@@ -5,7 +5,10 @@ Layout, per worker slot i::
     <data-dir>/snapshots/slot-<i>/manifest.json     which snapshots are good (below)
     <data-dir>/snapshots/slot-<i>/gen-<g>/          one snapshot: covers WAL generations < g
         <space>.hnsw                                hnswlib ``save_index`` of that space's shard
-        checksums.json                              per file: space, vectors, bytes, crc32
+        ledger.npz                                  the slot's identity-table rows and deleted
+                                                    marks (engine.storage.ledgerfile)
+        checksums.json                              per file: space, vectors, bytes, crc32;
+                                                    "ledger": bytes, crc32 of ledger.npz
     <data-dir>/snapshots/slot-<i>/tmp-<g>-<pid>/    being written (removed at start if left over)
 
 Writing (``write``): each shard is saved into the temp directory, the file
@@ -45,6 +48,7 @@ from dataclasses import dataclass
 import hnswlib
 
 from engine.errors import SnapshotError
+from engine.storage import ledgerfile
 from engine.fsutil import fsync_dir
 
 FORMAT = 1
@@ -230,8 +234,16 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
+def _plain_crc(path: str) -> tuple[int, int]:
+    crc, n = 0, 0
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            crc, n = zlib.crc32(block, crc), n + len(block)
+    return n, crc
+
+
 def write(sdir: str, gen: int, shards: list[tuple[str, hnswlib.Index]], meta: dict,
-          before_rename=None) -> Entry:
+          before_rename=None, ledger=None) -> Entry:
     """Write a complete snapshot ``gen-<gen>`` of ``shards`` ([(space name, index)]).
     Runs in the snapshot child (or in the worker at a graceful stop). Raises
     OSError or SnapshotError with nothing left behind but a temp directory
@@ -254,8 +266,13 @@ def write(sdir: str, gen: int, shards: list[tuple[str, hnswlib.Index]], meta: di
             files.append({"space": space, "file": name, "vectors": count, "bytes": nbytes, "crc32": crc})
             total += nbytes
             vectors += count
+        extra = {}
+        if ledger is not None:
+            lpath = ledgerfile.write(tmp, ledger() if callable(ledger) else ledger)
+            nbytes, crc = _plain_crc(lpath)
+            extra["ledger"] = {"file": ledgerfile.FILE, "bytes": nbytes, "crc32": crc}
         write_json_atomic(os.path.join(tmp, CHECKSUMS),
-                          {"format": FORMAT, "generation": gen, **meta, "files": files})
+                          {"format": FORMAT, "generation": gen, **meta, "files": files, **extra})
         if before_rename is not None:
             before_rename(tmp)
         if os.path.exists(final):  # a leftover of a run that died before its manifest update
@@ -291,7 +308,28 @@ def verify(path: str, meta: dict) -> list[dict]:
         _, crc, _ = _crc_file(fpath, f.get("vectors"))
         if crc != f.get("crc32"):
             raise SnapshotError(f"{fpath}: CRC-32 mismatch")
+    led = sums.get("ledger")
+    if led is not None:
+        lpath = os.path.join(path, ledgerfile.FILE)
+        try:
+            got = _plain_crc(lpath)
+        except OSError as exc:
+            raise SnapshotError(f"{lpath}: {exc.strerror}") from None
+        if got != (led.get("bytes"), led.get("crc32")):
+            raise SnapshotError(f"{lpath}: size or CRC-32 mismatch")
     return files
+
+
+def load_ledger(path: str) -> "ledgerfile.Ledger | None":
+    """The ledger of a verified snapshot directory; None for a snapshot written
+    before ledgers existed. SnapshotError when it does not parse."""
+    lpath = os.path.join(path, ledgerfile.FILE)
+    if not os.path.exists(lpath):
+        return None
+    try:
+        return ledgerfile.read(lpath)
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"{lpath}: {exc}") from None
 
 
 def load(path: str, meta: dict) -> list[tuple[str, hnswlib.Index]]:

@@ -14,7 +14,8 @@ have passed with something new logged, the worker:
    ``os._exit``s. It first syncs the closed log generation and the log
    directory. All of that is kept off the insert path: the manifest's and the
    directories' fsyncs and the deletion of large files took 40-75 ms when the
-   worker did them. It never touches shared memory or the metric row
+   worker did them. It reads the slot's rows of the identity table
+   (``engine.storage.ledgerfile``); it never writes shared memory or the metric row
    (metrics/writer.py), dies with the worker (parent-death signal), and runs
    at a lower CPU priority on any CPU the supervisor may use, so the workers
    keep theirs;
@@ -60,8 +61,10 @@ RETRY_MAX_S = 60.0
 class Snapshotter:
     def __init__(self, data_dir: str, slot: int, shards, name_of, wal, entries: list[Entry], meta: dict,
                  metrics, interval_s: float, wal_bytes: int, uncovered: int = 0, cpus=None,
-                 clock=time.monotonic, pause_s: float = 0.0):
+                 clock=time.monotonic, pause_s: float = 0.0, ledger=None):
         self.sdir = snapshots.slot_dir(data_dir, slot)
+        self.ledger = ledger  # () -> the ledger file's arrays (engine.storage.ledgerfile.collect)
+        self.on_covered = lambda wal_from: None  # log generations < wal_from are gone
         self.pause_s = pause_s  # test hook (engine.config.hooks): the child waits before writing
         self.slot = slot
         self.shards = shards
@@ -136,7 +139,8 @@ class Snapshotter:
             # The rotation left these syncs to this process, off the insert path.
             self.wal.sync_closed(gen - 1)
             entry = snapshots.write(self.sdir, gen, shards, self.meta,
-                                    (lambda tmp: time.sleep(self.pause_s)) if self.pause_s else None)
+                                    (lambda tmp: time.sleep(self.pause_s)) if self.pause_s else None,
+                                    self.ledger)
             # The bookkeeping too (its fsyncs and deletions would stall the
             # worker): the manifest, then what retention no longer needs.
             kept, dropped, wal_from = snapshots.retain(self.entries + [entry])
@@ -207,6 +211,8 @@ class Snapshotter:
             removed += len(self.wal.remove_below(wal_from)) if wal_from else 0
         except OSError as exc:
             log.warning("slot %d: could not delete covered log files: %s", self.slot, exc)
+        if wal_from:
+            self.on_covered(wal_from)
         m = self.metrics
         m.inc("snapshots_total", worker_id=self.slot, result="ok")
         m.observe("snapshot_duration_seconds", entry.seconds)
@@ -251,7 +257,7 @@ class Snapshotter:
             gen = self.wal.rotate()
             self.pending, self.uncovered = self.uncovered, 0
             self.wal.sync_closed(gen - 1)
-            entry = snapshots.write(self.sdir, gen, self.shards.named(self.name_of), self.meta)
+            entry = snapshots.write(self.sdir, gen, self.shards.named(self.name_of), self.meta, ledger=self.ledger)
         except (OSError, snapshots.SnapshotError) as exc:
             self.uncovered += self.pending
             self.pending = 0

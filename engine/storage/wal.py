@@ -9,10 +9,10 @@ before committing its claim, so at any crash the batch is either in the log
 again is harmless: hnswlib treats a known label in the same shard as an
 update, not a second vector.
 
-Record layout, format 2 (written now; little-endian)::
+Record layout, formats 3 (written now) and 2 (little-endian)::
 
     off  size  field
-    0    4     magic 0x324C4157 (the bytes "WAL2")
+    0    4     magic 0x334C4157 (the bytes "WAL3"), 0x324C4157 ("WAL2")
     4    4     payload length P, u32
     8    8     sequence: the record's index in its file (0, 1, 2, …), u64
     16   4     crc32 of the payload
@@ -26,10 +26,14 @@ Format 1 (written by earlier versions; still read, never written)::
     8    4     crc32 of the payload
     12   P     payload
 
-Payload, both formats: u16 name length N, name (ASCII, N bytes), u32 count
-C, u32 dim D, ids u64[C], vectors f32[C, D]. A file may hold format-1
-records followed by format-2 ones (an old file appended to); each record
-is read by its own magic.
+Payload, formats 1 and 2: u16 name length N, name (ASCII, N bytes), u32
+count C, u32 dim D, ids u64[C], vectors f32[C, D]. Format 3 adds each
+operation's kind and stamps (forget and upsert, ``engine.ledger``): u16 N,
+name, u32 C, u32 D, u8 kind (0 observe, 1 forget: then D is 0 and there are
+no vectors), ids u64[C], stamps u64[C], vectors f32[C, D]. Records of the
+older formats read as observations with stamp 0 (older than anything
+stamped). A file may hold records of several formats (an old file appended
+to); each record is read by its own magic.
 
 Why format 2: format 1 has one checksum over the payload, so after a bad
 record the reader could not trust its length nor tell where the next record
@@ -59,6 +63,8 @@ import numpy as np
 
 MAGIC = 0x314C4157  # format 1
 MAGIC2 = 0x324C4157
+MAGIC3 = 0x334C4157
+OBSERVE, FORGET = 0, 1
 HEADER = struct.Struct("<III")  # format 1: magic, length, payload crc
 HEADER2 = struct.Struct("<IIQII")  # format 2: magic, length, sequence, payload crc, header crc
 MAGIC_PREFIX = b"WAL"  # the first three bytes of both magics; the fourth is the format
@@ -79,7 +85,7 @@ class Frame:
     start: int
     payload_start: int
     end: int
-    seq: int | None  # format 2 only
+    seq: int | None  # formats 2 and 3
     known: bool
     fits: bool
     intact: bool
@@ -87,7 +93,7 @@ class Frame:
     @property
     def trusted_length(self) -> bool:
         """The record's extent is certain even if its payload is damaged."""
-        return self.version == 2 and self.known and self.fits
+        return self.version >= 2 and self.known and self.fits
 
 
 def frame_at(buf, pos: int, size: int) -> Frame | None:
@@ -96,13 +102,13 @@ def frame_at(buf, pos: int, size: int) -> Frame | None:
     if pos + HEADER.size > size:
         return None
     magic, length = struct.unpack_from("<II", buf, pos)
-    if magic == MAGIC2:
+    if magic in (MAGIC2, MAGIC3):
         if pos + HEADER2.size > size:
             return None
         _, _, seq, crc, head_crc = HEADER2.unpack_from(buf, pos)
         known = zlib.crc32(buf[pos:pos + 20]) == head_crc and MIN_PAYLOAD <= length < MAX_PAYLOAD
         body = pos + HEADER2.size
-        version = 2
+        version = 3 if magic == MAGIC3 else 2
     elif magic == MAGIC:
         _, _, crc = HEADER.unpack_from(buf, pos)
         seq, known, body, version = None, MIN_PAYLOAD <= length < MAX_PAYLOAD, pos + HEADER.size, 1
@@ -113,37 +119,58 @@ def frame_at(buf, pos: int, size: int) -> Frame | None:
     return Frame(version, pos, body, body + length, seq, known, fits, intact)
 
 
-def encode_parts(space: str, ids: np.ndarray, vectors: np.ndarray, seq: int) -> list:
-    """A format-2 record as buffers for one ``writev``: the ids and vectors are
-    not copied (the ring's shared-memory views are written as they are)."""
+def encode_parts(space: str, ids: np.ndarray, vectors: np.ndarray | None, seq: int,
+                 stamps: np.ndarray, kind: int = OBSERVE) -> list:
+    """A format-3 record as buffers for one ``writev``: ids, stamps and
+    vectors are not copied (the ring's shared-memory views are written as
+    they are). ``vectors`` None for a forget."""
     name = space.encode("ascii")
-    count, dim = vectors.shape
-    meta = struct.pack("<H", len(name)) + name + struct.pack("<II", count, dim)
-    id_bytes = memoryview(np.ascontiguousarray(ids, dtype="<u8")).cast("B")
-    vec_bytes = memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B")
-    crc = zlib.crc32(vec_bytes, zlib.crc32(id_bytes, zlib.crc32(meta)))
-    length = len(meta) + len(id_bytes) + len(vec_bytes)
-    head = struct.pack("<IIQI", MAGIC2, length, seq, crc)
-    return [head + struct.pack("<I", zlib.crc32(head)), meta, id_bytes, vec_bytes]
+    count = len(ids)
+    dim = 0 if vectors is None else vectors.shape[1]
+    meta = struct.pack("<H", len(name)) + name + struct.pack("<IIB", count, dim, kind)
+    parts = [meta, memoryview(np.ascontiguousarray(ids, dtype="<u8")).cast("B"),
+             memoryview(np.ascontiguousarray(stamps, dtype="<u8")).cast("B")]
+    if vectors is not None:
+        parts.append(memoryview(np.ascontiguousarray(vectors, dtype="<f4")).cast("B"))
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    head = struct.pack("<IIQI", MAGIC3, sum(len(x) for x in parts), seq, crc)
+    return [head + struct.pack("<I", zlib.crc32(head))] + parts
 
 
-def decode(payload: bytes) -> tuple[str, np.ndarray, np.ndarray]:
+def decode(payload: bytes, version: int = 2) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(space, ids, vectors, stamps, kind) of one record's payload; ValueError
+    when it does not parse."""
     (n,) = struct.unpack_from("<H", payload, 0)
     name = payload[2:2 + n].decode("ascii")
     count, dim = struct.unpack_from("<II", payload, 2 + n)
     off = 2 + n + 8
-    if len(payload) != off + count * 8 + count * dim * 4:
+    kind = OBSERVE
+    if version >= 3:
+        (kind,) = struct.unpack_from("<B", payload, off)
+        off += 1
+        if kind not in (OBSERVE, FORGET) or (kind == FORGET and dim):
+            raise ValueError(f"record kind {kind} with dim {dim}")
+    stamped = 8 * count if version >= 3 else 0
+    if len(payload) != off + count * 8 + stamped + count * dim * 4:
         raise ValueError("payload length does not match its count and dim")
     ids = np.frombuffer(payload, "<u8", count, off).astype(np.uint64)
-    vectors = np.frombuffer(payload, "<f4", count * dim, off + count * 8).reshape(count, dim)
-    return name, ids, vectors.astype(np.float32)
+    off += count * 8
+    if version >= 3:
+        stamps = np.frombuffer(payload, "<u8", count, off).astype(np.uint64)
+        off += count * 8
+    else:
+        stamps = np.zeros(count, np.uint64)
+    vectors = np.frombuffer(payload, "<f4", count * dim, off).reshape(count, dim)
+    return name, ids, vectors.astype(np.float32), stamps, int(kind)
 
 
-def replay(path: str, apply, progress=None, cut_tail: bool = True):
+def replay(path: str, apply, progress=None, cut_tail: bool = True, with_ops: bool = False):
     """``engine.storage.walscan.replay`` (imported here on use: walscan reads
     this module's format, so it cannot be imported at the top)."""
     from engine.storage import walscan
-    return walscan.replay(path, apply, progress, cut_tail)
+    return walscan.replay(path, apply, progress, cut_tail, with_ops)
 
 
 class WalWriter:
@@ -164,8 +191,10 @@ class WalWriter:
         self.last_sync = clock()
         self.dirty = False
 
-    def append(self, space: str, ids: np.ndarray, vectors: np.ndarray) -> tuple[int, float | None]:
-        """Append one batch; returns (bytes written, fsync seconds or None).
+    def append(self, space: str, ids: np.ndarray, vectors: np.ndarray | None, stamps: np.ndarray | None = None,
+               kind: int = OBSERVE) -> tuple[int, float | None]:
+        """Append one batch of one kind (``stamps`` None: all 0); returns
+        (bytes written, fsync seconds or None).
 
         Raises OSError (ENOSPC, EFBIG, EIO) with the file cut back to its
         size before the call, so a failed append leaves no torn record in
@@ -173,7 +202,9 @@ class WalWriter:
         the same sequence)."""
         if self.torn:
             self._cut()
-        parts = encode_parts(space, ids, vectors, self.seq)
+        if stamps is None:
+            stamps = np.zeros(len(ids), np.uint64)
+        parts = encode_parts(space, ids, vectors, self.seq, stamps, kind)
         total = sum(len(p) for p in parts)
         try:
             written = os.writev(self.fd, parts)

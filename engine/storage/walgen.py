@@ -144,8 +144,9 @@ class WalLog:
         return self._older + self.writer.size()
 
     # the current generation's writer
-    def append(self, space: str, ids: np.ndarray, vectors: np.ndarray) -> tuple[int, float | None]:
-        return self.writer.append(space, ids, vectors)
+    def append(self, space: str, ids: np.ndarray, vectors: np.ndarray | None, stamps: np.ndarray | None = None,
+               kind: int = 0) -> tuple[int, float | None]:
+        return self.writer.append(space, ids, vectors, stamps, kind)
 
     def sync(self) -> float | None:
         return self.writer.sync()

@@ -133,7 +133,7 @@ class _Walker:
     @staticmethod
     def _decode(view, f: Frame):
         try:
-            return decode(bytes(view[f.payload_start:f.end]))
+            return decode(bytes(view[f.payload_start:f.end]), f.version)
         except (ValueError, UnicodeDecodeError, struct.error):
             return None  # checksums match but the payload does not parse: treated as damaged
 
@@ -180,8 +180,9 @@ class _Walker:
             before = None
 
 
-def replay(path: str, apply, progress=None, cut_tail: bool = True) -> Replayed:
-    """Call ``apply(space, ids, vectors)`` for each intact record, in order;
+def replay(path: str, apply, progress=None, cut_tail: bool = True, with_ops: bool = False) -> Replayed:
+    """Call ``apply(space, ids, vectors)`` (with ``with_ops``: ``apply(space,
+    ids, vectors, stamps, kind)``) for each intact record, in order;
     skip damaged ones in the middle and cut off a damaged tail (unless
     ``cut_tail`` is False: a reader of a log still being written must not).
     ``progress(stats)`` is called after each record."""
@@ -196,8 +197,11 @@ def replay(path: str, apply, progress=None, cut_tail: bool = True) -> Replayed:
                     if isinstance(item, Damage):
                         stats.skipped.append(item)
                         continue
-                    _, space, ids, vectors = item
-                    apply(space, ids, vectors)
+                    _, space, ids, vectors, stamps, kind = item
+                    if with_ops:
+                        apply(space, ids, vectors, stamps, kind)
+                    else:
+                        apply(space, ids, vectors)
                     stats.records += 1
                     stats.vectors += len(ids)
                     if progress is not None:

@@ -32,6 +32,9 @@ from engine import exitcodes, identity
 from engine.control import pressure
 from engine.control import recallstate
 from engine.supervisor.autotune import AutoTune
+from engine.ledger.stamps import Ceiling
+from shm.errors import LockTimeout
+from engine.ledger.tombstones import Tombstones
 from engine.control.instance import Instance
 from engine.control.records import DOWN, PARKED, RUNNING, STARTING, STOPPED
 from engine.errors import InstanceRunning
@@ -63,6 +66,8 @@ class Supervisor:
         self.gateway = Child(-1, None, kind="gateway") if cfg.grpc_addr != "off" else None
         self.prober = Child(-1, None, kind="prober")  # recall probes (engine.prober)
         self.autotune = None  # engine.supervisor.autotune, made in setup
+        self.ceiling = None  # engine.ledger.stamps.Ceiling, made in setup
+        self.tombstones = None  # engine.ledger.tombstones.Tombstones, made in setup
         self.cluster = Child(-1, None, kind="cluster") if getattr(cfg, "cluster", None) else None
         self.policy = RestartPolicy(cfg.flap_restarts, cfg.flap_window, cfg.park_seconds,
                                     cfg.restart_backoff_max)
@@ -103,6 +108,9 @@ class Supervisor:
             removed = remove_instance_objects(cfg.name)
             log.warning("removed %d shared-memory object(s) left by a dead run of %r", len(removed), cfg.name)
         self.inst = Instance.create(params)
+        self.ceiling = Ceiling(cfg.data_dir)
+        self.ceiling.keep()
+        self.inst.header.stamp_offset = self.ceiling.offset  # before any producer or worker stamps
         recallstate.init(self.inst)  # live settings start at the configured values
         salvage.restore(self.inst, carried)
         if saved:
@@ -117,6 +125,7 @@ class Supervisor:
         self.metrics = MetricWriter(self.inst.metrics, self.inst.metrics.row_map.SUPERVISOR)
         if params.autotune == "on":
             self.autotune = AutoTune(self.inst, self.metrics, self.clock)
+        self.tombstones = Tombstones(self.inst, self.ceiling.now, self.metrics)
         for s in self.slots:
             self.inst.sup(s.index).cpu = -1 if s.cpu is None else s.cpu
         if install_signals:
@@ -149,7 +158,21 @@ class Supervisor:
         self.publish()
         if self.autotune is not None and not self.shutdown.draining:
             self.autotune.tick(self.clock())  # pure bookkeeping on shared memory: never blocks
+        self.keep_ids()
         self.shutdown.check()
+
+    def keep_ids(self) -> None:
+        """Forget and upsert's upkeep: the stamp ceiling on disk, old tombstones."""
+        if self.tombstones is None:
+            return
+        try:
+            self.ceiling.keep()
+        except OSError as exc:
+            log.warning("could not write the stamp ceiling %s: %s", self.ceiling.path, exc)
+        try:
+            self.tombstones.tick(self.clock())
+        except LockTimeout:
+            pass  # the table's lock holder is stopped: the next tick tries again
 
     def handle_signals(self) -> None:
         while (sig := self.signals.pop()) is not None:

@@ -47,6 +47,14 @@ class Leftover:
     space: str
     ids: np.ndarray
     vectors: np.ndarray
+    stamps: np.ndarray | None = None  # each record's stamp (engine.ledger); None: all 0
+    kinds: np.ndarray | None = None   # 0 observe, 1 forget; None: all observe
+
+    def __post_init__(self):
+        if self.stamps is None:
+            self.stamps = np.zeros(len(self.ids), np.uint64)
+        if self.kinds is None:
+            self.kinds = np.zeros(len(self.ids), np.uint8)
 
 
 def collect(name: str, slots: int, dim: int) -> list[Leftover]:
@@ -95,7 +103,8 @@ def collect_from(inst: Instance) -> list[Leftover]:
                     invalid[name_of] = invalid.get(name_of, 0) + len(sel)
                     continue
                 out.append(Leftover(slot, lane, None if claimer < 0 else int(claimer), name_of,
-                                    ring.ids[sel].copy(), ring.vectors[sel].copy()))
+                                    ring.ids[sel].copy(), ring.vectors[sel].copy(), ring.stamps[sel].copy(),
+                                    ring.kinds[sel].copy()))
     for bad, n in invalid.items():
         log.error("run of %r: %d queued observation(s) name the memory space %.80r, which is not a "
                   "valid name; dropped, not carried over into any space", inst.name, n, bad)
@@ -116,8 +125,13 @@ def restore(inst: Instance, leftovers: list[Leftover], source: str = "left queue
         idx = spaces.register(space)
         ids = np.concatenate([x.ids for x in items])
         vectors = np.concatenate([x.vectors for x in items])
+        stamps = np.concatenate([x.stamps for x in items])
+        kinds = np.concatenate([x.kinds for x in items])
         ring = inst.ring(target, lane)
-        n = ring.enqueue(ids, vectors, idx, time.monotonic())
+        n = 0
+        for kind in np.unique(kinds):  # each record keeps its stamp: order among operations is kept
+            sel = kinds == kind
+            n += ring.enqueue(ids[sel], vectors[sel], idx, time.monotonic(), stamps[sel], int(kind))
         if claimed and n:
             ring.claim_many(n, n, target)  # still the slot's claim: not stealable
         restored += n

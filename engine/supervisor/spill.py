@@ -18,6 +18,9 @@ verifies; written to a temp name, fsynced, renamed, directory fsynced)::
     space       i8[n]      index into ``names``
     ids         u8[n]
     vectors     f4[n, dim]
+    stamps      u8[n]      each operation's stamp (engine.ledger); absent in
+                           older files: all 0
+    kinds       u1[n]      0 observe, 1 forget; absent in older files: all 0
     names       u1[*]      JSON list of space names
 
 Exactly once: should a start crash after queueing the spilled records and
@@ -60,6 +63,8 @@ def save(data_dir: str, leftovers: list[Leftover]) -> int:
         "space": np.concatenate([np.full(len(x.ids), index[x.space], np.int64) for x in leftovers]),
         "ids": np.concatenate([np.asarray(x.ids, np.uint64) for x in leftovers]),
         "vectors": np.concatenate([np.asarray(x.vectors, np.float32) for x in leftovers]),
+        "stamps": np.concatenate([np.asarray(x.stamps, np.uint64) for x in leftovers]),
+        "kinds": np.concatenate([np.asarray(x.kinds, np.uint8) for x in leftovers]),
         "names": np.frombuffer(json.dumps(names).encode(), np.uint8),
     }
     final = path(data_dir)
@@ -77,11 +82,15 @@ def load(data_dir: str, slots: int, dim: int) -> list[Leftover]:
     try:
         with np.load(where, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("slot", "lane", "claimed_by", "space", "ids", "vectors", "names")}
+            n = len(arrays["ids"])
+            arrays["stamps"] = z["stamps"] if "stamps" in z.files else np.zeros(n, np.uint64)
+            arrays["kinds"] = z["kinds"] if "kinds" in z.files else np.zeros(n, np.uint8)
         names = json.loads(bytes(arrays["names"]))
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise SpillError(f"{where}: unreadable ({exc}); move it aside to start without its records") from None
     n = len(arrays["ids"])
-    if arrays["vectors"].shape != (n, dim) or any(len(arrays[k]) != n for k in ("slot", "lane", "space")):
+    if arrays["vectors"].shape != (n, dim) or any(len(arrays[k]) != n for k in ("slot", "lane", "space", "stamps",
+                                                                               "kinds")):
         raise SpillError(f"{where}: holds {arrays['vectors'].shape} vectors, this engine has dim {dim}; "
                          f"start with the --dim it was written with")
     out: list[Leftover] = []
@@ -95,20 +104,29 @@ def load(data_dir: str, slots: int, dim: int) -> list[Leftover]:
                              f"slot(s): start with the --workers it was written with")
         sel = (keys == key).all(axis=1)
         out.append(Leftover(slot, lane, None if claimed < 0 else claimed, str(names[space]),
-                            arrays["ids"][sel], arrays["vectors"][sel]))
+                            arrays["ids"][sel], arrays["vectors"][sel], arrays["stamps"][sel].astype(np.uint64),
+                            arrays["kinds"][sel].astype(np.uint8)))
     return out
 
 
+def _keys(ids: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    """(id, stamp) pairs as one comparable value each."""
+    pairs = np.stack([np.asarray(ids, np.uint64), np.asarray(stamps, np.uint64)], axis=1)
+    return np.ascontiguousarray(pairs).view(np.dtype((np.void, 16))).ravel()
+
+
 def dedupe(spilled: list[Leftover], carried: list[Leftover]) -> list[Leftover]:
-    """``spilled`` without the (space, id) pairs ``carried`` already holds."""
-    held: dict[str, np.ndarray] = {}
+    """``spilled`` without the (space, id, stamp) operations ``carried`` already holds."""
+    held: dict[str, list] = {}
     for x in carried:
-        held[x.space] = np.concatenate([held.get(x.space, np.zeros(0, np.uint64)), x.ids])
+        held.setdefault(x.space, []).append(_keys(x.ids, x.stamps))
     out = []
     for x in spilled:
-        keep = ~np.isin(x.ids, held.get(x.space, np.zeros(0, np.uint64)))
+        have = held.get(x.space)
+        keep = ~np.isin(_keys(x.ids, x.stamps), np.concatenate(have)) if have else np.ones(len(x.ids), bool)
         if keep.any():
-            out.append(Leftover(x.slot, x.lane, x.claimed_by, x.space, x.ids[keep], x.vectors[keep]))
+            out.append(Leftover(x.slot, x.lane, x.claimed_by, x.space, x.ids[keep], x.vectors[keep],
+                                x.stamps[keep], x.kinds[keep]))
     return out
 
 

@@ -51,6 +51,8 @@ from engine.worker.scheduler import BatchSizer, LaneScheduler
 from engine.worker.taking import ClaimTaking
 from engine.errors import ResizeError
 from engine.worker.shards import ShardSet
+from engine.ledger.book import FORGET, Book, apply_ops
+from engine.ledger.compaction import Compactor
 from engine.control.spaces import SpaceRegistry
 from metrics.writer import MetricWriter, NullWriter
 from shm.errors import LockTimeout
@@ -64,6 +66,8 @@ UTILIZATION_WINDOW_S = 1.0
 # seconds of inserting (it splits add_items into slices of that length), so
 # a recall waits about this long, not a whole --batch-budget-ms batch.
 QUERY_CHECK_S = 0.005
+# How often a worker looks for live counts of its slot that other slots changed.
+COUNTS_EVERY_S = 0.25
 # Queries count as "arriving" this long after the last one was answered.
 QUERY_RECENT_S = 1.0
 class Worker(ClaimTaking, PoisonGuard):
@@ -94,8 +98,12 @@ class Worker(ClaimTaking, PoisonGuard):
         self.last_query_at = float("-inf")  # clock() of the last answered recall query
         self.query_slice_s = p.query_slice_ms / 1000.0
         self.window_start = clock()
+        self.book = Book(inst.ids, slot)  # forget and upsert (engine.ledger)
+        self.published = np.zeros(inst.params.max_spaces, np.int64)  # index_vectors as last published
+        self.counts_due = 0.0
+        self.compactor = Compactor(shards, self.book, p.compact_ratio, self.metrics, clock)
         # Recall health: the reserved probe shard answers PROBE_SPACE (engine.recallhealth.probeset).
-        self.search = (probe_shard or ProbeShard.for_params(p)).route(self.shards.search)
+        self.search = (probe_shard or ProbeShard.for_params(p)).route(self.held_search)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, durable: bool = False, snapshot_cpus: set[int] | None = None) -> None:
@@ -111,11 +119,11 @@ class Worker(ClaimTaking, PoisonGuard):
             def publish(space: int, count: int) -> None:
                 self.counts[space] = count
             self.store = SlotStore(self.inst, self.slot, self.shards, self.spaces, self.metrics, self.clock,
-                                   snapshot_cpus, self.hooks)
+                                   snapshot_cpus, self.hooks, self.book)
             with Recovering(self.live, self.clock) as rec:
                 self.store.open(publish, self.heartbeat, rec.progress)
             for space in np.flatnonzero(self.counts):
-                self.metrics.set("index_vectors", float(self.counts[space]), memory_space=int(space))
+                self.publish_counts(int(space))
         self.heartbeat()
         # Written last: the supervisor sees the slot running once this pid shows.
         self.live.pid = os.getpid()
@@ -130,6 +138,7 @@ class Worker(ClaimTaking, PoisonGuard):
         """One iteration; returns True if it did any work."""
         self.heartbeat()
         self.report_utilization()
+        self.publish_changed()
         if self.store is not None:
             if self.store.blocked is not None:
                 return self.step_blocked()
@@ -144,10 +153,39 @@ class Worker(ClaimTaking, PoisonGuard):
         claim = self.next_claim()
         if claim is not None:
             self.process(claim)
-        self.busy_s += self.clock() - t0 if (claim is not None or answered) else 0.0
-        if claim is None and not answered:
+        compacted = self.compact()
+        worked = claim is not None or bool(answered) or compacted
+        self.busy_s += self.clock() - t0 if worked else 0.0
+        if not worked:
             self.sleep()
-        return claim is not None or bool(answered)
+        return worked
+
+    def compact(self) -> bool:
+        """One slice of shard compaction (``engine.ledger.compaction``), if one is due."""
+        space = self.compactor.job.space if self.compactor.job is not None else None
+        if not self.compactor.step():
+            return False
+        if space is not None and self.compactor.job is None:  # swapped in
+            self.counts[space] = self.shards.count(space)
+            self.publish_counts(space)
+        return True
+
+    def held_search(self, space: int, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        """Search the space's shard, keeping only the vectors the identity table
+        says this slot holds: a copy left behind by a replacement or a forget
+        applied elsewhere is marked deleted here when a search meets it, and the
+        search runs again (at most twice); what is still foreign is cut out."""
+        for _ in range(3):
+            ids, dist = self.shards.search(space, queries, k, ef)
+            if ids.size == 0:
+                return ids, dist
+            ok = self.book.held_here(space, ids.astype(np.uint64))
+            if ok.all():
+                return ids, dist
+            stale = np.unique(ids[~ok]).astype(np.uint64)
+            self.shards.delete(space, stale)
+            self.compactor.touch(space, stale)
+        return _keep(ids, dist, ok)
 
     def answer_queries(self) -> int:
         """Answer recall requests addressed to this slot (between insert slices)."""
@@ -171,6 +209,7 @@ class Worker(ClaimTaking, PoisonGuard):
         ring = self.inst.rings[claim.ring]
         priority = LANES[claim.ring % len(LANES)]
         ids, spaces, times, vectors = ring.view(claim)
+        kinds, stamps = ring.view_ops(claim)
         positions = None
         suspect, poison = self.suspect(claim)
         if suspect:
@@ -183,34 +222,78 @@ class Worker(ClaimTaking, PoisonGuard):
                 keep = positions != poison
                 ids, spaces, times, vectors, positions = (ids[keep], spaces[keep], times[keep], vectors[keep],
                                                           positions[keep])
+                kinds, stamps = kinds[keep], stamps[keep]
         self.live.claim_ring, self.live.claim_start = claim.ring, claim.start
         started = time.monotonic()
         t0, q0 = time.perf_counter(), self.query_s
-        if len(ids) == 0:
-            groups = []
-        elif (spaces == spaces[0]).all():
-            groups = [(int(spaces[0]), slice(None))]
-        else:
-            groups = [(int(sp), spaces == sp) for sp in np.unique(spaces)]
-        for space, sel in groups:
-            self._insert(space, ids[sel], vectors[sel], None if positions is None else positions[sel])
+        groups = _groups(spaces, kinds)
+        todo = []
+        try:
+            for space, kind, sel in groups:
+                todo.append(self._apply(space, kind, ids[sel], stamps[sel], vectors[sel],
+                                        None if positions is None else positions[sel]))
+        except LockTimeout:
+            # The identity table stayed locked (its holder is stopped): try this
+            # claim again later; what was applied applies again harmlessly.
+            self.backlog.insert(0, claim)
+            self.live.claim_ring = -1
+            return
         self.sizer.record(claim.count, time.perf_counter() - t0 - (self.query_s - q0))
         done = time.monotonic()
         m = self.metrics
-        for space, sel in groups:
+        for space, kind, sel in groups:
+            if kind == FORGET:
+                m.inc("forgets_total", len(ids[sel]), memory_space=space)
+                continue
             waited = times[sel]
             m.inc("observations_total", len(waited), memory_space=space, priority=priority)
             m.observe_many("observation_latency_seconds", done - waited, memory_space=space)
-            m.set("index_vectors", float(self.counts[space]), memory_space=space)
+        for space in {g[0] for g in groups}:
+            self.publish_counts(space)
         if len(times):
             m.observe_many("queue_wait_time_seconds", started - times, priority=priority)
         m.inc("batches_processed_total", worker_id=self.slot)
         m.observe("batch_size", claim.count, worker_id=self.slot)
         if self.store is not None:
             # Logged before the commit: from here a crash loses nothing (DESIGN §6).
-            if not self.store.log(claim, [(space, ids[sel], vectors[sel]) for space, sel in groups]):
+            if not self.store.log(claim, todo):
                 return  # blocked: the store commits it once the log takes it
         self.commit(ring, claim)
+
+    def _apply(self, space: int, kind: int, ids, stamps, vectors, positions) -> tuple:
+        """Apply one space's operations of one kind (``engine.ledger.book``);
+        returns what to log: the ones that applied (an older one is dropped)."""
+        if not 0 <= space < len(self.counts):
+            self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="other")
+            raise ValueError(f"ring record names space {space}, outside [0, {len(self.counts)})")
+
+        def insert(sp, chosen):
+            self._insert(sp, ids[chosen], vectors[chosen], None if positions is None else positions[chosen])
+        chosen, _ = apply_ops(self.book, self.shards, space, kind, ids, stamps, vectors, insert)
+        self.counts[space] = self.shards.count(space)
+        self.compactor.touch(space, ids[chosen])
+        if kind == FORGET:
+            return space, kind, ids[chosen], stamps[chosen], None
+        return space, kind, ids[chosen], stamps[chosen], vectors[chosen]
+
+    def publish_counts(self, space: int) -> None:
+        """Live vectors this slot holds of ``space``, and dead ones its shard still keeps."""
+        held = self.book.held(space)
+        self.published[space] = held
+        self.metrics.set("index_vectors", float(held), memory_space=space)
+        self.metrics.set("index_deleted_vectors", float(max(0, self.shards.count(space) - held)),
+                         memory_space=space)
+
+    def publish_changed(self) -> None:
+        """Counts of spaces whose live vectors on this slot another slot changed
+        (a forget or a replacement applied there), about every ``COUNTS_EVERY_S``."""
+        now = self.clock()
+        if now < self.counts_due:
+            return
+        self.counts_due = now + COUNTS_EVERY_S
+        held = self.book.table.held[self.slot]
+        for space in np.flatnonzero(held != self.published):
+            self.publish_counts(int(space))
 
     def commit(self, ring, claim: Claim) -> None:
         """Commit, or keep the claim for a later try when the ring's lock stays
@@ -242,9 +325,6 @@ class Worker(ClaimTaking, PoisonGuard):
     def _insert(self, space: int, ids: np.ndarray, vectors: np.ndarray, positions=None) -> None:
         """Insert into the space's shard in ~5 ms slices (queries answered between),
         or one record at a time, published in ``LiveRecord.claim_start``, for a suspect claim."""
-        if not 0 <= space < len(self.counts):
-            self.metrics.inc("batch_failures_total", worker_id=self.slot, error_type="other")
-            raise ValueError(f"ring record names space {space}, outside [0, {len(self.counts)})")
         try:
             lo = 0
             while lo < len(ids):
@@ -287,6 +367,33 @@ class Worker(ClaimTaking, PoisonGuard):
         self.live.sleeping = 0
         if woken:
             self.inst.wake[self.slot].drain()
+
+
+def _keep(ids: np.ndarray, dist: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's entries where ``ok``, in order, cut to the narrowest row's
+    count (a result array has one width)."""
+    width = int(ok.sum(axis=1).min()) if len(ok) else 0
+    out_ids = np.zeros((len(ids), width), ids.dtype)
+    out_dist = np.zeros((len(ids), width), dist.dtype)
+    for r in range(len(ids)):
+        out_ids[r] = ids[r][ok[r]][:width]
+        out_dist[r] = dist[r][ok[r]][:width]
+    return out_ids, out_dist
+
+
+def _groups(spaces: np.ndarray, kinds: np.ndarray) -> list[tuple[int, int, object]]:
+    """[(space, kind, selector)] of a claim's records (observes before forgets;
+    their stamps, not this order, decide between operations on one id)."""
+    if not len(spaces):
+        return []
+    if (spaces == spaces[0]).all() and (kinds == kinds[0]).all():
+        return [(int(spaces[0]), int(kinds[0]), slice(None))]
+    out = []
+    for sp in np.unique(spaces):
+        in_space = spaces == sp
+        for kind in np.unique(kinds[in_space]):
+            out.append((int(sp), int(kind), in_space & (kinds == kind)))
+    return out
 
 
 def pin(cpu: int | None) -> None:

@@ -25,7 +25,7 @@ OURS = ("engine", "shm", "metrics")
 # Modules of the engine that are no process's own: any process package may use them.
 SHARED = ("shm", "metrics", "engine.control", "engine.config", "engine.errors", "engine.results",
           "engine.child", "engine.rpc", "engine.identity", "engine.signals", "engine.fsutil", "engine.exitcodes",
-          "engine.logfmt", "engine.distances", "engine.recallhealth")
+          "engine.logfmt", "engine.distances", "engine.recallhealth", "engine.ledger")
 PROCESSES = ("engine.supervisor", "engine.worker", "engine.storage", "engine.producer",
              "engine.gateway", "engine.exporter", "engine.prober", "engine.cluster", "engine.cli")
 
@@ -52,6 +52,10 @@ RULES: dict[str, tuple[str, ...]] = {
     # Recall health (breakers, probes, tuner): policy over the control block, used by several processes.
     "engine.recallhealth": ("shm", "metrics", "engine.control", "engine.config", "engine.errors",
                             "engine.results", "engine.distances"),
+    # Forget and upsert: the identity table's rule, stamps and compaction, used
+    # by producers, workers, storage and the supervisor alike.
+    "engine.ledger": ("shm", "metrics", "engine.control", "engine.config", "engine.errors", "engine.results",
+                      "engine.fsutil"),
     "engine.prober": SHARED,
     # Cluster mode: its front runs as the gateway process (the gateway's service,
     # publishing to the log) and its follower applies through the producer path.

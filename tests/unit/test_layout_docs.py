@@ -187,7 +187,8 @@ def test_ring_table(tmp_path):
         documented[m[3]] = (at, size, m[4])
         end = at + size
     assert list(documented) == ["head", "claimed", "tail", "capacity", "dim", "claim_slots", "reserved",
-                                "publish", "claim", "ids", "space", "enq_time", "vectors"]
+                                "publish", "claim", "ids", "space", "enq_time", "vectors",
+                                "stamps", "kinds"]
     assert align(end) == ring_bytes(C, D, K)
     assert [u64(documented[k][0]) for k in ("capacity", "dim", "claim_slots")] == [C, D, K]
 
@@ -196,7 +197,7 @@ def test_ring_table(tmp_path):
     def on_publish(n):  # inside the journal's open window
         seen["journal"] = [u64(documented["publish"][0] + 8 * i) for i in range(5)]
     ring.enqueue(np.arange(6, dtype=np.uint64), np.ones((6, D), np.float32), 9, now=12.5,
-                 journal=(41, 42), on_publish=on_publish)
+                 stamps=np.arange(100, 106, dtype=np.uint64), kind=1, journal=(41, 42), on_publish=on_publish)
     assert documented["publish"][1] == 40 and seen["journal"] == [1, 0, 6, 41, 42]
     claim = ring.claim(4, claimer=7)
     at = documented["claim"][0] + 32 * claim.entry
@@ -206,11 +207,12 @@ def test_ring_table(tmp_path):
     assert [u64(documented[k][0]) for k in ("head", "claimed", "tail")] == [6, 4, 4]
     base = np.frombuffer(buf, np.uint8).ctypes.data + offset
     for name, arr in (("ids", ring.ids), ("space", ring.spaces), ("enq_time", ring.times),
-                      ("vectors", ring.vectors)):
+                      ("vectors", ring.vectors), ("stamps", ring.stamps), ("kinds", ring.kinds)):
         at, size, kind = documented[name]
         assert arr.ctypes.data - base == at and arr.nbytes == size, name
         assert arr.dtype == dtype(kind), name
     assert ring.times[0] == 12.5 and ring.spaces[0] == 9
+    assert ring.stamps[5] == 105 and ring.kinds[0] == 1
 
 
 def test_query_segment_table():

@@ -85,7 +85,9 @@ def worker(inst, slot, clock=None, corrupt=False):
 
 def fill(w, space, n, seed):
     vecs = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    w.counts[space] = w.shards.insert(space, np.arange(seed * 1000, seed * 1000 + n, dtype=np.uint64), vecs)
+    ids = np.arange(seed * 1000, seed * 1000 + n, dtype=np.uint64)
+    w.book.table.apply(space, ids, np.ones(n, np.uint64), w.slot)  # held here, as a worker's insert records it
+    w.counts[space] = w.shards.insert(space, ids, vecs)
 
 
 def test_breaker_opens_on_a_slot_that_heartbeats_but_never_answers(inst):

@@ -266,7 +266,7 @@ class RingMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.ring is not None)
     @rule(space=SPACES)
     def scan(self, space):
-        ids, vecs = self.ring.scan(space)
+        ids, vecs = self.ring.scan(space)[:2]
         want = [self.records[p] for p in range(self.tail, self.head) if self.records[p].space == space]
         assert [int(x) for x in ids] == [r.id for r in want]
         assert vecs.shape == (len(want), self.dim)

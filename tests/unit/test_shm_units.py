@@ -422,13 +422,13 @@ def test_commit_bounds_checks_committed_entries(lockfile, count):
 
 def test_ring_scan_and_depth(lockfile):
     ring, _, _ = make_ring(lockfile, capacity=8, dim=3)
-    ids, vecs = ring.scan(1)
+    ids, vecs = ring.scan(1)[:2]
     assert ids.shape == (0,) and vecs.shape == (0, 3)
     fill(ring, 1, 3, space=1)
     fill(ring, 4, 2, space=2)
     c = ring.claim(2, claimer=1)
     assert ring.depth() == 3 and ring.queued() == 5
-    ids, vecs = ring.scan(1)
+    ids, vecs = ring.scan(1)[:2]
     assert ids.tolist() == [1, 2, 3]  # in-flight records are still visible
     assert vecs[:, 0].tolist() == [1.0, 2.0, 3.0]
     ids[:] = 0

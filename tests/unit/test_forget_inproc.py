@@ -1,0 +1,188 @@
+"""Forget and upsert driven in-process: a producer and two ``Worker`` objects
+over a real instance's shared memory (no processes, STYLE §7)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.control.layouts import LANE_INDEX
+from engine.ledger import compaction, tombstones
+from engine.ledger.book import FORGET, OBSERVE
+from engine.ledger.tombstones import Tombstones
+from engine.producer.api import Engine
+from shm.idtable import ABSENT
+from tests.unit.test_worker_units import DIM, drain, inst, make_worker, metric, space_homed_at  # noqa: F401
+
+
+def vectors(n, seed):
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def found(worker, space_idx, queries, k):
+    ids, _ = worker.held_search(space_idx, queries, k, 64)
+    return set(ids.ravel().tolist())
+
+
+def test_forget_removes_ids_wherever_they_live_and_counts_them_out(inst):
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    w0, w1 = make_worker(inst, 0), make_worker(inst, 1)
+    a, b = vectors(300, 1), vectors(300, 2)
+    eng.observe(space, np.arange(300), a)
+    drain(w0)
+    # the next 300 land on slot 1 (as a stolen or spilled batch would)
+    idx = eng.spaces.lookup(space)
+    ring = inst.ring(1, LANE_INDEX["normal"])
+    ring.enqueue(np.arange(300, 600, dtype=np.uint64), b, idx, 0.0, np.full(300, eng.clock.take(), np.uint64))
+    drain(w1)
+    assert inst.ids.held[:, idx].tolist() == [300, 300]
+    gone = np.arange(0, 600, 2)
+    res = eng.forget(space, gone, wait=False)
+    assert (res.accepted, res.not_found) == (300, 0)
+    drain(w0)
+    drain(w1)
+    assert inst.ids.held[:, idx].tolist() == [150, 150]
+    w1.publish_changed()  # slot 0 applied the forgets of slot 1's ids: slot 1 sees its count change
+    assert metric(inst, "index_vectors", memory_space=idx) == 300
+    assert metric(inst, "forgets_total", memory_space=idx) == 300
+    queries = np.vstack([a, b])
+    seen = found(w0, idx, queries, 50) | found(w1, idx, queries, 50)
+    assert not seen & set(gone.tolist())
+    assert len(seen) == 300  # every live id is still found
+    # forgetting again, or an id never observed: not found, not an error
+    res = eng.forget(space, [0, 2, 10_000], wait=False)
+    assert (res.accepted, res.not_found) == (3, 3)
+
+
+def test_a_forget_queued_after_an_observe_wins_whatever_lane_order_applies_them(inst):
+    """The forget goes to the high lane and is applied first; the older
+    observe that arrives after it loses (its stamp is older)."""
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    w0 = make_worker(inst, 0)
+    eng.observe(space, np.arange(10), vectors(10, 3), priority="low")
+    eng.forget(space, np.arange(5), wait=False)
+    claim = w0.next_claim()
+    assert claim.ring == 0 * 3 + LANE_INDEX["high"]  # the forget comes out first
+    w0.process(claim)
+    drain(w0)
+    idx = eng.spaces.lookup(space)
+    assert inst.ids.holders(idx, np.arange(10, dtype=np.uint64)).tolist() == [-1] * 5 + [0] * 5
+    assert found(w0, idx, vectors(10, 3), 10) == set(range(5, 10))
+    # an observe after the forget brings the id back
+    eng.observe(space, [3], vectors(1, 4))
+    drain(w0)
+    assert 3 in found(w0, idx, vectors(1, 4), 1)
+
+
+def test_an_upsert_on_another_slot_retires_the_old_vector(inst):
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    w0, w1 = make_worker(inst, 0), make_worker(inst, 1)
+    old, new = vectors(40, 5), vectors(40, 6)
+    eng.observe(space, np.arange(40), old)
+    drain(w0)
+    idx = eng.spaces.lookup(space)
+    inst.ring(1, LANE_INDEX["normal"]).enqueue(np.arange(40, dtype=np.uint64), new, idx, 0.0,
+                                               np.full(40, eng.clock.take(), np.uint64))
+    drain(w1)
+    assert inst.ids.held[:, idx].tolist() == [0, 40]
+    assert found(w0, idx, old, 10) == set()  # the copies left on slot 0 are not answers
+    ids, dist = w1.held_search(idx, new, 1, 64)
+    assert ids[:, 0].tolist() == list(range(40)) and np.allclose(dist[:, 0], 0, atol=1e-5)
+    assert w0.shards.live(idx) == 0  # the search met them and marked them deleted
+    w0.publish_changed()
+    assert metric(inst, "index_deleted_vectors", memory_space=idx) == 40  # slot 0 keeps them until compacted
+    assert metric(inst, "index_vectors", memory_space=idx) == 40
+
+
+def test_an_older_operation_replayed_after_a_newer_one_is_dropped(inst):
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    w0 = make_worker(inst, 0)
+    idx = eng.spaces.register(space)
+    ring = inst.ring(0, LANE_INDEX["normal"])
+    v = vectors(2, 7)
+    ring.enqueue(np.array([1], np.uint64), v[1:], idx, 0.0, np.array([200], np.uint64))
+    ring.enqueue(np.array([1], np.uint64), v[:1], idx, 0.0, np.array([100], np.uint64))  # older, queued later
+    drain(w0)
+    ids, dist = w0.held_search(idx, v[1:], 1, 64)
+    assert ids[0, 0] == 1 and dist[0, 0] < 1e-5  # the newer vector stands
+
+
+def test_compaction_rebuilds_a_shard_and_gives_memory_back(inst, monkeypatch):
+    monkeypatch.setattr(compaction, "CHECK_EVERY_S", 0.0)
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    w0 = make_worker(inst, 0)
+    vecs = vectors(2000, 8)
+    for lo in range(0, 2000, 500):
+        eng.observe(space, np.arange(lo, lo + 500), vecs[lo:lo + 500])
+        drain(w0)
+    idx = eng.spaces.lookup(space)
+    before = w0.shards.shards[idx].index_file_size()
+    eng.forget(space, np.arange(0, 1500), wait=False)
+    drain(w0)
+    assert w0.shards.count(idx) == 2000
+    assert w0.compact()  # starts: 500 of 2000 live
+    eng.observe(space, [1600, 5000], vectors(2, 9))  # changes while the copy runs
+    eng.forget(space, [1700], wait=False)
+    w0.compact()
+    drain(w0)
+    while w0.compactor.job is not None:
+        w0.compact()
+    # 1500..1999 less 1700, plus 5000: 1700 was forgotten before the copy reached it
+    assert w0.shards.count(idx) == w0.shards.live(idx) == 500
+    assert w0.shards.shards[idx].index_file_size() < before / 2
+    assert metric(inst, "compactions_total", memory_space=idx) == 1
+    assert metric(inst, "compaction_reclaimed_bytes_total", memory_space=idx) > 0
+    got = found(w0, idx, np.vstack([vecs, vectors(2, 9)]), 20)
+    assert got == (set(range(1500, 2000)) - {1700}) | {5000}
+    ids, dist = w0.held_search(idx, vectors(2, 9)[:1], 1, 64)
+    assert ids[0, 0] == 1600 and dist[0, 0] < 1e-5  # replaced during the copy: the new vector
+
+
+def test_tombstones_are_dropped_only_below_every_floor(inst):
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    w0 = make_worker(inst, 0)
+    eng.observe(space, np.arange(100), vectors(100, 10))
+    drain(w0)
+    eng.forget(space, np.arange(100), wait=False)
+    drain(w0)
+    idx = eng.spaces.lookup(space)
+    now = [eng.clock.take() + 10**10]
+    tombs = Tombstones(inst, lambda: now[0])
+    inst.header.ready = 1
+    assert tombs.count() == 100
+    # an older observe of one of them is still queued: nothing at or above its stamp goes
+    inst.ring(1, LANE_INDEX["low"]).enqueue(np.array([7], np.uint64), vectors(1, 11), idx, 0.0,
+                                            np.array([1], np.uint64))
+    assert tombs.tick(1.0) == 0
+    w1 = make_worker(inst, 1)
+    drain(w1)
+    assert inst.ids.holders(idx, np.array([7], np.uint64)).tolist() == [-1]  # the older observe lost
+    inst.ids.floors[0] = 5  # a log still on disk holds stamp 5
+    passes = -(-inst.ids.capacity // tombstones.CHUNK)  # ticks for one pass over the table
+    assert sum(tombs.tick(2.0 + i) for i in range(passes)) == 0
+    inst.ids.floors[0] = np.iinfo(np.uint64).max
+    assert sum(tombs.tick(100.0 + i) for i in range(passes)) == 100
+    assert inst.ids.holders(idx, np.arange(100, dtype=np.uint64)).tolist() == [ABSENT] * 100
+    assert inst.ids.used == 0
+
+
+def test_fresh_recall_sees_queued_forgets_and_replacements(inst):
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    idx = eng.spaces.register(space)
+    v = vectors(4, 12)
+    eng.observe(space, np.arange(3), v[:3])
+    # nothing applied yet: the scan alone answers
+    eng.forget(space, [0], wait=False)
+    eng.observe(space, [1], v[3:4])
+    cand_ids, cand_dist, masked, ok = eng._scan_rings(idx, v, 4)
+    assert ok and set(masked.tolist()) == {0, 1, 2}
+    assert set(cand_ids.ravel().tolist()) == {1, 2}
+    res = eng.recall(space, v[3:4], k=3, fresh=True)
+    assert res.ids[0, 0] == 1 and res.distances[0, 0] < 1e-5 and 0 not in res.ids
+    assert OBSERVE == 0 and FORGET == 1

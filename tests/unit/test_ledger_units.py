@@ -1,0 +1,64 @@
+"""Stamps, the batch rule, and the log's format 3 (engine.ledger, engine.storage.wal)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from engine.ledger.book import newest
+from engine.ledger.stamps import AHEAD_NS, Ceiling, StampClock
+from engine.storage.wal import FORGET, OBSERVE, WalWriter, replay
+
+
+def test_newest_keeps_the_latest_operation_per_id():
+    ids = np.array([5, 3, 5, 9, 3, 5], np.uint64)
+    stamps = np.array([1, 2, 3, 1, 2, 3], np.uint64)  # 5: stamp 3 twice, the later wins
+    assert newest(ids, stamps).tolist() == [3, 4, 5]
+    assert newest(ids[:1], stamps[:1]).tolist() == [0]
+
+
+def test_a_process_never_hands_out_the_same_stamp_twice():
+    clock = StampClock(1000, clock_ns=lambda: 5)  # a clock that does not move
+    got = [clock.take() for _ in range(3)]
+    assert got == [1005, 1006, 1007]
+
+
+def test_the_ceiling_keeps_the_offset_within_a_boot_and_raises_it_after_a_reboot(tmp_path):
+    now = [10 * 10**9]
+    first = Ceiling(str(tmp_path), clock_ns=lambda: now[0], boot="boot-a")
+    assert first.offset == 0 and first.keep()
+    assert first.ceiling == now[0] + AHEAD_NS
+    now[0] += AHEAD_NS // 4
+    assert not first.keep()  # far enough ahead still
+    now[0] += AHEAD_NS // 2
+    assert first.keep()
+    issued = first.now()
+    # a restart in the same boot: the clock kept counting, the offset stays
+    again = Ceiling(str(tmp_path), clock_ns=lambda: now[0] + 5, boot="boot-a")
+    assert again.offset == 0
+    # after a reboot the clock starts near zero: stamps must still be above every issued one
+    rebooted = Ceiling(str(tmp_path), clock_ns=lambda: 1, boot="boot-b")
+    assert rebooted.now() > issued
+    saved = json.loads((tmp_path / "stamps.json").read_text())
+    assert saved["boot"] == "boot-a" and saved["ceiling"] == first.ceiling
+
+
+def test_format_3_records_carry_kinds_and_stamps(tmp_path):
+    path = str(tmp_path / "x.log")
+    w = WalWriter(path, "never")
+    vecs = np.arange(12, dtype=np.float32).reshape(3, 4)
+    w.append("alpha", np.array([1, 2, 3], np.uint64), vecs, np.array([7, 8, 9], np.uint64), OBSERVE)
+    w.append("alpha", np.array([2], np.uint64), None, np.array([10], np.uint64), FORGET)
+    w.close()
+    got = []
+    stats = replay(path, lambda s, i, v, st, k: got.append((s, i.tolist(), v.copy(), st.tolist(), k)),
+                   with_ops=True)
+    assert stats.records == 2 and not stats.skipped
+    assert got[0][:2] == ("alpha", [1, 2, 3]) and got[0][3:] == ([7, 8, 9], OBSERVE)
+    assert np.array_equal(got[0][2], vecs)
+    assert got[1][1] == [2] and got[1][2].shape == (1, 0) and got[1][3:] == ([10], FORGET)
+    # the three-argument form still reads them
+    plain = []
+    replay(path, lambda s, i, v: plain.append(i.tolist()))
+    assert plain == [[1, 2, 3], [2]]
