@@ -85,6 +85,9 @@ def test_a_session_interleaves_observe_and_forget_batches(engine_factory):
         assert raw.reply("ready").next_sequence == 1
         vecs = vectors(10, 2)
         assert raw.batch(1, range(10), vecs).next_sequence == 11
+        # not_found counts what the space holds when the forget is accepted:
+        # inserted, not still queued (then the forget is applied after it, in order)
+        wait_for(lambda: inserted(ep, "sess-forget") == 10, 60, message="observations inserted")
         first = forget(11, 0, 1, 2)
         assert (first.count, first.accepted, first.not_found, dict(first.rejected), first.next_sequence) == \
             (3, 3, 0, {}, 14)
@@ -118,11 +121,16 @@ def test_the_python_session_forgets_and_resumes(engine_factory):
     ep = engine_factory()
     with Client(target(ep)) as c, c.stream("sess-client") as s:
         assert s.send(np.arange(5, dtype=np.uint64), vectors(5, 4)).accepted == 5
+        wait_for(lambda: inserted(ep, "sess-client") == 5, 60, message="observations inserted")
         res = s.forget([0, 1, 77])
         assert (res.accepted, res.not_found, res.applied, s.next_sequence) == (3, 1, False, 9)
         s._drop()  # the connection breaks; the next call resumes the session by id
         assert s.forget([2]).accepted == 1 and s.next_sequence == 10
-        wait_for(lambda: recalled(c, "sess-client", vectors(5, 4)) == {3, 4}, 30, message="ids 3, 4 left")
+        # observed and forgotten at once: applied in that order, whether or not it was inserted in between
+        assert s.send([50], vectors(1, 7)).accepted == 1 and s.forget([50]).accepted == 1
+        assert s.next_sequence == 12
+        queries = np.concatenate([vectors(5, 4), vectors(1, 7)])
+        wait_for(lambda: recalled(c, "sess-client", queries) == {3, 4}, 30, message="ids 3, 4 left")
 
 
 def test_bad_forget_input_is_refused_and_counted(engine_factory):
