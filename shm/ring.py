@@ -388,6 +388,13 @@ class Ring:
             slots = (np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)).astype(np.int64)
             return slots[keep], owner[keep]
 
+    def queued_keys(self, space: int, kind: int) -> np.ndarray:
+        """Ids of the uncommitted records of ``space`` and ``kind`` (a copy; no vectors)."""
+        with self._lock.hold(self._lock_index, self.lock_timeout):
+            head, _, tail = self._counters()
+            slots = np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)
+            return self.ids[slots[(self.spaces[slots] == space) & (self.kinds[slots] == kind)]]
+
     def scan(self, space: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Copies of (ids, vectors, stamps, kinds) of every uncommitted record of ``space``."""
         with self._lock.hold(self._lock_index, self.lock_timeout):

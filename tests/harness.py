@@ -256,6 +256,22 @@ def observe_all(eng, space, ids, vectors, priority="normal", timeout: float = 60
     return done
 
 
+def forget_all(eng, space, ids, timeout: float = 60.0) -> int:
+    """Forget like a well-behaved producer: resubmit the rejected suffix until
+    all are accepted; returns how many of them were not found."""
+    ids = np.asarray(ids)
+    done, missing = 0, 0
+
+    def step():
+        nonlocal done, missing
+        res = eng.forget(space, ids[done:], wait=False)
+        done += res.accepted
+        missing += res.not_found
+        return done == len(ids)
+    wait_for(step, timeout, interval=0.01, message=f"{len(ids)} forgets accepted")
+    return missing
+
+
 def total(ep) -> int:
     """Vectors in HNSW across every space of a running engine."""
     return sum(s["vectors"] for s in ep.status()["spaces"].values())

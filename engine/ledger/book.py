@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shm.idtable import ABSENT, IdTable
+from shm.idtable import IdTable
 
 OBSERVE, FORGET = 0, 1
 KINDS = ("observe", "forget")
@@ -66,10 +66,9 @@ def live_count(table: IdTable, space: int) -> int:
     return int(table.held[:, space].sum())
 
 
-def not_found(table: IdTable, space: int, ids: np.ndarray) -> int:
-    """How many of ``ids`` the space does not hold live now."""
-    h = table.holders(space, np.asarray(ids, np.uint64))
-    return int(((h < 0) | (h == ABSENT)).sum())
+def absent(table: IdTable, space: int, ids: np.ndarray) -> np.ndarray:
+    """Mask: which of ``ids`` the space does not hold live now."""
+    return table.holders(space, np.asarray(ids, np.uint64)) < 0
 
 
 def apply_ops(book: Book, shards, space: int, kind: int, ids: np.ndarray, stamps: np.ndarray, vectors,

@@ -206,7 +206,7 @@ class Engine(Recalling):
         if blocked := pressure.unwritable(self.inst):
             self.count_rejected(idx, "over_capacity", n)
             return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, blocked), []
-        missing = book.not_found(self.inst.ids, idx, ids)
+        missing = self._not_found(idx, ids)
         lane = LANE_INDEX["high"]
         if journal is None:
             written, busy, marks = self._enqueue(idx, ids, None, lane, FORGET)
@@ -217,9 +217,25 @@ class Engine(Recalling):
             return ForgetResult(n, missing, {}, state_name, False), marks
         self.count_rejected(idx, "over_capacity", n - written)
         if written:
-            missing = book.not_found(self.inst.ids, idx, ids[:written])
+            missing = self._not_found(idx, ids[:written])
         return ForgetResult(written, min(missing, written), {"over_capacity": n - written}, state_name, False,
                             BUSY if busy else f"high lane full: {n - written} of {n} forgets rejected"), marks
+
+    def _not_found(self, idx: int, ids: np.ndarray) -> int:
+        """How many of ``ids`` the space neither holds nor has an observation
+        of queued (the forget will find it when it is applied)."""
+        absent = book.absent(self.inst.ids, idx, ids)
+        if not absent.any():
+            return 0
+        queued = []
+        for ring in self.inst.rings:
+            try:
+                queued.append(ring.queued_keys(idx, OBSERVE))
+            except LockTimeout:
+                continue  # counted as not found: a count, never a decision
+        if queued:
+            absent &= ~np.isin(ids, np.concatenate(queued))
+        return int(absent.sum())
 
     def _wait_applied(self, marks: list, timeout: float) -> bool:
         """Until every ring in ``marks`` [(ring, position)] has committed

@@ -41,6 +41,9 @@ from shm.ring import Claim
 log = logging.getLogger("engram.worker")
 
 UNWRITABLE_RETRY_S = 0.5
+# Tombstones waiting in the identity table past which a slot whose log holds
+# them back snapshots early (engine.storage.snapshotter.URGENT_EVERY_S).
+TOMBSTONES_URGENT = 1024
 
 
 @dataclass
@@ -85,6 +88,7 @@ class SlotStore:
                                      self.clock, self.hooks.snapshot_pause_s,
                                      lambda: ledgerfile.collect(table, self.slot, name_of, shards.dead))
         self.snapshots.on_covered = self._covered
+        self.snapshots.urgent = self.holds_tombstones
         self._publish_floor()
         self.metrics.set("wal_size_bytes", float(self.wal.total_bytes()), worker_id=self.slot)
 
@@ -120,6 +124,13 @@ class SlotStore:
         for gen in [g for g in self.gen_floor if g < wal_from]:
             del self.gen_floor[gen]
         self._publish_floor()
+
+    def holds_tombstones(self) -> bool:
+        """Many tombstones wait and this slot's log files are one reason:
+        nothing at or above the smallest stamp they hold can be dropped."""
+        table = self.inst.ids
+        return int(self.inst.ids.floors[self.slot]) != NO_FLOOR and \
+            table.used - int(table.held.sum()) >= TOMBSTONES_URGENT
 
     def _publish_floor(self) -> None:
         self.inst.ids.floors[self.slot] = min(self.gen_floor.values(), default=NO_FLOOR)

@@ -2,7 +2,9 @@
 
 Between two batches (``poll``), once the log not yet covered by a snapshot
 has grown past ``--snapshot-wal-bytes`` or ``--snapshot-interval`` seconds
-have passed with something new logged, the worker:
+have passed with something new logged, or at most every ``URGENT_EVERY_S``
+while the slot's log holds many tombstones back (``SlotStore.holds_tombstones``),
+the worker:
 
 1. rotates its log to generation g (``WalLog.rotate``): the snapshot covers
    every batch logged before, i.e. generations < g;
@@ -53,6 +55,9 @@ log = logging.getLogger("engram.worker")
 # enough that ingestion keeps its pace.
 CHILD_NICE = 10
 RETRY_FIRST_S = 1.0
+# A snapshot that only lets log files (and the tombstones they hold back) go
+# is taken at most this often.
+URGENT_EVERY_S = 5.0
 RETRY_MAX_S = 60.0
 # Test hook: the child pauses this long after writing its files, before the
 # rename (tests/test_snapshot.py kills a worker mid-snapshot). Unset in production.
@@ -65,6 +70,9 @@ class Snapshotter:
         self.sdir = snapshots.slot_dir(data_dir, slot)
         self.ledger = ledger  # () -> the ledger file's arrays (engine.storage.ledgerfile.collect)
         self.on_covered = lambda wal_from: None  # log generations < wal_from are gone
+        # () -> True when this slot's log holds tombstones back (engine.ledger.tombstones):
+        # a snapshot lets older log files go, and the tombstones with them.
+        self.urgent = lambda: False
         self.pause_s = pause_s  # test hook (engine.config.hooks): the child waits before writing
         self.slot = slot
         self.shards = shards
@@ -92,7 +100,11 @@ class Snapshotter:
         self.uncovered += nbytes
 
     def due(self, now: float) -> bool:
-        if self.child or now < self.retry_at or self.uncovered <= 0:
+        if self.child or now < self.retry_at:
+            return False
+        if now - self.last_done >= URGENT_EVERY_S and self.urgent():
+            return True
+        if self.uncovered <= 0:
             return False
         by_size = 0 < self.wal_bytes <= self.uncovered
         by_time = self.interval_s > 0 and now - self.last_done >= self.interval_s
