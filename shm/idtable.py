@@ -51,7 +51,8 @@ from shm.lock import LockFile
 HEADER_BYTES = 64
 ABSENT = np.iinfo(np.int32).min  # ``holders`` of a key the table does not hold
 NO_FLOOR = np.iinfo(np.uint64).max
-_K1 = np.uint64(0x9E3779B97F4A7C15)
+_K1_INT = 0x9E3779B97F4A7C15
+_K1 = np.uint64(_K1_INT)
 _K2_INT = 0xC2B2AE3D27D4EB4F
 _U64 = (1 << 64) - 1
 
@@ -220,41 +221,48 @@ class IdTable:
             if len(ids):
                 _, at = self._probe(space, ids)
 
-    def remove(self, positions: np.ndarray) -> int:
-        """Empty the entries at ``positions`` whose holder is negative (removed
-        keys only: a live key is never dropped); returns how many. Backward
-        shift keeps every other key reachable without markers."""
+    def remove(self, positions: np.ndarray, floor: int | None = None) -> int:
+        """Empty the entries at ``positions`` that hold a removed key (holder
+        negative; with ``floor``, also a stamp below it): a live key is never
+        dropped. Returns how many. Backward shift keeps every other key
+        reachable without markers; positions are taken highest first, and one
+        whose entry a shift moved meanwhile is left for a later call."""
         n = 0
         mask = self.capacity - 1
+        key, holder, stamps = self.key, self.holder, self.stamps
         with self._lock.hold(self._lock_index, self.lock_timeout):
-            targets = [(int(self.key[p]), int(self.ids[p])) for p in positions
-                       if 0 <= p < self.capacity and self.key[p] and self.holder[p] < 0]
             self._hdr[4] += np.uint64(1)  # odd: entries move
             try:
-                for space_key, ident in targets:
-                    pos = int(self._probe(space_key - 1, np.array([ident], np.uint64))[0][0])
-                    if pos < 0 or self.holder[pos] >= 0:
+                for p in sorted((int(x) for x in positions if 0 <= x < self.capacity), reverse=True):
+                    if not key[p] or holder[p] >= 0 or (floor is not None and int(stamps[p]) >= floor):
                         continue
-                    self._shift_out(pos, mask)
+                    self._shift_out(p, mask)
                     n += 1
                 self._hdr[3] -= np.uint64(n)
             finally:
                 self._hdr[4] += np.uint64(1)
         return n
 
+    def _home_of(self, space_key: int, ident: int) -> int:
+        """``_home`` of one key, in Python integers (no numpy call per entry)."""
+        h = ((ident * _K1_INT) & _U64) ^ (space_key * _K2_INT & _U64)
+        return ((h * _K1_INT) & _U64) >> int(self.shift)
+
     def _shift_out(self, i: int, mask: int) -> None:
+        key, ids = self.key, self.ids
         j = i
         while True:
             j = (j + 1) & mask
-            if not self.key[j]:
+            k = int(key[j])
+            if not k:
                 break
-            home = int(self._home(int(self.key[j]) - 1, self.ids[j:j + 1])[0])
+            home = self._home_of(k, int(ids[j]))
             stays = (i < home <= j) if i <= j else (home > i or home <= j)
             if not stays:
-                self.stamps[i], self.holder[i], self.ids[i] = self.stamps[j], self.holder[j], self.ids[j]
-                self.key[i] = self.key[j]
+                self.stamps[i], self.holder[i], ids[i] = self.stamps[j], self.holder[j], ids[j]
+                key[i] = k
                 i = j
-        self.key[i] = 0
+        key[i] = 0
 
     def removed_below(self, floor: int, start: int, count: int) -> tuple[np.ndarray, int]:
         """Positions in [start, start+count) of removed keys with a stamp below

@@ -61,11 +61,6 @@ class Book:
         return int(self.table.held[self.slot, space])
 
 
-def live_count(table: IdTable, space: int) -> int:
-    """Live observations of ``space`` over every slot."""
-    return int(table.held[:, space].sum())
-
-
 def absent(table: IdTable, space: int, ids: np.ndarray) -> np.ndarray:
     """Mask: which of ``ids`` the space does not hold live now."""
     return table.holders(space, np.asarray(ids, np.uint64)) < 0

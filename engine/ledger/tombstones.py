@@ -62,10 +62,11 @@ class Tombstones:
         if now < self.next_at or not self.inst.header.ready or not self.count():
             return 0
         self.next_at = now + INTERVAL_S
-        positions, self.cursor = table.removed_below(self.floor(), self.cursor, CHUNK)
+        floor = self.floor()
+        positions, self.cursor = table.removed_below(floor, self.cursor, CHUNK)
         if not len(positions):
             return 0
-        dropped = table.remove(np.asarray(positions[:MAX_DROP]))
+        dropped = table.remove(np.asarray(positions[:MAX_DROP]), floor)
         if dropped and self.metrics is not None:
             self.metrics.inc("tombstones_dropped_total", dropped)
         return dropped

@@ -152,12 +152,13 @@ class Engine(Recalling):
         return Ack(written, {"over_capacity": n - written}, state_name,
                    BUSY if busy else f"{priority} lane full: {n - written} of {n} rejected")
 
-    def _ids_full(self, n: int) -> str | None:
-        """Why ``n`` more observations would not fit the identity table, if so:
+    def _ids_full(self, n: int, share: float = 0.75) -> str | None:
+        """Why ``n`` more operations would not fit the identity table, if so:
         its entries plus every record the rings can hold must stay within
-        3/4 of it (a worker must never meet a full table)."""
+        ``share`` of it (3/4 for observations; forgets, which free entries
+        in the end, may go to 7/8), so a worker never meets a full table."""
         table = self.inst.ids
-        room = table.capacity * 3 // 4 - table.used - sum(self.inst.capacity_by_lane())
+        room = int(table.capacity * share) - table.used - sum(self.inst.capacity_by_lane())
         if n <= room:
             return None
         return (f"identity table full: {table.used} keys tracked, room for {max(0, room)} more "
@@ -206,6 +207,9 @@ class Engine(Recalling):
         if blocked := pressure.unwritable(self.inst):
             self.count_rejected(idx, "over_capacity", n)
             return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, blocked), []
+        if (full := self._ids_full(n, 0.875)) is not None:
+            self.count_rejected(idx, "over_capacity", n)
+            return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, full), []
         missing = self._not_found(idx, ids)
         lane = LANE_INDEX["high"]
         if journal is None:

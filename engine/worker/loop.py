@@ -56,6 +56,7 @@ from engine.ledger.compaction import Compactor
 from engine.control.spaces import SpaceRegistry
 from metrics.writer import MetricWriter, NullWriter
 from shm.errors import LockTimeout
+from shm.idtable import TableFull
 from shm.ring import Claim
 
 log = logging.getLogger("engram.worker")
@@ -232,9 +233,13 @@ class Worker(ClaimTaking, PoisonGuard):
             for space, kind, sel in groups:
                 todo.append(self._apply(space, kind, ids[sel], stamps[sel], vectors[sel],
                                         None if positions is None else positions[sel]))
-        except LockTimeout:
-            # The identity table stayed locked (its holder is stopped): try this
-            # claim again later; what was applied applies again harmlessly.
+        except (LockTimeout, TableFull) as exc:
+            # The identity table stayed locked (its holder is stopped), or is
+            # full (producers keep room for every queued record, so only a
+            # carried-over backlog can get here): try this claim again later;
+            # what was applied applies again harmlessly.
+            if isinstance(exc, TableFull):
+                log.error("slot %d: %s; claim kept for a later try", self.slot, exc)
             self.backlog.insert(0, claim)
             self.live.claim_ring = -1
             return

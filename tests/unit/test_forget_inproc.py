@@ -186,3 +186,21 @@ def test_fresh_recall_sees_queued_forgets_and_replacements(inst):
     res = eng.recall(space, v[3:4], k=3, fresh=True)
     assert res.ids[0, 0] == 1 and res.distances[0, 0] < 1e-5 and 0 not in res.ids
     assert OBSERVE == 0 and FORGET == 1
+
+
+def test_a_full_identity_table_refuses_new_observations_with_a_reason(inst):
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    table = inst.ids
+    rings = sum(inst.capacity_by_lane())
+    table._hdr[3] = np.uint64(table.capacity * 3 // 4 - rings - 5)  # as if that many keys were tracked
+    try:
+        ack = eng.observe(space, np.arange(10), vectors(10, 13))
+        assert ack.accepted == 0 and ack.rejected == {"over_capacity": 10}
+        assert "--max-ids" in ack.message
+        assert eng.observe(space, np.arange(5), vectors(5, 13)).accepted == 5  # what fits still goes in
+        assert eng.forget(space, np.arange(10), wait=False).accepted == 10  # forgets have more room
+        idx = eng.spaces.lookup(space)
+        assert metric(inst, "observations_rejected_total", memory_space=idx, reason="over_capacity") == 10
+    finally:
+        table._hdr[3] = np.uint64(0)
