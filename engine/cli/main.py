@@ -1,4 +1,4 @@
-"""``engram-stream`` / ``python -m engine``: run, status, load, recall, stop.
+"""``engram-stream`` / ``python -m engine``: run, status, load, recall, forget, stop and the other commands.
 
 Only this module decides exit codes (STYLE §9); see docs/operations.md.
 """
@@ -146,6 +146,12 @@ def cmd_recall(cfg) -> int:
     return exitcodes.OK
 
 
+def cmd_forget(cfg) -> int:
+    from engine.cli import forget
+    # 1 when ids were refused or not applied within --wait (the output says which)
+    return exitcodes.OK if forget.run(cfg) else exitcodes.ERROR
+
+
 def cmd_load(cfg) -> int:
     from engine.cli.loadgen import run_load
     return run_load(cfg)
@@ -181,7 +187,8 @@ def cmd_tune(cfg) -> int:
     return tune.run(cfg)
 
 
-HANDLERS = {"run": cmd_run, "status": cmd_status, "load": cmd_load, "recall": cmd_recall, "stop": cmd_stop,
+HANDLERS = {"run": cmd_run, "status": cmd_status, "load": cmd_load, "recall": cmd_recall, "forget": cmd_forget,
+            "stop": cmd_stop,
             "deadletter": cmd_deadletter, "top": cmd_top, "tune": cmd_tune,
             "breaker": cmd_breaker, "cluster": cmd_cluster}
 

@@ -1,14 +1,16 @@
 """Python clients of the gRPC gateway: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
 
-Both offer the calls of the local API (``observe``, ``recall``) plus
-sessions (``stream``) and ``info``::
+Both offer the calls of the local API (``observe``, ``forget``, ``recall``)
+plus sessions (``stream``) and ``info``::
 
     from engine.client import Client
     with Client("127.0.0.1:50051") as c:
         ack = c.observe("default", ids, vectors)          # -> Ack, as engine.connect
         with c.stream("default") as s:                    # numbered batches
             s.send(ids, vectors)
+            s.forget(ids[:5])                             # a numbered forget batch
         res = c.recall("default", query, k=10)            # -> ids, distances, complete
+        c.forget("default", ids[5:10])                    # -> ForgetResult, once applied
 
 Several gateways: ``Client("h1:50051,h2:50051")`` or ``Client(["h1:50051",
 "h2:50051"])``; ``client.target`` is the one in use, ``session.target`` the
@@ -28,6 +30,8 @@ Retries are the client's job, within ``retry_timeout`` seconds per call:
   ``duplicate`` for whatever had already gone in, so nothing is inserted
   twice; those count as accepted in the Ack. Refusals (``INVALID_ARGUMENT``,
   ``NOT_FOUND``, ``UNAUTHENTICATED`` ...) are raised at once, on the same
+  target. A unary ``forget`` is a write to one engine: it is sent again to
+  the same gateway only (forgetting twice is harmless), never to another
   target.
 
 An Ack's ``accepted`` covers the batch's leading observations; the rest are

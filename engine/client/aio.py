@@ -9,9 +9,9 @@ import time
 import grpc
 
 from engine.client import common
-from engine.client.session import SessionState
+from engine.client.session import SessionState, forgetting
 from engine.errors import GatewayError
-from engine.results import Ack, RecallResult
+from engine.results import Ack, ForgetResult, RecallResult
 from engine.rpc import engram_pb2 as pb
 
 
@@ -70,16 +70,22 @@ class AsyncSession(SessionState):
 
     async def send(self, ids, vectors, first_sequence: int | None = None) -> Ack:
         async with self._lock:
-            st, wait = self._sending(ids, vectors, first_sequence)
+            return (await self._run(*self._sending(ids, vectors, first_sequence))).ack()
+
+    async def forget(self, ids, first_sequence: int | None = None) -> ForgetResult:
+        """``Session.forget``: a numbered forget batch, not waited for."""
+        async with self._lock:
+            return (await self._run(*self._sending(ids, None, first_sequence, forget=True))).forgotten()
+
+    async def _run(self, st, wait: float):
+        await asyncio.sleep(wait)
+        while True:
+            ack = await self._exchange(st.client_message(), "ack", st.deadline, lambda: self._resend(st), st)
+            self.next_sequence = max(self.next_sequence, ack.next_sequence)
+            wait = st.on_ack(ack)
+            if wait is None:
+                return st
             await asyncio.sleep(wait)
-            while True:
-                ack = await self._exchange(pb.ClientMessage(batch=st.batch()), "ack", st.deadline,
-                                           lambda: self._resend(st), st)
-                self.next_sequence = max(self.next_sequence, ack.next_sequence)
-                wait = st.on_ack(ack)
-                if wait is None:
-                    return st.ack()
-                await asyncio.sleep(wait)
 
     async def close(self, drain: bool = False, timeout: float = 30.0) -> pb.Closed | None:
         async with self._lock:
@@ -114,10 +120,11 @@ class AsyncClient(common.ClientConfig):
                  max_message_bytes: int = common.DEFAULT_MAX_MESSAGE_BYTES):
         super().__init__(target, token, tls_root_cert, retry_timeout, timeout, max_message_bytes, grpc.aio)
 
-    async def _unary(self, name: str, request):
+    async def _unary(self, name: str, request, timeout: float | None = None, pinned: bool = False):
         async def call(index: int, attempt: int):
-            return await getattr(self._stubs[index], name)(request, timeout=self.timeout, metadata=self._metadata)
-        return await common.aretry(call, self._attempts())
+            return await getattr(self._stubs[index], name)(request, timeout=timeout or self.timeout,
+                                                           metadata=self._metadata)
+        return await common.aretry(call, self._attempts(self._targets.current if pinned else None))
 
     async def info(self) -> dict:
         return common.info(await self._unary("Info", pb.InfoRequest()))
@@ -126,6 +133,18 @@ class AsyncClient(common.ClientConfig):
                      fresh: bool = False) -> RecallResult:
         request = common.recall_request(space, query, k, ef, fresh)
         return common.recall_result(await self._unary("Recall", request))
+
+    async def forget(self, space: str, ids, *, wait: bool = True, timeout: float | None = None) -> ForgetResult:
+        """``Client.forget`` as a coroutine."""
+        st = forgetting(ids, 0, time.monotonic() + self.retry_timeout)
+        applied = True
+        while True:
+            res = await self._unary("Forget", common.forget_request(space, st.ids, wait), timeout, pinned=True)
+            applied = applied and res.applied
+            pause = st.on_ack(res)
+            if pause is None:
+                return st.forgotten(applied)
+            await asyncio.sleep(pause)
 
     def stream(self, space: str, priority: str = "normal", client_buffer: int = 1) -> AsyncSession:
         return AsyncSession(self, space, priority, client_buffer)

@@ -16,9 +16,9 @@ import time
 import grpc
 
 from engine.client import common
-from engine.client.session import SessionState
+from engine.client.session import SessionState, forgetting
 from engine.errors import GatewayError
-from engine.results import Ack, RecallResult
+from engine.results import Ack, ForgetResult, RecallResult
 from engine.rpc import engram_pb2 as pb
 
 
@@ -104,16 +104,27 @@ class Session(SessionState):
     def send(self, ids, vectors, first_sequence: int | None = None) -> Ack:
         """Queue one batch; numbered from ``next_sequence`` unless ``first_sequence`` is given."""
         with self._lock:
-            st, wait = self._sending(ids, vectors, first_sequence)
+            return self._run(*self._sending(ids, vectors, first_sequence)).ack()
+
+    def forget(self, ids, first_sequence: int | None = None) -> ForgetResult:
+        """Forget ids of the session's space: a forget batch, numbered like a
+        batch of observations (``len(ids)`` numbers) and resent the same way.
+        Returns once the forgets are accepted (``applied`` is False: the
+        session does not wait for them; they are applied in the order
+        acknowledged, after this session's earlier observations)."""
+        with self._lock:
+            return self._run(*self._sending(ids, None, first_sequence, forget=True)).forgotten()
+
+    def _run(self, st, wait: float):
+        """Send ``st`` until it is acknowledged in full, or refused for good (caller holds the lock)."""
+        time.sleep(wait)
+        while True:
+            ack = self._exchange(st.client_message(), "ack", st.deadline, lambda: self._resend(st), st)
+            self.next_sequence = max(self.next_sequence, ack.next_sequence)
+            wait = st.on_ack(ack)
+            if wait is None:
+                return st
             time.sleep(wait)
-            while True:
-                ack = self._exchange(pb.ClientMessage(batch=st.batch()), "ack", st.deadline,
-                                     lambda: self._resend(st), st)
-                self.next_sequence = max(self.next_sequence, ack.next_sequence)
-                wait = st.on_ack(ack)
-                if wait is None:
-                    return st.ack()
-                time.sleep(wait)
 
     def close(self, drain: bool = False, timeout: float = 30.0) -> pb.Closed | None:
         """End the session (and, with ``drain``, wait until its observations are inserted)."""
@@ -154,10 +165,11 @@ class Client(common.ClientConfig):
         super().__init__(target, token, tls_root_cert, retry_timeout, timeout, max_message_bytes, grpc)
         self._lock = threading.Lock()
 
-    def _unary(self, name: str, request):
+    def _unary(self, name: str, request, timeout: float | None = None, pinned: bool = False):
         def call(index: int, attempt: int):
-            return getattr(self._stubs[index], name)(request, timeout=self.timeout, metadata=self._metadata)
-        return common.retry(call, self._attempts())
+            return getattr(self._stubs[index], name)(request, timeout=timeout or self.timeout,
+                                                     metadata=self._metadata)
+        return common.retry(call, self._attempts(self._targets.current if pinned else None))
 
     def info(self) -> dict:
         return common.info(self._unary("Info", pb.InfoRequest()))
@@ -167,6 +179,27 @@ class Client(common.ClientConfig):
         """As ``engine.connect(...).recall``: ``ef``/``fresh`` keyword-only."""
         request = common.recall_request(space, query, k, ef, fresh)
         return common.recall_result(self._unary("Recall", request))
+
+    def forget(self, space: str, ids, *, wait: bool = True, timeout: float | None = None) -> ForgetResult:
+        """As ``engine.connect(...).forget``: remove ``ids`` from ``space``. With
+        ``wait``, the call returns once they are applied (``applied``) or
+        ``timeout`` (default: the client's) is nearly over. An ``over_capacity``
+        remainder is sent again after the retry-after, until ``retry_timeout``.
+        Ids that are not integers in [0, 2**64) raise ``InvalidInput`` before
+        anything is sent; what the gateway refuses (a bad space name, too many
+        ids) raises ``GatewayError`` (INVALID_ARGUMENT). After a lost
+        connection the call is sent again to the same gateway (forgetting
+        twice is harmless; ids the first, unanswered attempt removed then
+        count as ``not_found``)."""
+        st = forgetting(ids, 0, time.monotonic() + self.retry_timeout)
+        applied = True
+        while True:
+            res = self._unary("Forget", common.forget_request(space, st.ids, wait), timeout, pinned=True)
+            applied = applied and res.applied
+            pause = st.on_ack(res)
+            if pause is None:
+                return st.forgotten(applied)
+            time.sleep(pause)
 
     def stream(self, space: str, priority: str = "normal", client_buffer: int = 1) -> Session:
         return Session(self, space, priority, client_buffer)

@@ -154,6 +154,11 @@ class ClientConfig:
 
 
 # -- conversions -------------------------------------------------------------------------
+def forget_request(space, ids, wait: bool) -> pb.ForgetRequest:
+    """``ids``: already checked and packed (``engine.client.session.packed_ids``)."""
+    return pb.ForgetRequest(space=space, ids=wire.pack_ids(ids), no_wait=not wait)
+
+
 def recall_request(space, query, k, ef, fresh) -> pb.RecallRequest:
     q = np.asarray(query, dtype=np.float32)
     return pb.RecallRequest(space=space, queries=wire.pack_floats(q), k=k, ef=ef or 0, fresh=fresh)

@@ -1,5 +1,10 @@
-"""What a session knows and what one ``send`` has achieved so far, whatever
-the transport (``blocking.Session``, ``aio.AsyncSession``).
+"""What a session knows and what one ``send`` (or ``forget``) has achieved
+so far, whatever the transport (``blocking.Session``, ``aio.AsyncSession``).
+
+A session's forget batch (ids only) is numbered, acknowledged, retried and
+resent after a reconnect exactly like a batch of observations: ``Sending``
+carries either. The unary ``Client.forget`` uses the same bookkeeping for
+its retries of an ``over_capacity`` remainder.
 
 Where a session may go when its gateway fails (``SessionState._plan``):
 
@@ -26,7 +31,7 @@ import numpy as np
 
 from engine.client.common import backoff
 from engine.errors import GatewayError, InvalidInput, SessionLost
-from engine.results import Ack
+from engine.results import Ack, ForgetResult
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import wire
 
@@ -36,13 +41,23 @@ from engine.rpc import wire
 RESEND_WINDOW_S = 100.0
 
 
-def sending(ids, vectors, first: int, deadline: float) -> "Sending":
+def packed_ids(ids) -> np.ndarray:
+    """``ids`` as little-endian uint64; anything but integers in [0, 2**64) raises InvalidInput."""
     arr = np.asarray(ids)
     if arr.ndim == 0:
         arr = arr.reshape(1)
     if arr.dtype.kind not in "iu" or (arr.dtype.kind == "i" and len(arr) and arr.min() < 0):
         raise InvalidInput("ids must be integers in [0, 2**64)")
-    arr = np.ascontiguousarray(arr, dtype="<u8")
+    return np.ascontiguousarray(arr, dtype="<u8")
+
+
+def forgetting(ids, first: int, deadline: float) -> "Sending":
+    """The state of one forget (a session's forget batch, or a unary call: ``first`` unused)."""
+    return Sending(packed_ids(ids), None, first, deadline, since=time.monotonic())
+
+
+def sending(ids, vectors, first: int, deadline: float) -> "Sending":
+    arr = packed_ids(ids)
     vec = np.ascontiguousarray(vectors, dtype="<f4")
     n = len(arr)
     # rows when the shape allows it (a remainder can then be sent again);
@@ -53,11 +68,11 @@ def sending(ids, vectors, first: int, deadline: float) -> "Sending":
 
 @dataclass
 class Sending:
-    """One ``send``: the part of the batch not yet acknowledged, and the
-    verdicts so far."""
+    """One ``send`` (or forget: ``vectors`` None): the part of the batch not
+    yet acknowledged, and the verdicts so far."""
 
     ids: np.ndarray
-    vectors: np.ndarray
+    vectors: np.ndarray | None
     first: int
     deadline: float
     accepted: int = 0
@@ -68,10 +83,18 @@ class Sending:
     resent: bool = False      # sent again after a lost connection
     attempt: int = 0
     since: float = 0.0        # monotonic time of the first send of ``first``
+    not_found: int = 0        # forgets: accepted ids the space did not hold
 
-    def batch(self) -> pb.Batch:
-        return pb.Batch(first_sequence=self.first, ids=wire.pack_ids(self.ids),
-                        vectors=wire.pack_floats(self.vectors))
+    @property
+    def forget(self) -> bool:
+        return self.vectors is None
+
+    def client_message(self) -> pb.ClientMessage:
+        """The batch (what is left of it) as a session's message."""
+        if self.forget:
+            return pb.ClientMessage(forget=pb.ForgetBatch(first_sequence=self.first, ids=wire.pack_ids(self.ids)))
+        return pb.ClientMessage(batch=pb.Batch(first_sequence=self.first, ids=wire.pack_ids(self.ids),
+                                               vectors=wire.pack_floats(self.vectors)))
 
     def on_ack(self, ack: pb.BatchAck) -> float | None:
         """Take an ack; returns seconds to wait before sending the rest, or None when done."""
@@ -82,13 +105,16 @@ class Sending:
         else:
             self.duplicate += dup
         self.accepted += ack.accepted
+        self.not_found += ack.not_found
         done = dup + ack.accepted
         over = ack.rejected.get("over_capacity", 0)
         final = {r: c for r, c in ack.rejected.items() if r not in ("duplicate", "over_capacity")}
         if final or not over or done >= len(self.ids) or time.monotonic() >= self.deadline:
             self.final = {**final, **({"over_capacity": over} if over else {})}
             return None
-        self.ids, self.vectors, self.first = self.ids[done:], self.vectors[done:], self.first + done
+        self.ids, self.first = self.ids[done:], self.first + done
+        if self.vectors is not None:
+            self.vectors = self.vectors[done:]
         self.since = time.monotonic()
         self.attempt += 1
         wait = ack.retry_after_ms / 1000.0 or backoff(self.attempt)
@@ -99,6 +125,14 @@ class Sending:
         if self.duplicate:
             rejected["duplicate"] = self.duplicate
         return Ack(self.accepted, rejected, self.backpressure, self.message)
+
+    def forgotten(self, applied: bool = False) -> ForgetResult:
+        """The outcome of a forget (``applied``: what the gateway said of every
+        accepted part; a session's forget batch is never waited for)."""
+        rejected = dict(self.final or {})
+        if self.duplicate:
+            rejected["duplicate"] = self.duplicate
+        return ForgetResult(self.accepted, self.not_found, rejected, self.backpressure, applied, self.message)
 
 
 class SessionState:
@@ -158,7 +192,7 @@ class SessionState:
                 f"twice, so it is not resent: its fate is unknown",
                 range(st.first, st.first + len(st.ids))))
         st.resent = True
-        return pb.ClientMessage(batch=st.batch())
+        return st.client_message()
 
     def _lost(self, exc: GatewayError, pinned: bool, st: "Sending | None" = None) -> GatewayError:
         """What to raise when a call of the session failed with ``exc``."""
@@ -188,10 +222,11 @@ class SessionState:
             self.retry_after = st.retry_after_ms / 1000.0
         return getattr(msg, kind) if got == kind else None
 
-    def _sending(self, ids, vectors, first_sequence: int | None) -> tuple[Sending, float]:
-        """The send's state, and how long to wait first (a paused session)."""
+    def _sending(self, ids, vectors, first_sequence: int | None, forget: bool = False) -> tuple[Sending, float]:
+        """The send's (or forget's) state, and how long to wait first (a paused session)."""
         first = self.next_sequence if first_sequence is None else first_sequence
-        st = sending(ids, vectors, first, time.monotonic() + self.client.retry_timeout)
+        deadline = time.monotonic() + self.client.retry_timeout
+        st = forgetting(ids, first, deadline) if forget else sending(ids, vectors, first, deadline)
         wait = min(self.retry_after, self.client.retry_timeout) if self.paused else 0.0
         return st, wait
 

@@ -22,6 +22,10 @@ subclasses ``Gateway``), with two differences:
   sequence at the time of the request. During a failover (no live owner, or
   the lease moved while answering) the answer is empty with
   ``complete=false`` and a ``reason``; never data of a stale owner.
+* Forget (the unary call and a session's forget batches) is refused with
+  ``FAILED_PRECONDITION``: the log does not carry forgets yet, so a forget
+  applied on one owner would not survive a failover or a replay. The
+  stream of a refused forget batch ends; its session stays, for a resume.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ log = logging.getLogger("engram.gateway")
 FORWARDED = "engram-forwarded"      # metadata key: a forwarded recall is never forwarded again
 FRESH_POLL_S = 0.005
 DEFAULT_DEADLINE_S = 5.0
+FORGET_REFUSED = ("forget is single-host only for now: this gateway is a host of cluster {cluster!r}, whose log "
+                  "does not carry forgets yet; nothing was forgotten")
 
 
 class ClusterGateway(Gateway):
@@ -106,6 +112,13 @@ class ClusterGateway(Gateway):
     def _finish(self, ack, priority: str) -> pb.BatchAck:
         ack.backpressure = 0  # local backpressure does not apply: the log takes the batch
         return ack
+
+    # -- forget --------------------------------------------------------------------
+    def Forget(self, request, context):
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, FORGET_REFUSED.format(cluster=self.cluster))
+
+    def _forget_batch(self, row: int, space: str, batch, context) -> pb.BatchAck:
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, FORGET_REFUSED.format(cluster=self.cluster))
 
     # -- recall --------------------------------------------------------------------
     def _recall(self, req, context) -> pb.RecallResponse:

@@ -135,6 +135,30 @@ def mix(v: Any) -> dict[str, float]:
     return out
 
 
+def id_list(text: str) -> tuple[int, ...]:
+    """Ids (integers in [0, 2**64)) separated by commas and/or whitespace; may be empty."""
+    out = []
+    for part in text.replace(",", " ").split():
+        try:
+            x = int(part, 10)
+        except ValueError:
+            x = -1
+        if not 0 <= x < 2 ** 64:
+            shown = part if len(part) <= 30 else part[:30] + "…"
+            raise ValueError(f"{shown!r} is not an id (an integer in [0, 2**64))")
+        out.append(x)
+    return tuple(out)
+
+
+def optional_ids(v: Any) -> tuple[int, ...] | None:
+    """``"1,2,3"`` (flag, environment) or ``[1, 2, 3]`` (TOML); None when unset."""
+    if isinstance(v, (list, tuple)):
+        v = ",".join(str(x) for x in v)
+    if v is None or str(v).strip() == "":
+        return None
+    return id_list(str(v))
+
+
 def optional_positive_int(v: Any) -> int | None:
     return None if v is None or str(v) == "" else positive_int(v)
 

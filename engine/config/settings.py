@@ -21,6 +21,7 @@ COMMANDS = {
     "status": "Workers, pids, CPUs, states, queue depths, spaces.",
     "load": "Synthetic load with a progress line: rate, duration, spaces, priority mix.",
     "recall": "Quick k-NN recall from the shell.",
+    "forget": "Forget observations by id: no recall returns them once applied.",
     "stop": "Graceful stop: drain, then exit.",
     "top": "Live view: per worker CPU, utilisation, queues, inserted/s, latencies; q quits.",
     "deadletter": "List batches set aside after killing a worker twice (reads --data-dir).",
@@ -29,7 +30,7 @@ COMMANDS = {
     "cluster": "Cluster mode: status (hosts, partitions, owners, lag) or drain HOST.",
 }
 # Settings shared by every command that talks to a running instance.
-ALL = ("run", "status", "load", "recall", "stop", "top", "breaker")
+ALL = ("run", "status", "load", "recall", "forget", "stop", "top", "breaker")
 # Settings of the index that ``tune`` measures with (the configured ones).
 INDEX = ("run", "tune")
 # Settings of cluster mode (DESIGN §11) that ``cluster status|drain`` also needs.
@@ -169,7 +170,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("priority-mix", p.mix, "high:0.1,normal:0.7,low:0.2", "Share of each priority.", "MIX",
             commands=("load",)),
     Setting("load-batch", p.positive_int, 100, "Observations per observe() call.", "N", commands=("load",)),
-    Setting("space", p.space, "default", "Memory space to query.", "SPACE", commands=("recall",)),
+    Setting("space", p.space, "default", "Memory space to query (recall) or to forget ids of (forget).", "SPACE",
+            commands=("recall", "forget")),
     Setting("k", p.positive_int, 10, "Neighbours to return.", "K", commands=("recall",)),
     Setting("random", p.boolean, False, "Query with a random vector.", flag_only=True, commands=("recall",)),
     Setting("vector", p.optional_floats, None, "Query vector as comma-separated floats.", "X,Y,...",
@@ -178,7 +180,13 @@ SETTINGS: tuple[Setting, ...] = (
             commands=("recall",)),
     Setting("ef", p.optional_positive_int, None, "HNSW ef for this query (default --ef-search).", "EF",
             commands=("recall",)),
-    Setting("json", p.boolean, False, "Print JSON.", flag_only=True, commands=("status", "recall", "deadletter")),
+    Setting("ids", p.optional_ids, None, "Ids to forget, comma-separated.", "ID,ID,...", commands=("forget",)),
+    Setting("ids-file", p.optional_path, None, "File of ids to forget, one per line or separated by whitespace "
+            "or commas (with --ids: both).", "FILE", commands=("forget",)),
+    Setting("wait", p.non_negative_float, 10.0, "Seconds to wait until the forgets are applied (0: return once "
+            "they are accepted).", "S", commands=("forget",)),
+    Setting("json", p.boolean, False, "Print JSON.", flag_only=True,
+            commands=("status", "recall", "forget", "deadletter")),
     Setting("interval", p.positive_float, 1.0, "Seconds between the two metric samples behind rates "
             "(top: between refreshes).", "S", commands=("status", "top")),
     Setting("count", p.non_negative_int, 0, "Frames to show before exiting (0: until q is pressed; 1 when "

@@ -18,6 +18,10 @@ A stream that ends without Close leaves its session for a resume; when the
 table is full, a new session evicts the longest-idle one no stream serves
 (``engine.gateway.eviction``).
 
+A session may also carry forget batches (ids only), numbered in the same
+sequence and checked the same way (``engine.gateway.forgetting``, which
+also serves the unary ``Forget``).
+
 Protocol errors (no init first, a second init, an unknown message, bytes of
 a recall that do not divide) end the call with a gRPC status and a clear
 text; bad data inside a well-formed batch is answered in its ack and the
@@ -47,6 +51,7 @@ from engine.control import pressure
 from engine.rpc import wire
 from engine.gateway.drain import DrainMeter, retry_after_s
 from engine.gateway.eviction import Evictions
+from engine.gateway.forgetting import ForgetCalls
 from engine.gateway.opening import open_session
 from engine.gateway.reader import END, POLL_S, Reader
 from engine.errors import InvalidInput, NotRunning
@@ -61,7 +66,7 @@ log = logging.getLogger("engram.gateway")
 INIT_TIMEOUT_S = 30.0      # a stream must send init within this
 DRAIN_TIMEOUT_S = 30.0     # Close(drain) default wait
 
-class Gateway(pb_grpc.EngramServicer):
+class Gateway(ForgetCalls, pb_grpc.EngramServicer):
     def __init__(self, inst: Instance, writer):
         self.inst = inst
         self.p = inst.params
@@ -143,13 +148,15 @@ class Gateway(pb_grpc.EngramServicer):
                     kind = msg.WhichOneof("kind")
                     if kind == "batch":
                         yield pb.ServerMessage(ack=self._batch(row, space, priority, msg.batch, context))
+                    elif kind == "forget":
+                        yield pb.ServerMessage(ack=self._forget_batch(row, space, msg.forget, context))
                     elif kind == "close":
                         yield pb.ServerMessage(closed=self._closing(row, msg.close))
                         return
                     else:
                         context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                      "init may be sent once, first; then batch or close"
-                                      if kind == "init" else "empty ClientMessage: set batch or close")
+                                      "init may be sent once, first; then batch, forget or close"
+                                      if kind == "init" else "empty ClientMessage: set batch, forget or close")
                 now = self._state(priority)
                 if now != last_status:
                     last_status = now
@@ -194,8 +201,7 @@ class Gateway(pb_grpc.EngramServicer):
                          message=text)
 
     def _batch(self, row: int, space: str, priority: str, batch, context) -> pb.BatchAck:
-        first = batch.first_sequence
-        ack = pb.BatchAck(first_sequence=first)
+        ack = pb.BatchAck(first_sequence=batch.first_sequence)
         idx = self.engine.spaces.lookup(space)
         try:
             ids = wire.unpack_ids(batch.ids)
@@ -203,7 +209,15 @@ class Gateway(pb_grpc.EngramServicer):
         except InvalidInput as exc:
             n = max(1, len(batch.ids) // 8)
             return self._rejected_ack(ack, row, priority, idx, "invalid_input", n, str(exc))
-        n = ack.count = len(ids)
+        return self._numbered(row, priority, idx, ack, len(ids), "observation(s)", lambda dup, nxt: self._queue(
+            row, space, priority, ids[dup:], vectors[dup:], nxt, ack, idx, context))
+
+    def _numbered(self, row: int, priority: str, idx, ack, n: int, what: str, queue) -> pb.BatchAck:
+        """The sequence check of a decoded batch of ``n`` (observations or
+        forgets): a gap is refused, an already-accepted prefix acknowledged as
+        duplicate, and ``queue(dup, next_sequence)`` queues the rest."""
+        first = ack.first_sequence
+        ack.count = n
         with self.row_locks[row]:
             self.sessions.touch(row)
             nxt = self.sessions.next_seq(row)
@@ -215,9 +229,9 @@ class Gateway(pb_grpc.EngramServicer):
             if dup:
                 ack.rejected["duplicate"] = dup
                 self.engine.count_rejected(idx, "duplicate", dup)
-                ack.message = f"{dup} observation(s) from {first} were already accepted; not queued again"
+                ack.message = f"{dup} {what} from {first} were already accepted; not queued again"
             if dup < n:
-                self._queue(row, space, priority, ids[dup:], vectors[dup:], nxt, ack, idx, context)
+                queue(dup, nxt)
             ack.next_sequence = self.sessions.next_seq(row)
         return self._finish(ack, priority)
 

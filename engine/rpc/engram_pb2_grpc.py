@@ -39,6 +39,11 @@ class EngramStub:
                 request_serializer=engine_dot_rpc_dot_engram__pb2.ClientMessage.SerializeToString,
                 response_deserializer=engine_dot_rpc_dot_engram__pb2.ServerMessage.FromString,
                 _registered_method=True)
+        self.Forget = channel.unary_unary(
+                '/engram.v1.Engram/Forget',
+                request_serializer=engine_dot_rpc_dot_engram__pb2.ForgetRequest.SerializeToString,
+                response_deserializer=engine_dot_rpc_dot_engram__pb2.ForgetResponse.FromString,
+                _registered_method=True)
         self.Recall = channel.unary_unary(
                 '/engram.v1.Engram/Recall',
                 request_serializer=engine_dot_rpc_dot_engram__pb2.RecallRequest.SerializeToString,
@@ -63,7 +68,16 @@ class EngramServicer:
         """One session per stream: Init first, then Batch messages, then Close.
         The server answers Init with Ready, every Batch with a BatchAck (in
         order), pushes Status when the backpressure state changes, and answers
-        Close with Closed.
+        Close with Closed. A session may also carry Forget batches (ids only),
+        numbered in the same sequence as its observations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Forget(self, request, context):
+        """Remove observations by id. Single host only: a cluster gateway answers
+        FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +108,11 @@ def add_EngramServicer_to_server(servicer, server):
                     servicer.ObserveStream,
                     request_deserializer=engine_dot_rpc_dot_engram__pb2.ClientMessage.FromString,
                     response_serializer=engine_dot_rpc_dot_engram__pb2.ServerMessage.SerializeToString,
+            ),
+            'Forget': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forget,
+                    request_deserializer=engine_dot_rpc_dot_engram__pb2.ForgetRequest.FromString,
+                    response_serializer=engine_dot_rpc_dot_engram__pb2.ForgetResponse.SerializeToString,
             ),
             'Recall': grpc.unary_unary_rpc_method_handler(
                     servicer.Recall,
@@ -138,6 +157,33 @@ class Engram:
             '/engram.v1.Engram/ObserveStream',
             engine_dot_rpc_dot_engram__pb2.ClientMessage.SerializeToString,
             engine_dot_rpc_dot_engram__pb2.ServerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.v1.Engram/Forget',
+            engine_dot_rpc_dot_engram__pb2.ForgetRequest.SerializeToString,
+            engine_dot_rpc_dot_engram__pb2.ForgetResponse.FromString,
             options,
             channel_credentials,
             insecure,
