@@ -9,7 +9,7 @@ import numpy as np
 import psutil
 
 from metrics import readout
-from tests.harness import observe_all, wait_for
+from tests.harness import forget_all, observe_all, wait_for
 
 DIM = 16
 # Stealing on: a worker steals from the other's ring past 50 queued records.
@@ -135,8 +135,7 @@ def test_observe_forget_observe_end_in_acknowledged_order_through_a_worker_kill(
         for i in range(n):
             last[i] = vecs[i]
         pick = rng.choice(n, size=n // 3, replace=False)
-        res = eng.forget("o-space", ids[pick], wait=False)
-        assert res.accepted == len(pick)
+        forget_all(eng, "o-space", ids[pick])
         for i in pick.tolist():
             last[i] = None
         if rnd == 2:
