@@ -120,9 +120,13 @@ async def enqueue(engine, table: PartitionTable, p: int, epoch: int, seq: int, o
         if not await still_ours(table, p, epoch):
             return "fenced"
         pos = names.position(seq, off)
+        publish = (lambda k, pos=pos: table.advance(p, pos, k))
         try:
-            ack = engine.observe_into(space, ids[off:], vectors[off:], priority, journal=(JOURNAL_TAG | p, pos),
-                                      on_publish=lambda k, pos=pos: table.advance(p, pos, k))
+            if vectors is None:  # a message of forgets (engine.cluster.codec)
+                ack = engine.forget_into(space, ids[off:], journal=(JOURNAL_TAG | p, pos), on_publish=publish)
+            else:
+                ack = engine.observe_into(space, ids[off:], vectors[off:], priority, journal=(JOURNAL_TAG | p, pos),
+                                          on_publish=publish)
         except InvalidInput as exc:
             log.error("partition %d: stream sequence %d refused by the engine: %s", p, seq, exc)
             counters["skipped"] = counters.get("skipped", 0) + 1

@@ -22,10 +22,19 @@ subclasses ``Gateway``), with two differences:
   sequence at the time of the request. During a failover (no live owner, or
   the lease moved while answering) the answer is empty with
   ``complete=false`` and a ``reason``; never data of a stale owner.
-* Forget (the unary call and a session's forget batches) is refused with
-  ``FAILED_PRECONDITION``: the log does not carry forgets yet, so a forget
-  applied on one owner would not survive a failover or a replay. The
-  stream of a refused forget batch ends; its session stays, for a resume.
+* Forget (the unary call and a session's forget batches): published to the
+  partition's subject like observations (``engine.cluster.codec`` version
+  2), so the owner applies forgets and observations of a space in log
+  order, and a new owner replays them in the same order. A session's
+  forget batch is deduplicated like an observe batch (its message id); a
+  unary forget gets a message id of its own, so a client's retry after a
+  lost answer is a second forget (harmless: forgetting twice is idempotent
+  for the ids, and an observe acknowledged in between stays ordered by the
+  log). ``applied`` in the answer: this host owns the partition and its
+  workers applied the forgets; from any other gateway it is False (the
+  owner applies them in log order, and a ``fresh`` recall, which waits for
+  the owner to catch up with the log, never returns them). ``not_found`` is
+  not known before the owner applies them: it is reported as 0.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 
 import grpc
 import numpy as np
@@ -43,6 +53,7 @@ from engine.cluster.logclient import LogClient, owner_address
 from engine.control.layouts import LANE_INDEX
 from engine.control.partitions import P_NEXT_POS, PartitionTable
 from engine.errors import InvalidInput
+from engine.gateway.forgetting import wait_s
 from engine.gateway.service import Gateway
 from engine.producer import validation
 from engine.rpc import engram_pb2 as pb
@@ -53,8 +64,8 @@ log = logging.getLogger("engram.gateway")
 FORWARDED = "engram-forwarded"      # metadata key: a forwarded recall is never forwarded again
 FRESH_POLL_S = 0.005
 DEFAULT_DEADLINE_S = 5.0
-FORGET_REFUSED = ("forget is single-host only for now: this gateway is a host of cluster {cluster!r}, whose log "
-                  "does not carry forgets yet; nothing was forgotten")
+FORGET_ELSEWHERE = ("stored in the cluster's log; partition {p} is applied by its owner{owner}, in log order "
+                    "(a fresh recall already never returns these ids)")
 
 
 class ClusterGateway(Gateway):
@@ -84,18 +95,8 @@ class ClusterGateway(Gateway):
             ack.message = str(exc)
             return
         body = codec.encode(space, LANE_INDEX[priority], ids_ok, vecs_ok)
-        msg_id = names.msg_id(self.sessions.session_id(row), nxt)
-        t0 = time.monotonic()
-        try:
-            puback = self.log.publish(self.partition(space), body, msg_id)
-        except Exception as exc:
-            self.counts["publish_failures"] += 1
-            self.engine.record(lambda w: w.inc("cluster_publish_failures_total"))
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"the cluster's log did not acknowledge the batch ({type(exc).__name__}: "
-                          f"{exc}); resend it (a resent batch is stored once)")
-        waited = time.monotonic() - t0
-        self.engine.record(lambda w: w.observe("cluster_publish_latency_seconds", waited))
+        puback = self._publish(space, body, names.msg_id(self.sessions.session_id(row), nxt),
+                               "batch (a resent batch is stored once)", context)
         self.sessions.advance(row, nxt, len(ids_ok))
         if puback.duplicate:
             # A resend of a batch the stream already holds (its ack was lost,
@@ -114,13 +115,78 @@ class ClusterGateway(Gateway):
         return ack
 
     # -- forget --------------------------------------------------------------------
+    def _publish(self, space: str, body: bytes, msg_id: str, what: str, context):
+        """Publish one message to the space's partition; the PubAck, or an
+        UNAVAILABLE abort when the log did not acknowledge it."""
+        t0 = time.monotonic()
+        try:
+            puback = self.log.publish(self.partition(space), body, msg_id)
+        except Exception as exc:
+            self.counts["publish_failures"] += 1
+            self.engine.record(lambda w: w.inc("cluster_publish_failures_total"))
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"the cluster's log did not acknowledge the {what} ({type(exc).__name__}: "
+                          f"{exc}); resend it")
+        waited = time.monotonic() - t0
+        self.engine.record(lambda w: w.observe("cluster_publish_latency_seconds", waited))
+        return puback
+
     def Forget(self, request, context):
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, FORGET_REFUSED.format(cluster=self.cluster))
+        try:
+            space = validation.space_name(request.space)
+            ids = validation.ids(wire.unpack_ids(request.ids), min(self.p.max_batch_size,
+                                                                   names.MAX_MESSAGE_RECORDS))
+        except InvalidInput as exc:
+            self.engine.count_rejected(self._known_space(request.space), "invalid_input",
+                                       max(1, len(request.ids) // 8))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        p = self.partition(space)
+        puback = self._publish(space, codec.encode_forget(space, ids), f"forget:{uuid.uuid4().hex}", "forget",
+                               context)
+        self.counts["published"] += 1
+        applied, message = False, FORGET_ELSEWHERE.format(p=p, owner="")
+        if not request.no_wait:
+            applied, message = self._wait_applied(p, int(puback.seq), wait_s(context.time_remaining()))
+        return pb.ForgetResponse(count=len(ids), accepted=len(ids), not_found=0, backpressure=0, applied=applied,
+                                 message=message)
 
-    def _forget_batch(self, row: int, space: str, batch, context) -> pb.BatchAck:
-        context.abort(grpc.StatusCode.FAILED_PRECONDITION, FORGET_REFUSED.format(cluster=self.cluster))
+    def _wait_applied(self, p: int, seq: int, timeout: float) -> tuple[bool, str]:
+        """Whether this host, owning partition ``p``, applied it past stream
+        sequence ``seq`` and its workers committed what that queued."""
+        deadline = time.monotonic() + timeout
+        epoch = int(self.table.rows[p, 0])
+        if not self.table.serving(p, epoch):
+            return False, FORGET_ELSEWHERE.format(p=p, owner=" (another host)")
+        target = names.position(seq + 1)
+        while int(self.table.rows[p, P_NEXT_POS]) < target:
+            if time.monotonic() >= deadline or not self.table.serving(p, epoch):
+                return False, FORGET_ELSEWHERE.format(p=p, owner=" (this host, not caught up yet)")
+            time.sleep(FRESH_POLL_S)
+        marks = [(ring, ring.head) for ring in self.inst.rings]  # the forgets are at or below these heads
+        if self.engine._wait_applied(marks, max(0.0, deadline - time.monotonic())):
+            return True, ""
+        return False, FORGET_ELSEWHERE.format(p=p, owner=" (this host, still applying)")
 
-    # -- recall --------------------------------------------------------------------
+    def _queue_forget(self, row: int, space: str, ids, nxt: int, ack, context) -> None:
+        """Publish a session batch's new forgets; the session advances after the PubAck."""
+        try:
+            ids = validation.ids(ids, min(self.p.max_batch_size, names.MAX_MESSAGE_RECORDS))
+        except InvalidInput as exc:
+            self.engine.count_rejected(self.engine.spaces.lookup(space), "invalid_input", len(ids))
+            ack.rejected["invalid_input"] = len(ids)
+            ack.message = str(exc)
+            return
+        puback = self._publish(space, codec.encode_forget(space, ids),
+                               names.msg_id(self.sessions.session_id(row), nxt), "forget batch", context)
+        self.sessions.advance(row, nxt, len(ids))
+        if puback.duplicate:
+            self.counts["deduplicated"] += 1
+            ack.rejected["duplicate"] = ack.rejected.get("duplicate", 0) + len(ids)
+            ack.message = f"forgets from {nxt} were already stored in the cluster's log; not stored again"
+            return
+        self.counts["published"] += 1
+        ack.accepted = len(ids)
+
     def _recall(self, req, context) -> pb.RecallResponse:
         try:
             space = validation.space_name(req.space)

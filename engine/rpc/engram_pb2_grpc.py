@@ -76,8 +76,8 @@ class EngramServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Forget(self, request, context):
-        """Remove observations by id. Single host only: a cluster gateway answers
-        FAILED_PRECONDITION.
+        """Remove observations by id. In cluster mode through the replicated log
+        (applied is then known only on the partition owner's gateway).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -22,8 +22,7 @@ from engine.client import Client
 from engine.errors import GatewayError
 from engine.rpc import engram_pb2 as pb
 from engine.rpc import engram_pb2_grpc as pb_grpc
-from tests.cluster_helpers import ClusterHost
-from tests.gateway_helpers import DIM, RawStream, gateway_port, inserted, target, vectors
+from tests.gateway_helpers import RawStream, inserted, target, vectors
 from tests.harness import ROOT, child_env, wait_for
 
 K = 256  # the default --max-k: every vector of a space of at most 256
@@ -181,25 +180,3 @@ def test_forget_command_end_to_end(engine_factory, tmp_path):
         assert recalled(c, "cli-forget", vecs) == set(range(n)) - {1, 2, 3, 4, 5, 6}
     out = run_cli(sys.executable, "-m", "engine", "forget", "--name", ep.name, "--ids", "1,-1")
     assert out.returncode == 2 and "'-1' is not an id" in out.stderr
-
-
-def test_a_cluster_host_refuses_forget_as_single_host_only(tmp_path, nats1):
-    host = ClusterHost(tmp_path, nats1, "fgt", "h0", dim=DIM)
-    try:
-        host.start(wait=False)
-        host.wait_ready(90)
-        gateway_port(host)  # serving
-        stub = pb_grpc.EngramStub(grpc.insecure_channel(host.target))
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Forget(pb.ForgetRequest(space="clustered", ids=np.arange(2, dtype="<u8").tobytes()), timeout=10)
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "single-host only" in err.value.details()
-        with Client(host.target, retry_timeout=10) as c, c.stream("clustered") as s:
-            with pytest.raises(GatewayError) as gerr:
-                s.forget([1])
-            assert gerr.value.code == grpc.StatusCode.FAILED_PRECONDITION and "single-host" in gerr.value.details
-            # the session is still there: observations go on through it
-            assert s.send(np.arange(3, dtype=np.uint64), vectors(3, 6)).accepted == 3
-    finally:
-        host.terminate(30)
-        host.cleanup()

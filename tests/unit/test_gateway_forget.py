@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from engine.cluster.front import ClusterGateway
+from engine.cluster import codec
 from engine.control.sessions import SessionTable
 from engine.errors import InvalidInput, NotRunning
 from engine.gateway import forgetting
@@ -197,17 +197,9 @@ def test_bad_forget_batches_are_answered_in_the_ack_and_consume_no_numbers(gw):
 
 
 # -- cluster mode ----------------------------------------------------------------------
-class ClusterStandIn:
-    cluster = "c1"
-
-
-@pytest.mark.parametrize("call", [
-    lambda ctx: ClusterGateway.Forget(ClusterStandIn(), pb.ForgetRequest(space="known", ids=ids_bytes(1)), ctx),
-    lambda ctx: ClusterGateway._forget_batch(ClusterStandIn(), 0, "known",
-                                             pb.ForgetBatch(first_sequence=1, ids=ids_bytes(1)), ctx),
-])
-def test_a_cluster_gateway_refuses_forget_as_single_host_only(call):
-    with pytest.raises(Aborted) as err:
-        call(Context(1.0))
-    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "single-host only" in err.value.details and "'c1'" in err.value.details
+def test_a_forget_message_of_the_cluster_log_round_trips():
+    body = codec.encode_forget("known", np.array([3, 9], np.uint64))
+    space, priority, ids, vectors = codec.decode(body, 16)
+    assert (space, priority, ids.tolist(), vectors) == ("known", "high", [3, 9], None)
+    with pytest.raises(InvalidInput):
+        codec.decode(body[:-1], 16)
