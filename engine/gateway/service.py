@@ -308,7 +308,7 @@ class Gateway(ForgetCalls, pb_grpc.EngramServicer):
 
     def Info(self, request, context):
         inst = self.inst
-        counts = inst.shard_counts.sum(axis=0)
+        counts = inst.ids.held.sum(axis=0)  # live observations (forgotten and replaced ones not counted)
         spaces = [pb.SpaceInfo(name=name, vectors=int(counts[i])) for i, name in inst.space_names().items()]
         now = time.monotonic()
         up = sum(inst.slot_up(s, now) for s in range(inst.slots))
