@@ -18,7 +18,8 @@ Layout, from ``offset`` 0 of its segment (every array 64-byte aligned)::
     64   8*S*M      held   i8[S, M]  live keys per (holder slot, space); writers,
                                       under the lock
     ..   8*S        floors u64[S]    per slot, a stamp its owner publishes
-                                      (single writer: the process of that slot)
+                                      (single writer: the process of that slot);
+                                      0 until it first does
     ..   4*C        key    u32[C]    0 empty, else space + 1
     ..   4*C        holder i32[C]    >= 0 live, held by that slot;
                                       < 0 removed by slot -holder - 1
@@ -106,7 +107,7 @@ class IdTable:
             self._hdr[:] = 0
             self._hdr[0], self._hdr[1], self._hdr[2] = capacity, slots, spaces
             self.held[:] = 0
-            self.floors[:] = NO_FLOOR
+            self.floors[:] = 0
         elif (int(self._hdr[0]), int(self._hdr[1]), int(self._hdr[2])) != (capacity, slots, spaces):
             raise LayoutError(f"identity table header says capacity={int(self._hdr[0])} slots={int(self._hdr[1])} "
                               f"spaces={int(self._hdr[2])}, expected {capacity}/{slots}/{spaces}")

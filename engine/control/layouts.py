@@ -153,8 +153,10 @@ def ring_id(slot: int, lane: int) -> int:
 
 
 def id_table_capacity(p: Params) -> int:
-    """Entries of the identity table: ``--max-ids`` at a load of at most 3/4."""
-    return capacity_for(p.max_ids)
+    """Entries of the identity table: ``--max-ids`` keys, plus one for every
+    record the rings can hold (a producer keeps that room free), at a load of
+    at most 3/4."""
+    return capacity_for(p.max_ids + sum(ring_capacity(p, lane) for lane in range(len(LANES))) * p.slots)
 
 
 def id_table_bytes(p: Params) -> int:

@@ -15,8 +15,10 @@ Nothing older can arrive once the tombstone's stamp is below the *floor*:
 * the present minus ``MARGIN_NS``: a producer stamps a call a moment before
   its records reach a ring.
 
-Only while every slot runs (``Header.ready``): a slot still recovering has
-not yet published its floor, and its log may hold older operations. The
+A slot that has not published its floor yet in this run (still recovering,
+or parked before it could) has floor 0, which holds every tombstone back:
+its log may hold older operations. A slot that stopped running keeps the
+floor it published, which stays true of its log files. The
 supervisor runs this (``tick``) between its other steps; it looks at
 ``CHUNK`` entries per tick, so a pass over a large table is spread out, and
 it drops at most ``MAX_DROP`` per tick, so writers wait on the table lock
@@ -58,8 +60,9 @@ class Tombstones:
         table = self.inst.ids
         if self.metrics is not None:
             self.metrics.set("identity_table_entries", float(table.used))
-            self.metrics.set("identity_table_capacity", float(table.capacity * 3 // 4))
-        if now < self.next_at or not self.inst.header.ready or not self.count():
+            self.metrics.set("identity_table_capacity",
+                             float(table.capacity * 3 // 4 - sum(self.inst.capacity_by_lane())))
+        if now < self.next_at or not self.count():
             return 0
         self.next_at = now + INTERVAL_S
         floor = self.floor()

@@ -136,7 +136,7 @@ class Engine(Recalling):
         except LockTimeout:
             self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name, BUSY)
-        if (full := self._ids_full(n)) is not None:
+        if (full := self._ids_full(n, ids=ids, space=idx)) is not None:
             self.count_rejected(idx, "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name, full)
         lane = LANE_INDEX[priority]
@@ -152,15 +152,21 @@ class Engine(Recalling):
         return Ack(written, {"over_capacity": n - written}, state_name,
                    BUSY if busy else f"{priority} lane full: {n - written} of {n} rejected")
 
-    def _ids_full(self, n: int, share: float = 0.75) -> str | None:
+    def _ids_full(self, n: int, share: float = 0.75, ids=None, space: int | None = None) -> str | None:
         """Why ``n`` more operations would not fit the identity table, if so:
         its entries plus every record the rings can hold must stay within
         ``share`` of it (3/4 for observations; forgets, which free entries
-        in the end, may go to 7/8), so a worker never meets a full table."""
+        in the end, may go to 7/8), so a worker never meets a full table.
+        Near the limit, observations of ids the table tracks already (a
+        replacement) need no room."""
         table = self.inst.ids
         room = int(table.capacity * share) - table.used - sum(self.inst.capacity_by_lane())
         if n <= room:
             return None
+        if ids is not None:
+            n = int((table.find(space, ids) < 0).sum())
+            if n <= room:
+                return None
         return (f"identity table full: {table.used} keys tracked, room for {max(0, room)} more "
                 f"(raise --max-ids, now {self.params.max_ids}, or forget observations)")
 
