@@ -15,7 +15,8 @@ every expression belongs to the Prometheus tests, through
   matcher and ``by`` label belongs to a metric of the expression;
 * ``promtool check rules`` parses every expression once made concrete;
 * each operator topic has a panel, every panel has a description, refIds are
-  unique and legends set, and the thresholds the runbooks refer to are there.
+  unique and legends set, and the thresholds the runbooks refer to are there;
+* docs/dashboard.md describes every row and panel.
 
 The checkers return lists of problems; the ``test_checker_rejects_*`` tests
 feed them broken expressions so that they are known to be able to fail.
@@ -436,6 +437,18 @@ TOPICS = {
     "recall requests short-circuited":
         lambda i: _uses(i, "recall_breaker_short_circuits_total", by=["worker_id"]),
     "auto-tuner changes by setting": lambda i: _uses(i, "autotune_changes_total", by=["setting"]),
+    "forgets by memory_space":
+        lambda i: _uses(i, "forgets_total", by=["memory_space"], text=["rate("]),
+    "live vs deleted vectors by memory_space":
+        lambda i: _uses(i, "index_vectors", "index_deleted_vectors", by=["memory_space"]),
+    "compactions and their duration P50/P99":
+        lambda i: (_uses(i, "compactions_total", by=["memory_space"])
+                   and _quantiles(i, "compaction_duration_seconds", 0.5, 0.99)),
+    "bytes reclaimed by compaction":
+        lambda i: _uses(i, "compaction_reclaimed_bytes_total", text=["rate("]),
+    "identity table use with tombstones dropped":
+        lambda i: _uses(i, "identity_table_entries", "identity_table_capacity", "tombstones_dropped_total",
+                        text=["rate("]),
     "cluster: partitions held per host": lambda i: _uses(i, "cluster_partitions_owned", by=["instance"]),
     "cluster: partitions without an owner":
         lambda i: _uses(i, "cluster_partition_epoch", by=["partition"], types={"stat"}),
@@ -529,3 +542,40 @@ def test_worker_utilisation_panels_are_coloured_on_a_0_to_1_scale():
         d = p["fieldConfig"]["defaults"]
         assert (d.get("min"), d.get("max"), d.get("unit")) == (0, 1, "percentunit"), p["title"]
         assert len(_steps(p)) >= 3, p["title"]
+
+
+def _shown(metric: str) -> list[dict]:
+    return [p for p in panels(load()) if PREFIX + metric in metrics_of(
+        "\n".join(t["expr"] for t in p["targets"]))]
+
+
+def test_forget_panels_mark_the_alert_thresholds():
+    # DeletedVectorsNotReclaimed at 50 %, with the default --compact-ratio (0.2) below it;
+    # IdentityTableNearlyFull at 90 % and IdentityTableFull at 100 % of the table's room.
+    share = [p for p in _shown("index_deleted_vectors") if p["fieldConfig"]["defaults"]["unit"] == "percentunit"]
+    assert share, "no deleted share panel"
+    for p in share:
+        assert [v for v, _ in _steps(p)] == [None, 0.2, 0.5], p["title"]
+    table = _shown("identity_table_entries")
+    assert table
+    for p in table:
+        assert [v for v, _ in _steps(p)] == [None, 0.9, 1], p["title"]
+        assert p["fieldConfig"]["defaults"]["unit"] == "percentunit", p["title"]
+        # The line the alerts use: keys tracked plus the room kept for the rings.
+        assert any(PREFIX + "queue_capacity" in t["expr"] for t in p["targets"]), p["title"]
+
+
+# -- docs/dashboard.md documents every row and panel ------------------------------------
+
+def test_every_row_and_panel_is_documented():
+    doc = (Path(DASHBOARD).parents[1] / "docs" / "dashboard.md").read_text()
+    missing = []
+    for p in iter_panels(load()):
+        title = p["title"]
+        if p["type"] == "row":
+            found = f"\n## {title}\n" in doc
+        else:  # a bold paragraph lead, or a row of the Overview table
+            found = f"**{title}**" in doc or f"\n| {title} |" in doc
+        if not found:
+            missing.append(f"{p['type']} {title!r}")
+    assert not missing, f"not in docs/dashboard.md: {missing}"

@@ -5,8 +5,9 @@ second and evaluating the project's rules every second. The rule files are
 the ones in ``prometheus/``, with every ``for:`` shortened to 2 s so a test
 does not wait minutes (the ``for:`` values themselves are covered by
 ``promtool test rules``). Tests run in file order on one engine: mixed load
-first (every panel and recording rule returns data), then overload (queue
-alerts fire), then a killed worker (WorkerDown fires and resolves).
+with forgets and replacements first (every panel and recording rule returns
+data, compactions included), then overload (queue alerts fire), then a
+killed worker (WorkerDown fires and resolves).
 """
 
 from __future__ import annotations
@@ -119,6 +120,14 @@ def mixed_load(ep, seconds: float = 4.0) -> None:
             observe_all(eng, space, np.arange(n, n + 50), rng.standard_normal((50, DIM)).astype(np.float32),
                         priority=prio)
             n += 50
+        # Forget and upsert in panel-a: its observations share the high lane
+        # with forgets, so each is inserted before the later forget of it and
+        # leaves a dead vector (a forget that overtook its observe would leave
+        # nothing to compact). 20 of each 50 ids forgotten, 10 observed again:
+        # its shards get compacted.
+        eng.forget("panel-a", np.arange(n - 150, n - 130), wait=False)
+        observe_all(eng, "panel-a", np.arange(n - 130, n - 120), rng.standard_normal((10, DIM)).astype(np.float32),
+                    priority="high")
         eng.recall("panel-a", rng.standard_normal((2, DIM)).astype(np.float32), k=3)
         try:
             eng.observe("panel-a", [1], np.full((1, DIM), np.nan, np.float32))
@@ -147,6 +156,11 @@ def test_every_panel_and_recording_rule_returns_data(stack):
         return not empty
     deadline = time.monotonic() + 40
     wait_for(all_have_data, 60, interval=1.0, message="every expression returns data")
+    # The Forget and upsert row shows the forgets, and the compactions they caused.
+    for expr in ('sum(engram_streaming_forgets_total{memory_space="panel-a"}) > 0',
+                 'sum(engram_streaming_compactions_total) > 0',
+                 'sum(engram_streaming_compaction_duration_seconds_count) > 0'):
+        wait_for(lambda e=expr: prom.query(e), 30, interval=1.0, message=expr)
 
 
 def test_overload_fires_queue_alerts(stack):

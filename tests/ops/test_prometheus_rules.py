@@ -89,7 +89,8 @@ def test_alert_set():
             "FrequentBackpressure", "PersistentBackpressure", "HighRejectionRate",
             "BatchInsertionFailures", "LowThroughput", "ExcessiveWorkStealing",
             "ExporterDown", "DataDirUnwritable", "SnapshotFailures", "PartitionUnowned", "LeaseConflicts",
-            "LeaseRenewalFailures", "ApplyLagHigh", "LogUnavailable", "SnapshotUploadStale"} <= set(ALERTS)
+            "LeaseRenewalFailures", "ApplyLagHigh", "LogUnavailable", "SnapshotUploadStale",
+            "IdentityTableNearlyFull", "IdentityTableFull", "DeletedVectorsNotReclaimed"} <= set(ALERTS)
 
 
 @pytest.mark.parametrize("name", sorted(ALERTS))
