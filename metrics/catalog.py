@@ -164,8 +164,9 @@ CATALOG: tuple[Metric, ...] = (
        "size after).", _SPACE),
     _m("identity_table_entries", GAUGE, "Keys the identity table tracks: live observations plus tombstones of "
        "recent forgets.", ()),
-    _m("identity_table_capacity", GAUGE, "Keys the identity table may track before observations of new ids "
-       "are refused (at least --max-ids).", ()),
+    _m("identity_table_capacity", GAUGE, "3/4 of the identity table's entries: observations of new ids are "
+       "refused once its entries plus every record the rings can hold would pass it (sized so that --max-ids "
+       "keys fit).", ()),
     _m("tombstones_dropped_total", COUNTER, "Tombstones dropped once no older operation on their key could "
        "still be applied.", ()),
     # -- latencies and sizes --------------------------------------------------

@@ -60,8 +60,7 @@ class Tombstones:
         table = self.inst.ids
         if self.metrics is not None:
             self.metrics.set("identity_table_entries", float(table.used))
-            self.metrics.set("identity_table_capacity",
-                             float(table.capacity * 3 // 4 - sum(self.inst.capacity_by_lane())))
+            self.metrics.set("identity_table_capacity", float(table.capacity * 3 // 4))
         if now < self.next_at or not self.count():
             return 0
         self.next_at = now + INTERVAL_S
