@@ -50,7 +50,8 @@ class Job:
 
 
 class Compactor:
-    def __init__(self, shards, book, ratio: float, metrics, clock=time.monotonic):
+    def __init__(self, shards, book, ratio: float, metrics, clock=time.monotonic, name_of=str):
+        self.name_of = name_of  # space index -> name, for the log
         self.shards = shards
         self.book = book
         self.ratio = ratio
@@ -99,8 +100,8 @@ class Compactor:
         labels = np.asarray(old.get_ids_list(), np.uint64)
         labels = labels[self.book.held_here(space, labels)]
         self.job = Job(space, old, self.shards.blank(len(labels)), labels, self.clock(), old.index_file_size())
-        log.info("slot %d: compacting the shard of space %d: %d of %d vectors live", self.book.slot, space,
-                 len(labels), old.get_current_count())
+        log.info("slot %d: compacting the shard of space %s: %d of %d vectors live", self.book.slot,
+                 self.name_of(space), len(labels), old.get_current_count())
 
     def copy_slice(self) -> None:
         job = self.job
@@ -154,8 +155,8 @@ class Compactor:
         m.inc("compactions_total", memory_space=job.space)
         m.observe("compaction_duration_seconds", seconds)
         m.inc("compaction_reclaimed_bytes_total", max(0, job.before_bytes - after), memory_space=job.space)
-        log.info("slot %d: compacted the shard of space %d: %d -> %d vectors, %d -> %d bytes in %.2fs",
-                 self.book.slot, job.space, count_before, job.new.get_current_count(), job.before_bytes, after,
+        log.info("slot %d: compacted the shard of space %s: %d -> %d vectors, %d -> %d bytes in %.2fs",
+                 self.book.slot, self.name_of(job.space), count_before, job.new.get_current_count(), job.before_bytes, after,
                  seconds)
 
     def abandon(self, space: int) -> None:

@@ -106,7 +106,7 @@ class Worker(ClaimTaking, PoisonGuard, Ledgering):
         self.book = Book(inst.ids, slot)  # forget and upsert (engine.ledger)
         self.published = np.zeros(inst.params.max_spaces, np.int64)  # index_vectors as last published
         self.counts_due = 0.0
-        self.compactor = Compactor(shards, self.book, p.compact_ratio, self.metrics, clock)
+        self.compactor = Compactor(shards, self.book, p.compact_ratio, self.metrics, clock, inst.space_name)
         # Recall health: the reserved probe shard answers PROBE_SPACE (engine.recallhealth.probeset).
         self.search = (probe_shard or ProbeShard.for_params(p)).route(self.held_search)
 
