@@ -56,7 +56,7 @@ from engine.worker.scheduler import BatchSizer, LaneScheduler
 from engine.worker.taking import ClaimTaking
 from engine.errors import ResizeError
 from engine.worker.shards import ShardSet
-from engine.ledger.book import FORGET, Book
+from engine.ledger.book import FORGET, Book, tombstone
 from engine.ledger.compaction import Compactor
 from engine.worker.ledgering import Ledgering, groups_of
 from engine.control.spaces import SpaceRegistry
@@ -197,6 +197,9 @@ class Worker(ClaimTaking, PoisonGuard, Ledgering):
             if poison is not None:
                 k = poison - claim.start
                 self.dead_letter(claim, poison, ids[k:k + 1], spaces[k:k + 1], vectors[k:k + 1])
+                # Its operation reached the identity table before it killed the
+                # insert: set aside, it holds no vector here, so its key is not live.
+                self.book.table.apply(int(spaces[k]), ids[k:k + 1], stamps[k:k + 1], tombstone(self.slot))
                 keep = positions != poison
                 ids, spaces, times, vectors, positions = (ids[keep], spaces[keep], times[keep], vectors[keep],
                                                           positions[keep])

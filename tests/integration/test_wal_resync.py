@@ -38,13 +38,14 @@ def logged_records(data_dir, slot):
         off = 0
         while off + 24 <= len(data):
             magic, length = struct.unpack_from("<II", data, off)
-            head = 24 if magic == 0x324C4157 else 12
+            head = 24 if magic in (0x324C4157, 0x334C4157) else 12  # formats 2 and 3; 1
+            kind_byte = 1 if magic == 0x334C4157 else 0  # format 3: u8 kind after count and dim
             if off + head + length > len(data):
                 break  # an append in progress
             (n,) = struct.unpack_from("<H", data, off + head)
             space = data[off + head + 2:off + head + 2 + n].decode()
             (count,) = struct.unpack_from("<I", data, off + head + 2 + n)
-            ids = np.frombuffer(data, "<u8", count, off + head + 2 + n + 8).copy()
+            ids = np.frombuffer(data, "<u8", count, off + head + 2 + n + 8 + kind_byte).copy()
             out.append((path, off, head + length, space, ids))
             off += head + length
     return out
