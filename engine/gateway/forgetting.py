@@ -86,21 +86,10 @@ class ForgetCalls:
     def _queue_forget(self, row: int, space: str, ids, nxt: int, ack, context) -> None:
         """Queue the batch's new forgets (caller holds the session's row lock);
         the session's number advances atomically with their publication."""
-        try:
-            got = self.engine.forget_into(space, ids, journal=(row, nxt),
-                                          on_publish=lambda k: self.sessions.advance(row, nxt, k))
-        except InvalidInput as exc:  # counted by the engine
-            ack.rejected["invalid_input"] = len(ids)
-            ack.message = str(exc)
-        except NotRunning as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        else:
-            ack.accepted = got.accepted
+        got = self._into_ack(ack, len(ids), context, lambda: self.engine.forget_into(
+            space, ids, journal=(row, nxt), on_publish=lambda k: self.sessions.advance(row, nxt, k)))
+        if got is not None:
             ack.not_found = got.not_found
-            for reason, k in got.rejected.items():
-                ack.rejected[reason] = k
-            if got.message:
-                ack.message = got.message
 
 
 def wait_s(remaining: float | None) -> float:

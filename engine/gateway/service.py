@@ -238,20 +238,28 @@ class Gateway(ForgetCalls, pb_grpc.EngramServicer):
     def _queue(self, row: int, space: str, priority: str, ids, vectors, nxt: int, ack, idx, context) -> None:
         """Queue the batch's new observations (caller holds the session's row
         lock); the session's number advances atomically with the records."""
+        self._into_ack(ack, len(ids), context, lambda: self.engine.observe_into(
+            space, ids, vectors, priority, journal=(row, nxt), on_publish=lambda k: self.sessions.advance(row, nxt, k)))
+
+    @staticmethod
+    def _into_ack(ack, n: int, context, queue):
+        """Run ``queue()`` (an engine call that queues a session batch) and put
+        its outcome into ``ack``; returns the engine's result (None if refused
+        as bad input, which the engine counted)."""
         try:
-            got = self.engine.observe_into(space, ids, vectors, priority, journal=(row, nxt),
-                                           on_publish=lambda k: self.sessions.advance(row, nxt, k))
+            got = queue()
         except InvalidInput as exc:
-            ack.rejected["invalid_input"] = len(ids)
+            ack.rejected["invalid_input"] = n
             ack.message = str(exc)
+            return None
         except NotRunning as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        else:
-            ack.accepted = got.accepted
-            for reason, k in got.rejected.items():
-                ack.rejected[reason] = k
-            if got.message:
-                ack.message = got.message
+        ack.accepted = got.accepted
+        for reason, k in got.rejected.items():
+            ack.rejected[reason] = k
+        if got.message:
+            ack.message = got.message
+        return got
 
     def _finish(self, ack, priority: str) -> pb.BatchAck:
         state, _ = self._state(priority)

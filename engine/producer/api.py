@@ -85,6 +85,11 @@ class Engine(Recalling):
         idx = self.params.max_spaces if space is None else space
         self.record(lambda w: w.inc("observations_rejected_total", n, memory_space=idx, reason=reason))
 
+    def _count_invalid(self, space, ids) -> None:
+        """Count a call refused as bad input (under its space if that is known)."""
+        known = self.spaces.lookup(space) if isinstance(space, str) else None
+        self.count_rejected(known, "invalid_input", _batch_len(ids))
+
     def _transition(self, old: int, new: int) -> None:
         self.record(lambda w: w.inc("backpressure_activations_total", level=admission.STATES[new]))
 
@@ -111,8 +116,7 @@ class Engine(Recalling):
             ids = validation.ids(ids, p.max_batch_size)
             vectors = validation.vectors(vectors, len(ids), self.dim, self.metric)
         except InvalidInput:
-            known = self.spaces.lookup(space) if isinstance(space, str) else None
-            self.count_rejected(known, "invalid_input", _batch_len(ids))
+            self._count_invalid(space, ids)
             raise
         n = len(ids)
         self._check_alive()
@@ -194,8 +198,7 @@ class Engine(Recalling):
             space = validation.space_name(space)
             ids = validation.ids(ids, p.max_batch_size)
         except InvalidInput:
-            known = self.spaces.lookup(space) if isinstance(space, str) else None
-            self.count_rejected(known, "invalid_input", _batch_len(ids))
+            self._count_invalid(space, ids)
             raise
         n = len(ids)
         self._check_alive()
