@@ -275,7 +275,21 @@ class IdTable:
 
     def rows_of(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(space, id, stamp, holder) of every key held or removed by ``slot``
-        (a copy, no lock: a snapshot's view, see ``engine.ledger``)."""
+        (a copy, read without the lock unless entries keep moving: a snapshot's
+        view, see ``engine.storage.ledgerfile``)."""
+        for _ in range(100):
+            v = int(self._hdr[4])
+            if v & 1:
+                time.sleep(0.0005)
+                continue
+            rows = self._rows_of(slot)
+            if int(self._hdr[4]) == v:
+                return rows
+        with self._lock.hold(self._lock_index, self.lock_timeout):
+            return self._rows_of(slot)
+
+    def _rows_of(self, slot: int):
         sel = np.flatnonzero((self.key != 0) & ((self.holder == slot) | (self.holder == -slot - 1)))
-        return ((self.key[sel] - 1).astype(np.uint32), self.ids[sel].copy(), self.stamps[sel].copy(),
-                self.holder[sel].copy())
+        key, ids, stamps, holder = self.key[sel], self.ids[sel], self.stamps[sel], self.holder[sel]
+        ok = (key != 0) & ((holder == slot) | (holder == -slot - 1))  # changed between the reads: left out
+        return (key[ok] - 1).astype(np.uint32), ids[ok], stamps[ok], holder[ok]

@@ -8,17 +8,20 @@ identity table says it holds) passes ``--compact-ratio`` is rebuilt:
 
 1. ``start``: list its labels, keep those the table says this slot holds,
    make an empty index sized for them;
-2. ``step`` (the worker calls it between batches, about ``SLICE_S`` each):
-   copy the next labels' vectors from the old index into the new one. The
-   old index keeps serving recall and taking inserts meanwhile; the labels
-   those inserts, forgets and replacements touch are remembered;
-3. at the end, copy the touched labels again as they are now (or mark them
-   deleted in the new index if they are dead), and swap the new index in.
-   The old one is freed: its memory goes back.
+2. ``step`` (the worker gives it about ``SHARE`` of its busy time, in
+   slices of about ``SLICE_S`` with recall answered between them): copy the
+   next labels' vectors from the old index into the new one, skipping those
+   no longer held here. Meanwhile the old index keeps serving recall, and
+   every change the worker makes to the space goes to both indexes
+   (``mirror_insert``, ``mirror_delete``): the new index is never behind,
+   so nothing is left to catch up at the end;
+3. once every label is copied, the new index is swapped in and the old one
+   freed: its memory goes back. The swap is a pointer change.
 
-Nothing stalls: a slice is as long as an insert slice, and ingestion and
-recall go on between slices. A snapshot forked meanwhile writes the old
-index, which is complete. Single owner: the worker of the slot.
+A label copied after it was replaced is copied with its new vector (the old
+index was updated in place), and one forgotten before its turn is skipped
+(the table no longer says it is held here). A snapshot forked meanwhile
+writes the old index, which is complete. Single owner: the worker of the slot.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ import numpy as np
 log = logging.getLogger("engram.worker")
 
 SLICE_S = 0.005
+# Share of a worker's busy time a running compaction gets (the rest inserts):
+# with ingest going on, a rebuild of n live vectors takes about as long as
+# inserting n / SHARE of them.
+SHARE = 1 / 3
 CHECK_EVERY_S = 0.25
 MIN_DEAD = 64  # a shard with fewer dead vectors is not worth rebuilding
 FIRST_CHUNK = 64
@@ -44,9 +51,8 @@ class Job:
     new: object
     labels: np.ndarray
     started: float
-    before_bytes: int
     cursor: int = 0
-    touched: list = field(default_factory=list)
+    dead: set = field(default_factory=set)  # labels marked deleted in the new index
 
 
 class Compactor:
@@ -61,9 +67,6 @@ class Compactor:
         self.next_check = 0.0
         self.per_item = 0.0  # seconds to copy one vector, measured
 
-    def dead(self, space: int) -> int:
-        return self.shards.count(space) - self.book.held(space)
-
     def due(self) -> int | None:
         """A space whose shard should be rebuilt now, if any."""
         for space in list(self.shards.shards):
@@ -73,11 +76,26 @@ class Compactor:
                 return space
         return None
 
-    def touch(self, space: int, ids: np.ndarray) -> None:
-        """The worker changed ``ids`` of ``space`` (insert, forget, lazy delete)."""
-        if self.job is not None and self.job.space == space and len(ids):
-            self.job.touched.append(np.array(ids, np.uint64))
+    # -- what the worker does to the compacting space goes to the new index too --
+    def mirror_insert(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> None:
+        job = self.job
+        if job is not None and job.space == space and len(ids):
+            self.shards.add(space, job.new, ids, vectors)
+            if job.dead:
+                job.dead.difference_update(ids.tolist())
 
+    def mirror_delete(self, space: int, ids: np.ndarray) -> None:
+        job = self.job
+        if job is None or job.space != space:
+            return
+        for label in ids.tolist():
+            try:
+                job.new.mark_deleted(label)
+                job.dead.add(label)
+            except RuntimeError:
+                pass  # not copied yet (it will be skipped), or deleted already
+
+    # -- the rebuild ------------------------------------------------------------
     def step(self) -> bool:
         """Start a due compaction or copy one slice of the running one; True if it worked."""
         if self.job is None:
@@ -99,7 +117,7 @@ class Compactor:
         old = self.shards.shards[space]
         labels = np.asarray(old.get_ids_list(), np.uint64)
         labels = labels[self.book.held_here(space, labels)]
-        self.job = Job(space, old, self.shards.blank(len(labels)), labels, self.clock(), old.index_file_size())
+        self.job = Job(space, old, self.shards.blank(len(labels)), labels, self.clock())
         log.info("slot %d: compacting the shard of space %s: %d of %d vectors live", self.book.slot,
                  self.name_of(space), len(labels), old.get_current_count())
 
@@ -114,7 +132,7 @@ class Compactor:
             self.per_item = (time.perf_counter() - t0) / len(chunk)
 
     def _copy(self, labels: np.ndarray) -> None:
-        """Copy the labels this slot holds live from the old index into the new one."""
+        """Copy the labels this slot still holds live from the old index into the new one."""
         job = self.job
         labels = labels[self.book.held_here(job.space, labels)]
         if not len(labels):
@@ -137,29 +155,17 @@ class Compactor:
 
     def finish(self) -> None:
         job = self.job
-        if job.touched:
-            touched = np.unique(np.concatenate(job.touched))
-            live = self.book.held_here(job.space, touched)
-            self._copy(touched[live])
-            dead = touched[~live]
-        else:
-            dead = np.zeros(0, np.uint64)
+        before = job.old.index_file_size()
         count_before = job.old.get_current_count()
         self.shards.replace(job.space, job.new)
-        if len(dead):
-            self.shards.delete(job.space, dead)
+        self.shards.dead[job.space] = job.dead
         after = job.new.index_file_size()
         seconds = self.clock() - job.started
         self.job = None
         m = self.metrics
         m.inc("compactions_total", memory_space=job.space)
         m.observe("compaction_duration_seconds", seconds)
-        m.inc("compaction_reclaimed_bytes_total", max(0, job.before_bytes - after), memory_space=job.space)
+        m.inc("compaction_reclaimed_bytes_total", max(0, before - after), memory_space=job.space)
         log.info("slot %d: compacted the shard of space %s: %d -> %d vectors, %d -> %d bytes in %.2fs",
-                 self.book.slot, self.name_of(job.space), count_before, job.new.get_current_count(), job.before_bytes, after,
-                 seconds)
-
-    def abandon(self, space: int) -> None:
-        """Drop a running compaction of ``space`` (its shard was replaced meanwhile)."""
-        if self.job is not None and self.job.space == space:
-            self.job = None
+                 self.book.slot, self.name_of(job.space), count_before, job.new.get_current_count(), before,
+                 after, seconds)

@@ -196,7 +196,7 @@ class Engine(Recalling):
         p = self.params
         try:
             space = validation.space_name(space)
-            ids = validation.ids(ids, p.max_batch_size)
+            ids = validation.ids(ids, p.max_batch_size, "forgets")
         except InvalidInput:
             self._count_invalid(space, ids)
             raise

@@ -29,7 +29,7 @@ def priority(value: object) -> str:
     return str(value)
 
 
-def ids(values: object, max_batch: int) -> np.ndarray:
+def ids(values: object, max_batch: int, what: str = "observations") -> np.ndarray:
     try:
         arr = np.asarray(values)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -41,7 +41,7 @@ def ids(values: object, max_batch: int) -> np.ndarray:
     if len(arr) == 0:
         raise InvalidInput("empty batch: no ids")
     if len(arr) > max_batch:
-        raise InvalidInput(f"batch of {len(arr)} observations exceeds --max-batch-size={max_batch}")
+        raise InvalidInput(f"batch of {len(arr)} {what} exceeds --max-batch-size={max_batch}")
     if arr.dtype.kind not in _INT_KINDS:
         if arr.dtype == object:
             try:

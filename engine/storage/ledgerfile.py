@@ -34,16 +34,19 @@ FILE = "ledger.npz"
 def collect(table, slot: int, name_of, dead: dict) -> dict[str, np.ndarray]:
     """The arrays of one slot's ledger file."""
     space, ids, stamps, holder = table.rows_of(slot)
-    names = sorted({name_of(int(s)) for s in np.unique(space)} | {name_of(s) for s, d in dead.items() if d})
+    present = np.unique(space)
+    names = sorted({name_of(int(s)) for s in present} | {name_of(s) for s, d in dead.items() if d})
     index = {name: i for i, name in enumerate(names)}
-    remap = {int(s): index[name_of(int(s))] for s in np.unique(space)}
+    remap = np.zeros(int(present.max()) + 1 if len(present) else 1, np.uint32)
+    for s in present:
+        remap[int(s)] = index[name_of(int(s))]
     dead_space = np.concatenate([np.full(len(d), index[name_of(s)], np.uint32) for s, d in dead.items() if d]
                                 or [np.zeros(0, np.uint32)])
     dead_ids = np.concatenate([np.fromiter(d, np.uint64, len(d)) for s, d in dead.items() if d]
                               or [np.zeros(0, np.uint64)])
     return {
         "names": np.frombuffer(json.dumps(names).encode(), np.uint8),
-        "space": np.array([remap[int(s)] for s in space], np.uint32),
+        "space": remap[space.astype(np.int64)],
         "ids": ids, "stamps": stamps, "forgotten": (holder < 0).astype(np.uint8),
         "dead_space": dead_space, "dead_ids": dead_ids,
     }

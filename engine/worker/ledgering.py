@@ -10,13 +10,18 @@
   table) and ``index_deleted_vectors`` (kept in the shard, not live) of this
   slot; another slot's forget or replacement changes them too, so they are
   looked at again about every ``COUNTS_EVERY_S``.
-* ``compact``: one slice of a shard rebuild (``engine.ledger.compaction``).
+* ``compact``: a shard rebuild (``engine.ledger.compaction``) gets about a
+  third of the worker's time, in slices; every change to the space goes to
+  the index being built as well.
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
+from engine.ledger import compaction
 from engine.ledger.book import FORGET, apply_ops, keep_rows
 
 # How often a worker looks for live counts of its slot that other slots changed.
@@ -27,15 +32,27 @@ class Ledgering:
     """Needs: book, shards, counts, compactor, metrics, published, counts_due,
     clock, slot, _insert (set by ``Worker``)."""
 
-    def compact(self) -> bool:
-        """One slice of shard compaction (``engine.ledger.compaction``), if one is due."""
-        space = self.compactor.job.space if self.compactor.job is not None else None
-        if not self.compactor.step():
-            return False
-        if space is not None and self.compactor.job is None:  # swapped in
-            self.counts[space] = self.shards.count(space)
-            self.publish_counts(space)
-        return True
+    def compact(self, busy_s: float = 0.0) -> bool:
+        """Shard compaction (``engine.ledger.compaction``), if one is due or
+        running: slices of about ``SLICE_S`` for about ``SHARE`` of the
+        worker's time (``busy_s``: how long the step's batch took), with
+        recall queries answered between slices."""
+        budget = max(compaction.SLICE_S, busy_s * compaction.SHARE / (1 - compaction.SHARE))
+        deadline = time.perf_counter() + budget
+        worked = False
+        while True:
+            space = self.compactor.job.space if self.compactor.job is not None else None
+            if not self.compactor.step():
+                return worked
+            worked = True
+            if space is not None and self.compactor.job is None:  # swapped in
+                self.counts[space] = self.shards.count(space)
+                self.publish_counts(space)
+                return worked
+            if self.compactor.job is None or time.perf_counter() >= deadline:
+                return worked
+            self.heartbeat()
+            self.answer_queries()
 
     def held_search(self, space: int, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
         """Search the space's shard, keeping only the vectors the identity table
@@ -51,7 +68,7 @@ class Ledgering:
                 return ids, dist
             stale = np.unique(ids[~ok]).astype(np.uint64)
             self.shards.delete(space, stale)
-            self.compactor.touch(space, stale)
+            self.compactor.mirror_delete(space, stale)
         return keep_rows(ids, dist, ok)
 
     def _apply(self, space: int, kind: int, ids, stamps, vectors, positions) -> tuple:
@@ -65,7 +82,10 @@ class Ledgering:
             self._insert(sp, ids[chosen], vectors[chosen], None if positions is None else positions[chosen])
         chosen, _ = apply_ops(self.book, self.shards, space, kind, ids, stamps, vectors, insert)
         self.counts[space] = self.shards.count(space)
-        self.compactor.touch(space, ids[chosen])
+        if kind == FORGET:
+            self.compactor.mirror_delete(space, ids[chosen])
+        else:
+            self.compactor.mirror_insert(space, ids[chosen], vectors[chosen])
         if kind == FORGET:
             return space, kind, ids[chosen], stamps[chosen], None
         return space, kind, ids[chosen], stamps[chosen], vectors[chosen]

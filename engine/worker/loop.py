@@ -156,9 +156,10 @@ class Worker(ClaimTaking, PoisonGuard, Ledgering):
         self.sizer.budget_s, self.steal_threshold = live_settings(self.inst) or (self.sizer.budget_s,
                                                                                 self.steal_threshold)
         claim = self.next_claim()
+        t_batch = time.perf_counter()
         if claim is not None:
             self.process(claim)
-        compacted = self.compact()
+        compacted = self.compact(time.perf_counter() - t_batch)
         worked = claim is not None or bool(answered) or compacted
         self.busy_s += self.clock() - t0 if worked else 0.0
         if not worked:
