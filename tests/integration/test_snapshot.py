@@ -58,7 +58,15 @@ def test_snapshots_while_ingesting_delete_covered_logs_and_a_kill_recovers_every
     ep = engine_factory(snapshot_wal_bytes=20000, fsync="interval")
     eng = ep.engine()
     placed = ingest(eng, ["snap-a", "snap-b", "snap-c"], 6000, 1)
-    wait_for(lambda: total(ep) == 6000, 60, message="inserted")
+    sent = 6000
+    # Snapshots follow the log's growth; how many a given amount of data makes
+    # depends on how long each takes here: ingest on until there are several.
+    while snapshots_ok(ep) < 6 and sent < 30000:
+        more = ingest(eng, ["snap-a", "snap-b", "snap-c"], 1000, 100 + sent // 1000, start=sent)
+        for space, (ids, vecs) in more.items():
+            placed[space] = (np.concatenate([placed[space][0], ids]), np.concatenate([placed[space][1], vecs]))
+        sent += 1000
+    wait_for(lambda: total(ep) == sent, 60, message="inserted")
     wait_for(lambda: snapshots_ok(ep) >= 6, 60, message="several snapshots taken while ingesting")
     for slot in range(2):
         sdir = snapshots.slot_dir(ep.data_dir, slot)
@@ -76,7 +84,7 @@ def test_snapshots_while_ingesting_delete_covered_logs_and_a_kill_recovers_every
     for space, (ids, vecs) in more.items():
         old = placed.get(space, (ids[:0], vecs[:0]))
         placed[space] = (np.concatenate([old[0], ids]), np.concatenate([old[1], vecs]))
-    wait_for(lambda: total(ep) == 7000, 60, message="second part inserted")
+    wait_for(lambda: total(ep) == sent + 1000, 60, message="second part inserted")
     for w in ep.status()["workers"]:
         os.kill(w["pid"], signal.SIGKILL)
     wait_for(lambda: all(w["state"] == "running" and w["restarts"] == 1 for w in ep.status()["workers"]),
