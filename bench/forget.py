@@ -288,7 +288,7 @@ def measure_mix(args, arm: str, vecs: np.ndarray, workdir: str) -> dict:
         snap1 = inst.snap()
         n_ops = st["sent"] - sent0
         n_forget = sum(len(x) for g in gone for x in g)
-        live = sum(book.live_count(eng.inst.ids, eng.spaces.lookup(n)) for n in names)
+        live = sum(int(eng.inst.ids.held[:, eng.spaces.lookup(n)].sum()) for n in names)
         observed = inst.total(snap1, "observations_total") - inst.total(snap0, "observations_total")
         forgets = inst.total(snap1, "forgets_total") - inst.total(snap0, "forgets_total")
         gone0 = np.concatenate(gone[0])[:30] if gone[0] else np.zeros(0, np.uint64)
@@ -538,7 +538,7 @@ def measure_compaction(args, vecs: np.ndarray, rate: float | None, workdir: str)
         base["other_load"], comp["other_load"] = other_base, other_comp
         _, dur_counts, dur_sum = inst.hist(snap_f, snap_d, "compaction_duration_seconds")
         snap_end = inst.snap()
-        live = book.live_count(eng.inst.ids, idx)
+        live = int(eng.inst.ids.held[:, idx].sum())
         expect = args.shard - len(victims) + pacer.sent
         gone = victims[:30]
         keep = np.setdiff1d(np.arange(args.shard, dtype=np.uint64), victims)[:30]
