@@ -11,24 +11,24 @@ identity table says it holds) passes ``--compact-ratio`` is rebuilt:
 2. ``step`` (the worker gives it about ``SHARE`` of its busy time, in
    slices of about ``SLICE_S`` with recall answered between them): copy the
    next labels' vectors from the old index into the new one, skipping those
-   no longer held here. Meanwhile the old index keeps serving recall, and
-   every change the worker makes to the space goes to both indexes
-   (``mirror_insert``, ``mirror_delete``): the new index is never behind,
-   so nothing is left to catch up at the end;
+   no longer held here and those inserted since. Meanwhile inserts into the
+   space go to the new index only and searches ask both
+   (``engine.worker.shards.ShardSet.building``): no vector is inserted
+   twice, and nothing is left to catch up at the end;
 3. once every label is copied, the new index is swapped in and the old one
    freed: its memory goes back. The swap is a pointer change.
 
-A label copied after it was replaced is copied with its new vector (the old
-index was updated in place), and one forgotten before its turn is skipped
-(the table no longer says it is held here). A snapshot forked meanwhile
-writes the old index, which is complete. Single owner: the worker of the slot.
+No snapshot starts while a compaction runs (the vectors inserted meanwhile
+are in the new index only, which a snapshot does not write; the log holds
+them), and a graceful stop completes a running one first (``complete``).
+Single owner: the worker of the slot.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,7 +52,6 @@ class Job:
     labels: np.ndarray
     started: float
     cursor: int = 0
-    dead: set = field(default_factory=set)  # labels marked deleted in the new index
 
 
 class Compactor:
@@ -76,25 +75,6 @@ class Compactor:
                 return space
         return None
 
-    # -- what the worker does to the compacting space goes to the new index too --
-    def mirror_insert(self, space: int, ids: np.ndarray, vectors: np.ndarray) -> None:
-        job = self.job
-        if job is not None and job.space == space and len(ids):
-            self.shards.add(space, job.new, ids, vectors)
-            if job.dead:
-                job.dead.difference_update(ids.tolist())
-
-    def mirror_delete(self, space: int, ids: np.ndarray) -> None:
-        job = self.job
-        if job is None or job.space != space:
-            return
-        for label in ids.tolist():
-            try:
-                job.new.mark_deleted(label)
-                job.dead.add(label)
-            except RuntimeError:
-                pass  # not copied yet (it will be skipped), or deleted already
-
     # -- the rebuild ------------------------------------------------------------
     def step(self) -> bool:
         """Start a due compaction or copy one slice of the running one; True if it worked."""
@@ -117,7 +97,7 @@ class Compactor:
         old = self.shards.shards[space]
         labels = np.asarray(old.get_ids_list(), np.uint64)
         labels = labels[self.book.held_here(space, labels)]
-        self.job = Job(space, old, self.shards.blank(len(labels)), labels, self.clock())
+        self.job = Job(space, old, self.shards.build(space, labels), labels, self.clock())
         log.info("slot %d: compacting the shard of space %s: %d of %d vectors live", self.book.slot,
                  self.name_of(space), len(labels), old.get_current_count())
 
@@ -132,9 +112,13 @@ class Compactor:
             self.per_item = (time.perf_counter() - t0) / len(chunk)
 
     def _copy(self, labels: np.ndarray) -> None:
-        """Copy the labels this slot still holds live from the old index into the new one."""
+        """Copy the labels this slot still holds live, and that were not
+        inserted since the start, from the old index into the new one."""
         job = self.job
+        fresh = self.shards.building[job.space].fresh
         labels = labels[self.book.held_here(job.space, labels)]
+        if fresh:
+            labels = labels[[label not in fresh for label in labels.tolist()]]
         if not len(labels):
             return
         try:
@@ -157,8 +141,7 @@ class Compactor:
         job = self.job
         before = job.old.index_file_size()
         count_before = job.old.get_current_count()
-        self.shards.replace(job.space, job.new)
-        self.shards.dead[job.space] = job.dead
+        self.shards.replace(job.space)
         after = job.new.index_file_size()
         seconds = self.clock() - job.started
         self.job = None
@@ -169,3 +152,8 @@ class Compactor:
         log.info("slot %d: compacted the shard of space %s: %d -> %d vectors, %d -> %d bytes in %.2fs",
                  self.book.slot, self.name_of(job.space), count_before, job.new.get_current_count(), before,
                  after, seconds)
+
+    def complete(self) -> None:
+        """Copy the rest of a running compaction now (a graceful stop, before its snapshot)."""
+        while self.job is not None:
+            self.step()

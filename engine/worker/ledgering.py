@@ -11,8 +11,8 @@
   slot; another slot's forget or replacement changes them too, so they are
   looked at again about every ``COUNTS_EVERY_S``.
 * ``compact``: a shard rebuild (``engine.ledger.compaction``) gets about a
-  third of the worker's time, in slices; every change to the space goes to
-  the index being built as well.
+  third of the worker's time, in slices; meanwhile the space's inserts go
+  to the index being built (``ShardSet.building``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class Ledgering:
                 return ids, dist
             stale = np.unique(ids[~ok]).astype(np.uint64)
             self.shards.delete(space, stale)
-            self.compactor.mirror_delete(space, stale)
         return keep_rows(ids, dist, ok)
 
     def _apply(self, space: int, kind: int, ids, stamps, vectors, positions) -> tuple:
@@ -82,10 +81,6 @@ class Ledgering:
             self._insert(sp, ids[chosen], vectors[chosen], None if positions is None else positions[chosen])
         chosen, _ = apply_ops(self.book, self.shards, space, kind, ids, stamps, vectors, insert)
         self.counts[space] = self.shards.count(space)
-        if kind == FORGET:
-            self.compactor.mirror_delete(space, ids[chosen])
-        else:
-            self.compactor.mirror_insert(space, ids[chosen], vectors[chosen])
         if kind == FORGET:
             return space, kind, ids[chosen], stamps[chosen], None
         return space, kind, ids[chosen], stamps[chosen], vectors[chosen]

@@ -147,7 +147,9 @@ class Worker(ClaimTaking, PoisonGuard, Ledgering):
         if self.store is not None:
             if self.store.blocked is not None:
                 return self.step_blocked()
-            self.store.snapshots.poll()  # between batches: reap a finished child, start one if due
+            # between batches: reap a finished child, start one if due (not while a
+            # shard is rebuilt: what it took meanwhile is in the new index only)
+            self.store.snapshots.poll(self.compactor.job is None)
         if self.uncommitted:
             self.retry_commits()
         t0 = self.clock()
@@ -347,6 +349,7 @@ def main(slot: int, name: str, cpu: int | None, inherited: list[int] = (),
         worker.start(durable=True, snapshot_cpus=usable)
         while not worker.stopping():
             worker.step()
+        worker.compactor.complete()  # the final snapshot must see the rebuilt shard
         worker.store.finish()
     except Exception:
         log.exception("worker slot %d (pid %d) failed", slot, os.getpid())

@@ -226,6 +226,7 @@ def test_a_compaction_finishes_while_the_space_keeps_taking_inserts(inst, monkey
     drain(w0)
     assert w0.compact() and w0.compactor.job is not None
     added = 0
+    mid_checked = False
     steps = 0
     while w0.compactor.job is not None:
         new = vectors(100, 100 + steps)
@@ -234,7 +235,14 @@ def test_a_compaction_finishes_while_the_space_keeps_taking_inserts(inst, monkey
         w0.step()
         steps += 1
         assert steps < 2000, "the compaction never finished"
+        if steps == 2 and w0.compactor.job is not None:
+            drain(w0)
+            # mid-rebuild: a vector inserted since (new index only) and one not copied yet (old only)
+            ids, dist = w0.held_search(idx, np.vstack([new[:1], vecs[2999:3000]]), 1, 64)
+            assert ids[:, 0].tolist() == [10_000 + added - 100, 2999] and np.allclose(dist[:, 0], 0, atol=1e-5)
+            mid_checked = True
     drain(w0)
+    assert mid_checked
     assert w0.shards.live(idx) == 2000 + added == inst.ids.held[0, idx]
     assert w0.shards.count(idx) == w0.shards.live(idx)  # nothing dead carried over
     ids, dist = w0.held_search(idx, vectors(100, 100)[:5], 1, 64)
