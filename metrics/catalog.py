@@ -160,8 +160,8 @@ CATALOG: tuple[Metric, ...] = (
     _m("compactions_total", COUNTER, "Shards rebuilt without their forgotten and replaced vectors.", _SPACE),
     _m("compaction_duration_seconds", HISTOGRAM, "Time from the start to the swap of one shard's compaction "
        "(done in slices between batches).", (), (.01, .05, .1, .5, 1, 5, 10, 30, 60, 300)),
-    _m("compaction_reclaimed_bytes_total", COUNTER, "Index bytes given back by compactions (the old index's "
-       "size at the swap minus the new one's).", _SPACE),
+    _m("compaction_reclaimed_bytes_total", COUNTER, "Index bytes given back by compactions: the old index's "
+       "size times the share of it that was dead.", _SPACE),
     _m("identity_table_entries", GAUGE, "Keys the identity table tracks: live observations plus tombstones of "
        "recent forgets.", ()),
     _m("identity_table_capacity", GAUGE, "3/4 of the identity table's entries: observations of new ids are "

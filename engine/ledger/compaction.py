@@ -8,7 +8,8 @@ identity table says it holds) passes ``--compact-ratio`` is rebuilt:
 
 1. ``start``: list its labels, keep those the table says this slot holds,
    make an empty index sized for them;
-2. ``step`` (the worker gives it about ``SHARE`` of its busy time, in
+2. ``step`` (the worker gives it about ``SHARE`` of its busy time, or
+   ``BACKLOG_SHARE`` while records wait in its rings, in
    slices of about ``SLICE_S`` with recall answered between them): copy the
    next labels' vectors from the old index into the new one, skipping those
    no longer held here and those inserted since. Meanwhile inserts into the
@@ -35,10 +36,12 @@ import numpy as np
 log = logging.getLogger("engram.worker")
 
 SLICE_S = 0.005
-# Share of a worker's busy time a running compaction gets (the rest inserts):
-# with ingest going on, a rebuild of n live vectors takes about as long as
-# inserting n / SHARE of them.
+# Share of a worker's busy time a running compaction gets (the rest inserts)
+# while the worker keeps up with its rings, and while records wait in them
+# (BACKLOG_SHARE: ingest first). With ingest going on, a rebuild of n live
+# vectors takes about as long as inserting n / share of them.
 SHARE = 1 / 3
+BACKLOG_SHARE = 0.1
 CHECK_EVERY_S = 0.25
 MIN_DEAD = 64  # a shard with fewer dead vectors is not worth rebuilding
 FIRST_CHUNK = 64
@@ -139,8 +142,11 @@ class Compactor:
 
     def finish(self) -> None:
         job = self.job
-        before = job.old.index_file_size()
         count_before = job.old.get_current_count()
+        # What the dead vectors took: the old index's bytes less its copied share.
+        copied = len(job.labels)
+        before = job.old.index_file_size()
+        freed = int(before * (count_before - copied) / max(1, count_before))
         self.shards.replace(job.space)
         after = job.new.index_file_size()
         seconds = self.clock() - job.started
@@ -148,7 +154,7 @@ class Compactor:
         m = self.metrics
         m.inc("compactions_total", memory_space=job.space)
         m.observe("compaction_duration_seconds", seconds)
-        m.inc("compaction_reclaimed_bytes_total", max(0, before - after), memory_space=job.space)
+        m.inc("compaction_reclaimed_bytes_total", max(0, freed), memory_space=job.space)
         log.info("slot %d: compacted the shard of space %s: %d -> %d vectors, %d -> %d bytes in %.2fs",
                  self.book.slot, self.name_of(job.space), count_before, job.new.get_current_count(), before,
                  after, seconds)

@@ -35,9 +35,10 @@ class Ledgering:
     def compact(self, busy_s: float = 0.0) -> bool:
         """Shard compaction (``engine.ledger.compaction``), if one is due or
         running: slices of about ``SLICE_S`` for about ``SHARE`` of the
-        worker's time (``busy_s``: how long the step's batch took), with
+        worker's time (``BACKLOG_SHARE`` while its rings hold records) (``busy_s``: how long the step's batch took), with
         recall queries answered between slices."""
-        budget = max(compaction.SLICE_S, busy_s * compaction.SHARE / (1 - compaction.SHARE))
+        share = compaction.BACKLOG_SHARE if any(r.depth() for r in self.own) else compaction.SHARE
+        budget = max(compaction.SLICE_S, busy_s * share / (1 - share))
         deadline = time.perf_counter() + budget
         worked = False
         while True:
