@@ -2,10 +2,11 @@
 
 observe: validate → admit (priority × backpressure state) → route (home slot
 of the space, spill-over) → stamp (engine.ledger.stamps) → enqueue into
-shared memory with one copy → wake the worker if it sleeps. forget: the same
-path with ids only, admitted and queued like ``high`` priority; with
-``wait`` it returns once the workers applied it. recall: optional exact scan of queued records
-(``fresh``), fan-out to every slot holding a shard of the space, top-k merge.
+shared memory with one copy → wake the worker if it sleeps. forget
+(``engine.producer.forgetting``): the same path with ids only, admitted and
+queued like ``high`` priority. recall (``engine.producer.recalling``):
+optional exact scan of queued records (``fresh``), fan-out to every slot
+holding a shard of the space, top-k merge.
 
 Thread safety: an ``Engine`` may be shared by threads; ring and control
 updates take kernel byte locks that also exclude threads (shm.lock).
@@ -30,24 +31,20 @@ from engine.control.instance import Instance
 from engine.control.liveness import Liveness
 from engine.control.query import QueryClient
 from engine.control.spaces import SpaceRegistry
+from engine.producer.forgetting import Forgetting
 from engine.producer.recalling import Recalling
+from engine.producer.refusals import BUSY
 from engine.recallhealth import report as recall_report
-from engine.ledger import book
-from engine.ledger.book import FORGET, OBSERVE
+from engine.ledger.book import OBSERVE
 from engine.ledger.stamps import StampClock
-from engine.results import Ack, ForgetResult
+from engine.results import Ack
 from engine.producer.routing import home_slot, spill_order
 from engine.recallhealth.board import BreakerBoard
 from metrics.lease import ProducerRowLease
 from shm.errors import LayoutError, LockTimeout, SegmentMissing
 
-# The refusal when a ring or the control block stayed locked past its deadline
-# (shm.errors.LockTimeout): its holder is most likely a stopped producer.
-BUSY = ("queues busy: a ring stayed locked past its deadline (a producer holding it may be stopped); "
-        "retry shortly")
 
-
-class Engine(Recalling):
+class Engine(Recalling, Forgetting):
     def __init__(self, inst: Instance, writer=None, liveness: Liveness | None = None):
         """``writer``: record metrics into this writer (the gateway's own
         row) instead of a leased producer row. ``liveness``: how to tell the
@@ -173,100 +170,6 @@ class Engine(Recalling):
                 return None
         return (f"identity table full: {table.used} keys tracked, room for {max(0, room)} more "
                 f"(raise --max-ids, now {self.params.max_ids}, or forget observations)")
-
-    # -- forget ------------------------------------------------------------
-    def forget(self, space: str, ids, wait: bool = True, timeout: float = 10.0) -> ForgetResult:
-        """Forget observations of one space by id; see ``ForgetResult``.
-
-        Queued like ``high`` priority (refused only when that lane is full).
-        With ``wait``, returns once every accepted forget is applied (no
-        recall returns those ids any more), or after ``timeout`` seconds with
-        ``applied`` False. Bad input raises InvalidInput, counted as rejected
-        with reason invalid_input."""
-        result, marks = self._forget(space, ids)
-        if wait and result.accepted:
-            result.applied = self._wait_applied(marks, timeout)
-        return result
-
-    def forget_into(self, space: str, ids, journal: tuple[int, int] | None = None, on_publish=None) -> ForgetResult:
-        """``forget`` without waiting; with ``journal``, as ``observe_into``."""
-        return self._forget(space, ids, journal, on_publish)[0]
-
-    def _forget(self, space: str, ids, journal=None, on_publish=None) -> tuple[ForgetResult, list]:
-        p = self.params
-        try:
-            space = validation.space_name(space)
-            ids = validation.ids(ids, p.max_batch_size, "forgets")
-        except InvalidInput:
-            self._count_invalid(space, ids)
-            raise
-        n = len(ids)
-        self._check_alive()
-        state_name = admission.STATES[self.backpressure()]
-        idx = self.spaces.lookup(space)
-        if idx is None:
-            # A space that was never registered holds nothing, and nothing of
-            # it is queued (a space registers before its first enqueue).
-            if journal is not None and on_publish is not None:
-                on_publish(n)
-            return ForgetResult(n, n, {}, state_name, True), []
-        if self.inst.header.admission_closed:
-            self.count_rejected(idx, "over_capacity", n)
-            return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, "engine is shutting down"), []
-        if blocked := pressure.unwritable(self.inst):
-            self.count_rejected(idx, "over_capacity", n)
-            return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, blocked), []
-        if (full := self._ids_full(n, 0.875)) is not None:
-            self.count_rejected(idx, "over_capacity", n)
-            return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, full), []
-        missing = self._not_found(idx, ids)
-        lane = LANE_INDEX["high"]
-        if journal is None:
-            written, busy, marks = self._enqueue(idx, ids, None, lane, FORGET)
-        else:
-            written, busy, marks = self._enqueue_one_ring(space, idx, ids, None, lane, FORGET, journal, on_publish)
-        state_name = admission.STATES[self.backpressure()]
-        if written == n:
-            return ForgetResult(n, missing, {}, state_name, False), marks
-        self.count_rejected(idx, "over_capacity", n - written)
-        if written:
-            missing = self._not_found(idx, ids[:written])
-        return ForgetResult(written, min(missing, written), {"over_capacity": n - written}, state_name, False,
-                            BUSY if busy else f"high lane full: {n - written} of {n} forgets rejected"), marks
-
-    def _not_found(self, idx: int, ids: np.ndarray) -> int:
-        """How many of ``ids`` the space neither holds nor has an observation
-        of queued (the forget will find it when it is applied). The rings are
-        read before the table is looked at again: an observation that leaves
-        a ring has been applied to the table before (a worker commits after
-        applying), so none slips between the two."""
-        absent = book.absent(self.inst.ids, idx, ids)
-        if not absent.any():
-            return 0
-        queued = []
-        for ring in self.inst.rings:
-            try:
-                queued.append(ring.queued_keys(idx, OBSERVE))
-            except LockTimeout:
-                continue  # counted as not found: a count, never a decision
-        if queued:
-            absent &= ~np.isin(ids, np.concatenate(queued))
-        if absent.any():
-            absent[absent] = book.absent(self.inst.ids, idx, ids[absent])
-        return int(absent.sum())
-
-    def _wait_applied(self, marks: list, timeout: float) -> bool:
-        """Until every ring in ``marks`` [(ring, position)] has committed
-        everything before its position (its tail passed it)."""
-        deadline = time.monotonic() + timeout
-        pause = 0.0005
-        while True:
-            if all(ring.tail >= end for ring, end in marks):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(0.01, pause * 2)
 
     def _check_alive(self) -> None:
         """Refuse to queue into the shared memory of a run that is gone: nothing

@@ -1,0 +1,122 @@
+"""Forget through the same-host engine (``Engine`` mixes this in; ``engine.ledger``).
+
+forget: validate → (a space never registered holds nothing: done) → room in
+the identity table → count ``not_found`` (neither held nor queued) → queue
+ids-only records in the ``high`` lane, one stamp for the call → with
+``wait``, until every ring written has committed past them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from engine.control import admission, pressure
+from engine.control.layouts import LANE_INDEX
+from engine.errors import InvalidInput
+from engine.ledger import book
+from engine.ledger.book import FORGET, OBSERVE
+from engine.producer import validation
+from engine.producer.refusals import BUSY
+from engine.results import ForgetResult
+from shm.errors import LockTimeout
+
+
+class Forgetting:
+    """Needs: inst, params, spaces, count_rejected, _count_invalid, _check_alive,
+    backpressure, _ids_full, _enqueue, _enqueue_one_ring (``Engine``)."""
+
+    def forget(self, space: str, ids, wait: bool = True, timeout: float = 10.0) -> ForgetResult:
+        """Forget observations of one space by id; see ``ForgetResult``.
+
+        Queued like ``high`` priority (refused only when that lane is full).
+        With ``wait``, returns once every accepted forget is applied (no
+        recall returns those ids any more), or after ``timeout`` seconds with
+        ``applied`` False. Bad input raises InvalidInput, counted as rejected
+        with reason invalid_input."""
+        result, marks = self._forget(space, ids)
+        if wait and result.accepted:
+            result.applied = self._wait_applied(marks, timeout)
+        return result
+
+    def forget_into(self, space: str, ids, journal: tuple[int, int] | None = None, on_publish=None) -> ForgetResult:
+        """``forget`` without waiting; with ``journal``, as ``observe_into``."""
+        return self._forget(space, ids, journal, on_publish)[0]
+
+    def _forget(self, space: str, ids, journal=None, on_publish=None) -> tuple[ForgetResult, list]:
+        p = self.params
+        try:
+            space = validation.space_name(space)
+            ids = validation.ids(ids, p.max_batch_size, "forgets")
+        except InvalidInput:
+            self._count_invalid(space, ids)
+            raise
+        n = len(ids)
+        self._check_alive()
+        state_name = admission.STATES[self.backpressure()]
+        idx = self.spaces.lookup(space)
+        if idx is None:
+            # A space that was never registered holds nothing, and nothing of
+            # it is queued (a space registers before its first enqueue).
+            if journal is not None and on_publish is not None:
+                on_publish(n)
+            return ForgetResult(n, n, {}, state_name, True), []
+        if self.inst.header.admission_closed:
+            self.count_rejected(idx, "over_capacity", n)
+            return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, "engine is shutting down"), []
+        if blocked := pressure.unwritable(self.inst):
+            self.count_rejected(idx, "over_capacity", n)
+            return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, blocked), []
+        if (full := self._ids_full(n, 0.875)) is not None:
+            self.count_rejected(idx, "over_capacity", n)
+            return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, full), []
+        missing = self._not_found(idx, ids)
+        lane = LANE_INDEX["high"]
+        if journal is None:
+            written, busy, marks = self._enqueue(idx, ids, None, lane, FORGET)
+        else:
+            written, busy, marks = self._enqueue_one_ring(space, idx, ids, None, lane, FORGET, journal, on_publish)
+        state_name = admission.STATES[self.backpressure()]
+        if written == n:
+            return ForgetResult(n, missing, {}, state_name, False), marks
+        self.count_rejected(idx, "over_capacity", n - written)
+        if written:
+            missing = self._not_found(idx, ids[:written])
+        return ForgetResult(written, min(missing, written), {"over_capacity": n - written}, state_name, False,
+                            BUSY if busy else f"high lane full: {n - written} of {n} forgets rejected"), marks
+
+    def _not_found(self, idx: int, ids: np.ndarray) -> int:
+        """How many of ``ids`` the space neither holds nor has an observation
+        of queued (the forget will find it when it is applied). The rings are
+        read before the table is looked at again: an observation that leaves
+        a ring has been applied to the table before (a worker commits after
+        applying), so none slips between the two."""
+        absent = book.absent(self.inst.ids, idx, ids)
+        if not absent.any():
+            return 0
+        queued = []
+        for ring in self.inst.rings:
+            try:
+                queued.append(ring.queued_keys(idx, OBSERVE))
+            except LockTimeout:
+                continue  # counted as not found: a count, never a decision
+        if queued:
+            absent &= ~np.isin(ids, np.concatenate(queued))
+        if absent.any():
+            absent[absent] = book.absent(self.inst.ids, idx, ids[absent])
+        return int(absent.sum())
+
+    def _wait_applied(self, marks: list, timeout: float) -> bool:
+        """Until every ring in ``marks`` [(ring, position)] has committed
+        everything before its position (its tail passed it)."""
+        deadline = time.monotonic() + timeout
+        pause = 0.0005
+        while True:
+            if all(ring.tail >= end for ring, end in marks):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(0.01, pause * 2)
+
