@@ -163,7 +163,7 @@ class ClusterGateway(Gateway):
                 return False, FORGET_ELSEWHERE.format(p=p, owner=" (this host, not caught up yet)")
             time.sleep(FRESH_POLL_S)
         marks = [(ring, ring.head) for ring in self.inst.rings]  # the forgets are at or below these heads
-        if self.engine._wait_applied(marks, max(0.0, deadline - time.monotonic())):
+        if self.engine.wait_applied(marks, max(0.0, deadline - time.monotonic())):
             return True, ""
         return False, FORGET_ELSEWHERE.format(p=p, owner=" (this host, still applying)")
 

@@ -19,7 +19,6 @@ import numpy as np
 from shm.idtable import IdTable
 
 OBSERVE, FORGET = 0, 1
-KINDS = ("observe", "forget")
 
 
 def newest(ids: np.ndarray, stamps: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ class Forgetting:
         with reason invalid_input."""
         result, marks = self._forget(space, ids)
         if wait and result.accepted:
-            result.applied = self._wait_applied(marks, timeout)
+            result.applied = self.wait_applied(marks, timeout)
         return result
 
     def forget_into(self, space: str, ids, journal: tuple[int, int] | None = None, on_publish=None) -> ForgetResult:
@@ -107,7 +107,7 @@ class Forgetting:
             absent[absent] = book.absent(self.inst.ids, idx, ids[absent])
         return int(absent.sum())
 
-    def _wait_applied(self, marks: list, timeout: float) -> bool:
+    def wait_applied(self, marks: list, timeout: float) -> bool:
         """Until every ring in ``marks`` [(ring, position)] has committed
         everything before its position (its tail passed it)."""
         deadline = time.monotonic() + timeout
