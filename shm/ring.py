@@ -17,6 +17,9 @@ Positions are 64-bit counters that only grow; the slot of position ``p`` is
   claims stay in the table, and ``claims_of``/``reassign`` let a replacement
   process them again (DESIGN §4, claim/commit).
 
+Reading queued records without consuming them (fresh recall, carry-over,
+spill, forget's ``not_found``, the tombstone floor): ``shm.ringreads``.
+
 Layout of one ring inside a segment, starting at ``offset`` (64-byte aligned)::
 
     off  size            field
@@ -74,6 +77,7 @@ import numpy as np
 
 from shm.errors import LayoutError
 from shm.lock import LockFile
+from shm.ringreads import RingReads
 
 HEADER_BYTES = 128
 CLAIM_BYTES = 32
@@ -108,7 +112,7 @@ class Claim:
     claimer: int
 
 
-class Ring:
+class Ring(RingReads):
     def __init__(self, buf, offset: int, capacity: int, dim: int, claim_slots: int,
                  lock: LockFile, lock_index: int, ring_id: int = 0, init: bool = False,
                  lock_timeout: float | None = None):
@@ -320,12 +324,19 @@ class Ring:
         with self._lock.hold(self._lock_index, self.lock_timeout):
             head, claimed, tail = self._counters()
             out = []
-            for e in np.flatnonzero((self._claims[:, 3] == CLAIMED) & (self._claims[:, 2] == claimer)):
+            for e in self._open_entries(claimer):
                 start, count = int(self._claims[e, 0]), int(self._claims[e, 1])
                 if not (tail <= start and start + count <= claimed and count <= self.capacity):
                     raise LayoutError(f"ring {self.ring_id}: claim entry {e} out of range")
                 out.append(Claim(self.ring_id, int(e), start, count, claimer))
             return out
+
+    def _open_entries(self, claimer: int | None = None) -> np.ndarray:
+        """Claim-table entries in state CLAIMED (of ``claimer`` only, if given)."""
+        open_ = self._claims[:, 3] == CLAIMED
+        if claimer is not None:
+            open_ &= self._claims[:, 2] == claimer
+        return np.flatnonzero(open_)
 
     def open_claimers(self) -> set[int]:
         """Claimer ids that hold open claims on this ring."""
@@ -337,7 +348,7 @@ class Ring:
         position ``keep``; returns the claims handed over."""
         with self._lock.hold(self._lock_index, self.lock_timeout):
             out = []
-            for e in np.flatnonzero((self._claims[:, 3] == CLAIMED) & (self._claims[:, 2] == old)):
+            for e in self._open_entries(old):
                 start, count = int(self._claims[e, 0]), int(self._claims[e, 1])
                 if keep is not None and start <= keep < start + count:
                     continue
@@ -358,47 +369,3 @@ class Ring:
         """Zero-copy views (kinds, stamps) of a claim's records (after ``view``)."""
         s = claim.start % self.capacity
         return self.kinds[s:s + claim.count], self.stamps[s:s + claim.count]
-
-    def pending_floor(self) -> int | None:
-        """The smallest stamp among records not yet committed, None if none
-        (no lock: counters may be stale; the caller allows for records being
-        published meanwhile)."""
-        head, tail = int(self._hdr[0]), int(self._hdr[2])
-        if not 0 < head - tail <= self.capacity:
-            return None
-        a, b = tail % self.capacity, head % self.capacity
-        parts = [self.stamps[a:b]] if a < b else [self.stamps[a:], self.stamps[:b]]
-        return int(min(int(x.min()) for x in parts if len(x)))
-
-    def uncommitted(self) -> tuple[np.ndarray, np.ndarray]:
-        """Records not yet committed, as (slot index of each, claimer of each or
-        -1 if never claimed). Records of claims already committed (waiting only
-        for ``tail`` to pass) are left out. For carrying over a dead run."""
-        with self._lock.hold(self._lock_index, self.lock_timeout):
-            head, claimed, tail = self._counters()
-            n = head - tail
-            owner = np.full(n, -1, np.int64)
-            keep = np.ones(n, bool)
-            keep[: claimed - tail] = False  # claimed range: kept only where an open claim covers it
-            for e in np.flatnonzero(self._claims[:, 3] == CLAIMED):
-                start, count, claimer = (int(x) for x in self._claims[e, :3])
-                lo, hi = max(start, tail) - tail, min(start + count, claimed) - tail
-                if lo < hi:
-                    owner[lo:hi], keep[lo:hi] = claimer, True
-            slots = (np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)).astype(np.int64)
-            return slots[keep], owner[keep]
-
-    def queued_keys(self, space: int, kind: int) -> np.ndarray:
-        """Ids of the uncommitted records of ``space`` and ``kind`` (a copy; no vectors)."""
-        with self._lock.hold(self._lock_index, self.lock_timeout):
-            head, _, tail = self._counters()
-            slots = np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)
-            return self.ids[slots[(self.spaces[slots] == space) & (self.kinds[slots] == kind)]]
-
-    def scan(self, space: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Copies of (ids, vectors, stamps, kinds) of every uncommitted record of ``space``."""
-        with self._lock.hold(self._lock_index, self.lock_timeout):
-            head, _, tail = self._counters()
-            slots = np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)
-            sel = slots[self.spaces[slots] == space]
-            return self.ids[sel], self.vectors[sel], self.stamps[sel], self.kinds[sel]
