@@ -88,18 +88,23 @@ async def ensure(js, p) -> dict:
 
 async def _ensure(js, p) -> dict:
     from nats.js import api
-    from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError, APIError
+    from nats.js.errors import BadRequestError, ServiceUnavailableError, APIError
     c = p.cluster
     try:
-        try:
-            await js.stream_info(names.stream(c))
-        except NotFoundError:
-            await js.add_stream(api.StreamConfig(
+        await _find_or_create(
+            lambda: js.stream_info(names.stream(c)),
+            lambda: js.add_stream(api.StreamConfig(
                 name=names.stream(c), subjects=[names.subjects(c)], storage=api.StorageType.FILE,
                 retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.NEW,
-                num_replicas=p.log_replicas, duplicate_window=DUPLICATE_WINDOW_S, allow_direct=True))
-        kv = await _kv(js, names.bucket(c), p.log_replicas)
-        await _objects(js, names.snapshot_bucket(c), p.log_replicas)
+                num_replicas=p.log_replicas, duplicate_window=DUPLICATE_WINDOW_S, allow_direct=True)))
+        kv = await _find_or_create(
+            lambda: js.key_value(names.bucket(c)),
+            lambda: js.create_key_value(api.KeyValueConfig(
+                bucket=names.bucket(c), history=1, replicas=p.log_replicas, storage=api.StorageType.FILE)))
+        await _find_or_create(
+            lambda: js.object_store(names.snapshot_bucket(c)),
+            lambda: js.create_object_store(names.snapshot_bucket(c), api.ObjectStoreConfig(
+                bucket=names.snapshot_bucket(c), replicas=p.log_replicas, storage=api.StorageType.FILE)))
     except ServiceUnavailableError:
         raise ConfigError(f"--nats={','.join(p.nats)}: JetStream is not enabled on the NATS servers "
                           f"(start nats-server with -js)") from None
@@ -112,24 +117,34 @@ async def _ensure(js, p) -> dict:
     return await _meta(kv, p)
 
 
-async def _kv(js, bucket: str, replicas: int):
-    from nats.js import api
-    from nats.js.errors import BucketNotFoundError, NotFoundError
-    try:
-        return await js.key_value(bucket)
-    except (BucketNotFoundError, NotFoundError):
-        return await js.create_key_value(api.KeyValueConfig(bucket=bucket, history=1, replicas=replicas,
-                                                            storage=api.StorageType.FILE))
+# JetStream's answers when a stream of that name, or one claiming the same
+# subjects, came to exist between our lookup and our create.
+RACED_CODES = frozenset({10058, 10065})  # stream name in use; subjects overlap
 
 
-async def _objects(js, bucket: str, replicas: int):
-    from nats.js import api
-    from nats.js.errors import BucketNotFoundError, NotFoundError
+async def _find_or_create(find, create):
+    """The asset ``find()`` returns, created with ``create()`` when missing.
+
+    Hosts starting together race to create the same assets, and the server
+    checks name and subjects in separate steps: the loser of a race can be
+    told "subjects overlap" by the very stream the winner just made. A
+    refused create therefore looks the asset up once more before the
+    refusal counts; if it is still missing, something else holds the
+    subjects and the refusal stands."""
+    from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
     try:
-        return await js.object_store(bucket)
+        return await find()
     except (BucketNotFoundError, NotFoundError):
-        return await js.create_object_store(bucket, api.ObjectStoreConfig(
-            bucket=bucket, replicas=replicas, storage=api.StorageType.FILE))
+        pass
+    try:
+        return await create()
+    except APIError as exc:
+        if getattr(exc, "err_code", None) not in RACED_CODES:
+            raise
+        try:
+            return await find()
+        except (BucketNotFoundError, NotFoundError):
+            raise exc from None
 
 
 async def _meta(kv, p) -> dict:

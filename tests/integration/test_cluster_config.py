@@ -71,3 +71,48 @@ def test_partitions_dim_and_metric_must_match_the_cluster(nats1, tmp_path):
 def test_more_log_replicas_than_servers_is_refused(nats1, tmp_path):
     res = run_cli(*run_args(tmp_path, nats1.urls, "--cluster", "c3", "--log-replicas", "3"))
     assert res.returncode == 2 and "--log-replicas" in res.stderr, res.stderr
+
+
+def test_hosts_starting_together_all_find_the_cluster(nats1):
+    """Hosts racing to create the same stream, bucket and object store all
+    succeed: the server can refuse the loser of a create race with "subjects
+    overlap", naming the stream the winner just made."""
+    from engine.cluster.connection import connect
+
+    async def host(p):
+        nc = await connect(p, "race", first_attempt_only=True)
+        try:
+            return await bootstrap.ensure(nc.jetstream(timeout=bootstrap.REQUEST_TIMEOUT_S), p)
+        finally:
+            await nc.close()
+
+    async def race(cluster: str):
+        p = cluster_config(["--cluster", cluster, "--nats", nats1.urls, "--host-id", "a",
+                            "--grpc-addr", "127.0.0.1:7000", "--log-replicas", "1", "--dim", "16",
+                            "--partitions", "8"])
+        return await asyncio.gather(*(host(p) for _ in range(8)), return_exceptions=True)
+
+    for i in range(20):
+        metas = asyncio.run(race(f"race{i}"))
+        assert all(isinstance(m, dict) and m["partitions"] == 8 for m in metas), metas
+
+
+def test_a_foreign_stream_holding_the_subjects_is_refused(nats1):
+    """The retry after a refused create is for races only: a stream of another
+    name that holds the cluster's subjects is still a refusal naming the flag."""
+    import nats
+
+    from engine.cluster import names
+
+    async def squat():
+        nc = await nats.connect(nats1.urls)
+        try:
+            await nc.jetstream().add_stream(name="SQUATTER", subjects=[names.subjects("c4")])
+        finally:
+            await nc.close()
+
+    asyncio.run(squat())
+    p = cluster_config(["--cluster", "c4", "--nats", nats1.urls, "--host-id", "a", "--grpc-addr",
+                        "127.0.0.1:7000", "--log-replicas", "1", "--dim", "16", "--partitions", "8"])
+    with pytest.raises(ConfigError, match="--cluster=c4: JetStream refused.*overlap"):
+        asyncio.run(bootstrap._check(p))
