@@ -142,6 +142,39 @@ def test_health_and_reflection_from_node(engine_factory):
     assert "engram.v1.Engram" in out[0]["services"]
 
 
+def test_forget_from_node_unary_and_in_a_session(engine_factory, tmp_path):
+    ep = engine_factory()
+    tgt = target(ep)
+    n, space = 1000, "forget-node"
+    ids = np.arange(n, dtype=np.uint64) + np.uint64(2**60)  # past 2^53: must survive as BigInt
+    vecs = vectors(n, 13)
+    with Client(tgt) as c, c.stream(space) as s:
+        assert s.send(ids, vecs).accepted == n
+    wait_for(lambda: inserted(ep, space) == n, 60, message="all inserted")
+
+    unknown = np.arange(5, dtype=np.uint64) + np.uint64(7)  # never observed
+    code, out, err = run_node("forget", "--target", tgt, "--space", space,
+                              "--ids", write_array(tmp_path / "f1.bin", np.concatenate([ids[:300], unknown]), "<u8"))
+    assert code == 0, err
+    assert out[0]["accepted"] == 305 and out[0]["notFound"] == 5 and out[0]["applied"] is True, out
+    assert ep.engine().status()["spaces"][space]["vectors"] == n - 300  # applied means counted out already
+
+    code, out, err = run_node("forget", "--target", tgt, "--space", space, "--session",
+                              "--ids", write_array(tmp_path / "f2.bin", ids[300:500], "<u8"))
+    assert code == 0, err
+    assert out[0]["accepted"] == 200 and out[0]["notFound"] == 0 and out[0]["drained"] is True, out
+    assert not out[0]["rejected"], out
+    wait_for(lambda: ep.engine().status()["spaces"][space]["vectors"] == n - 500, 30, message="session forgets applied")
+    with Client(tgt) as c:
+        got = c.recall(space, vecs, k=50)
+    assert got.complete and not set(got.ids.ravel().tolist()) & set(ids[:500].tolist())
+    assert got.ids[500:, 0].tolist() == ids[500:].tolist()  # the others still find themselves
+
+    code, out, err = run_node("forget", "--target", tgt, "--space", "bad space!",
+                              "--ids", write_array(tmp_path / "f3.bin", ids[:1], "<u8"))
+    assert code == 2 and out[0]["error"]["name"] == "INVALID_ARGUMENT", (out, err)
+
+
 def test_recall_with_k_0_is_refused(engine_factory, tmp_path):
     ep = engine_factory()
     ep.engine().observe("k-zero", np.arange(3, dtype=np.uint64), vectors(3, 2))

@@ -5,6 +5,7 @@
 //   tsx src/cli.ts services --target HOST:PORT
 //   tsx src/cli.ts stream   --target HOST:PORT --space S --ids FILE --vectors FILE [--batch 200] [--pause-ms 0]
 //   tsx src/cli.ts recall   --target HOST:PORT --space S --queries FILE --k 10
+//   tsx src/cli.ts forget   --target HOST:PORT --space S --ids FILE [--no-wait | --session]
 //   tsx src/cli.ts hold     --target HOST:PORT --space S --seconds 60 --keepalive-ms 1000
 //
 // FILEs are raw little-endian arrays: ids uint64, vectors/queries float32
@@ -33,6 +34,8 @@ const { positionals, values } = parseArgs({
     k: { type: "string", default: "10" },
     seconds: { type: "string", default: "60" },
     "keepalive-ms": { type: "string" },
+    "no-wait": { type: "boolean", default: false },
+    session: { type: "boolean", default: false }, // forget: one forget batch in a session, then close(drain)
   },
 });
 
@@ -86,6 +89,18 @@ async function main(): Promise<void> {
       case "recall": {
         const res = await client.recall(values.space!, readFloats(values.queries!), Number(values.k));
         print(res);
+        break;
+      }
+      case "forget": {
+        const ids = readIds(values.ids!);
+        if (values.session) {
+          const session = client.session(values.space!);
+          const ack = await session.forget(ids);
+          const closed = await session.close(true);
+          print({ sessionId: session.sessionId, ...ack, ...closed });
+        } else {
+          print(await client.forget(values.space!, ids, !values["no-wait"]));
+        }
         break;
       }
       case "hold": {

@@ -8,7 +8,9 @@
 //   - a session resends from the ack's next_sequence, waits retry_after_ms on
 //     over_capacity, and on UNAVAILABLE reconnects and resumes by session id,
 //     sending the same numbers again (the gateway answers `duplicate` for
-//     what already went in, so nothing is queued twice).
+//     what already went in, so nothing is queued twice);
+//   - forget (unary, and numbered forget batches inside a session) resends
+//     an over_capacity remainder after retry_after_ms, like a batch.
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -54,6 +56,17 @@ export interface Ack {
   backpressure: Backpressure;
   nextSequence: bigint;
   resumes: number; // reconnects this send went through
+  notFound: number; // forget batches: accepted ids the space neither held nor had queued
+}
+
+/** What one forget() achieved, summed over its retries. */
+export interface ForgetResult {
+  accepted: number; // leading ids now queued to be applied
+  notFound: number; // of those, ids the space neither held nor had queued (not an error)
+  rejected: Record<string, number>; // over_capacity still refused at the retry deadline
+  applied: boolean; // every accepted forget was applied before the answer: no recall returns them
+  backpressure: Backpressure;
+  message: string;
 }
 
 export interface RecallResult {
@@ -77,6 +90,18 @@ interface WireAck {
   backpressure: string;
   retry_after_ms: number;
   next_sequence: string;
+  message: string;
+  not_found: number;
+}
+
+interface WireForget {
+  count: number;
+  accepted: number;
+  not_found: number;
+  rejected: Record<string, number>;
+  backpressure: string;
+  retry_after_ms: number;
+  applied: boolean;
   message: string;
 }
 
@@ -170,6 +195,34 @@ export class EngramClient {
       }
     }
     return { ids, distances, complete: res.complete };
+  }
+
+  /**
+   * Remove ids from a space. With `wait` the answer comes once every accepted
+   * forget is applied (`applied`), or shortly before the call's deadline. An
+   * over_capacity remainder is sent again after retry_after_ms until the
+   * client's retry timeout. Bad input (a bad space name, too many ids) is
+   * INVALID_ARGUMENT, thrown. Forgetting twice is harmless: a retry counts
+   * the ids the first attempt removed as notFound.
+   */
+  async forget(space: string, ids: readonly bigint[], wait = true): Promise<ForgetResult> {
+    const deadline = Date.now() + this.retryTimeoutMs;
+    let done = 0;
+    let notFound = 0;
+    let applied = true;
+    for (let attempt = 0; ; attempt++) {
+      const res = await this.unary<WireForget>(this.engram, "Forget", {
+        space, ids: packIds(ids.slice(done)), no_wait: !wait });
+      done += res.accepted;
+      notFound += res.not_found;
+      applied &&= res.applied;
+      const over = res.rejected["over_capacity"] ?? 0;
+      if (!over || done >= ids.length || Date.now() > deadline) {
+        return { accepted: done, notFound, rejected: { ...res.rejected }, applied,
+                 backpressure: backpressureName(res.backpressure), message: res.message };
+      }
+      await sleep(res.retry_after_ms || Math.min(1000, 50 * 2 ** attempt));
+    }
   }
 
   /** SERVING, NOT_SERVING, ... of a service ("" for the whole server). */
@@ -295,14 +348,29 @@ export class Session {
   }
 
   /** Send one batch; retries over_capacity and reconnects until it is queued or the retry timeout passes. */
-  async send(ids: readonly bigint[], vectors: Float32Array): Promise<Ack> {
+  send(ids: readonly bigint[], vectors: Float32Array): Promise<Ack> {
+    return this.submit(ids, vectors);
+  }
+
+  /**
+   * Forget ids of the session's space: a forget batch, numbered like a batch
+   * (ids.length numbers) and resent the same way. Returns once accepted; the
+   * forgets are applied in the order acknowledged, after this session's
+   * earlier observations (close(true) waits for them).
+   */
+  forget(ids: readonly bigint[]): Promise<Ack> {
+    return this.submit(ids);
+  }
+
+  private async submit(ids: readonly bigint[], vectors?: Float32Array): Promise<Ack> {
     if (!this.call) await this.open();
-    const dim = vectors.length / ids.length;
+    const dim = vectors ? vectors.length / ids.length : 0;
     const start = this.nextSequence;
     const deadline = Date.now() + this.client.retryTimeoutMs;
     let done = 0; // observations of this batch the session has advanced past
     let resumes = 0;
     let last: WireAck | undefined;
+    let notFound = 0;
     const rejected: Record<string, number> = {};
     for (let attempt = 0; done < ids.length; attempt++) {
       try {
@@ -310,13 +378,11 @@ export class Session {
           await this.reconnect(deadline);
           resumes++;
         }
-        this.call!.write({
-          batch: {
-            first_sequence: (start + BigInt(done)).toString(),
-            ids: packIds(ids.slice(done)),
-            vectors: packFloats(vectors.subarray(done * dim)),
-          },
-        });
+        const first_sequence = (start + BigInt(done)).toString();
+        const rest = packIds(ids.slice(done));
+        this.call!.write(vectors
+          ? { batch: { first_sequence, ids: rest, vectors: packFloats(vectors.subarray(done * dim)) } }
+          : { forget: { first_sequence, ids: rest } });
         const m = await this.inbox!.next("ack", this.onStatus);
         if (m.kind !== "ack") throw new Error("unreachable");
         last = m.ack;
@@ -326,6 +392,7 @@ export class Session {
         continue;
       }
       this.nextSequence = BigInt(last.next_sequence);
+      notFound += last.not_found;
       // The session advanced by accepted + duplicate; anything else is resent from next_sequence.
       done = Number(this.nextSequence - start);
       const invalid = last.rejected["invalid_input"] ?? 0;
@@ -348,6 +415,7 @@ export class Session {
       backpressure: backpressureName(last?.backpressure ?? "BACKPRESSURE_NORMAL"),
       nextSequence: this.nextSequence,
       resumes,
+      notFound,
     };
   }
 
