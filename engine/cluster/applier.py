@@ -68,8 +68,10 @@ async def still_ours(table: PartitionTable, p: int, epoch: int) -> bool:
 
 
 async def apply_partition(js, engine, table: PartitionTable, cluster: str, p: int, epoch: int,
-                          bell: Doorbell, counters: dict, on_applied=None) -> str:
-    """Apply until fenced or cancelled; returns why it stopped."""
+                          bell: Doorbell, counters: dict, on_applied=None, receipts=None) -> str:
+    """Apply until fenced or cancelled; returns why it stopped. ``receipts``
+    (``engine.cluster.receipts.Receipts``) gets the ``not_found`` count of
+    each message of forgets applied."""
     from nats.js.errors import NotFoundError
     stream, subject = names.stream(cluster), names.subject(cluster, p)
     seq, off = names.split_position(table.next_pos(p))
@@ -98,7 +100,7 @@ async def apply_partition(js, engine, table: PartitionTable, cluster: str, p: in
         body = msg.data or b""
         if on_applied is not None:
             on_applied(p, seq, body)  # kept for snapshots first: a crash after it only re-applies
-        why = await enqueue(engine, table, p, epoch, seq, off, body, counters)
+        why = await enqueue(engine, table, p, epoch, seq, off, body, counters, receipts)
         if why is not None:
             return why
         seq, off = seq + 1, 0
@@ -106,7 +108,7 @@ async def apply_partition(js, engine, table: PartitionTable, cluster: str, p: in
 
 
 async def enqueue(engine, table: PartitionTable, p: int, epoch: int, seq: int, off: int, body: bytes,
-                  counters: dict) -> str | None:
+                  counters: dict, receipts=None) -> str | None:
     """Queue the records of message ``seq`` from ``off`` on; None when done,
     else why applying must stop. The position then points past ``seq``."""
     try:
@@ -114,7 +116,9 @@ async def enqueue(engine, table: PartitionTable, p: int, epoch: int, seq: int, o
     except InvalidInput as exc:
         log.error("partition %d: stream sequence %d skipped: %s", p, seq, exc)
         counters["skipped"] = counters.get("skipped", 0) + 1
-        ids = ()
+        space, ids, vectors = "", (), ()  # nothing to apply, and no receipt
+    # not_found of a message of forgets; unknown when a previous follower queued part of it
+    missing = 0 if off == 0 else None
     wait = BACKOFF_S[0]
     while off < len(ids):
         if not await still_ours(table, p, epoch):
@@ -124,12 +128,14 @@ async def enqueue(engine, table: PartitionTable, p: int, epoch: int, seq: int, o
         try:
             if vectors is None:  # a message of forgets (engine.cluster.codec)
                 ack = engine.forget_into(space, ids[off:], journal=(JOURNAL_TAG | p, pos), on_publish=publish)
+                missing = None if missing is None else missing + ack.not_found
             else:
                 ack = engine.observe_into(space, ids[off:], vectors[off:], priority, journal=(JOURNAL_TAG | p, pos),
                                           on_publish=publish)
         except InvalidInput as exc:
             log.error("partition %d: stream sequence %d refused by the engine: %s", p, seq, exc)
             counters["skipped"] = counters.get("skipped", 0) + 1
+            missing = None
             break
         except NotRunning:
             return "engine gone"
@@ -139,4 +145,6 @@ async def enqueue(engine, table: PartitionTable, p: int, epoch: int, seq: int, o
             await asyncio.sleep(wait)
             wait = min(wait * 2, BACKOFF_S[1])
     table.set_position(p, names.position(seq + 1))
+    if vectors is None and receipts is not None:
+        receipts.put(p, seq, missing)  # before any await: an answer never sees the position without it
     return None

@@ -15,7 +15,9 @@ ttl) running small idempotent steps:
 Partitions are applied by one task each (``engine.cluster.applier``). A
 handoff stops the task, uploads the partition's snapshot
 (``engine.cluster.snapshots``) and releases the lease; the taker loads the
-snapshot and continues from the stream.
+snapshot and continues from the stream. The follower also answers
+gateways asking whether a unary Forget was applied, for the partitions it
+holds (``engine.cluster.receipts``), each request in a task of its own.
 
 Metrics (``metrics.catalog``, ``cluster_*``) go to a producer row the
 engine leases on first use (``Engine.record``); the partition gauges (epoch,
@@ -30,12 +32,13 @@ other hosts take over without waiting for a ttl.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import time
 
-from engine.cluster import applier, assign, names, registry
+from engine.cluster import applier, assign, names, receipts, registry
 from engine.cluster.connection import connect
 from engine.cluster.leases import Leases
 from engine.control.partitions import FREE, LOADING, PartitionTable
@@ -68,6 +71,8 @@ class Follower:
         self.draining: set[str] = set()
         self.started_ms = int(time.time() * 1000)
         self.snapshots = None
+        self.receipts = receipts.Receipts()
+        self.answering: set[asyncio.Task] = set()
         self.nc = self.js = self.kv = self.leases = None
 
     @property
@@ -101,12 +106,34 @@ class Follower:
                 self.table.drop(q)  # a dead follower's holdings: re-acquired through the KV, or not
         await registry.clear_drain(self.kv, p.host_id)
         await self.nc.subscribe(names.subjects(p.cluster), cb=self._doorbell)
+        await self.nc.subscribe(names.receipt_subjects(p.cluster), cb=self._receipt_asked)
 
     async def _doorbell(self, msg) -> None:
         try:
             self.bells[int(msg.subject.rsplit(".", 1)[1])].ring()
         except (ValueError, KeyError):
             pass
+
+    async def _receipt_asked(self, msg) -> None:
+        # a task per request: one held until its forgets are applied must not delay the next
+        task = asyncio.get_running_loop().create_task(self._answer(msg))
+        self.answering.add(task)
+        task.add_done_callback(self.answering.discard)
+
+    async def _answer(self, msg) -> None:
+        try:
+            q = int(msg.subject.rsplit(".", 1)[1])
+            req = json.loads(msg.data)
+            if not 0 <= q < self.p.partitions:
+                return
+            reply = await receipts.answer(self.table, self.inst.rings, self.receipts, q, int(req["seq"]),
+                                          float(req["wait_s"]))
+            if reply is not None and msg.reply:
+                await msg.respond(json.dumps(reply).encode())
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("a malformed forget receipt request on %s: %s", msg.subject, exc)
+        except Exception as exc:  # the asker retries until its deadline
+            log.debug("forget receipt request on %s not answered: %s", msg.subject, exc)
 
     # -- the loop ----------------------------------------------------------------
     async def run(self) -> None:
@@ -240,7 +267,8 @@ class Follower:
         try:
             await asyncio.wait_for(self.snapshots.load(q, epoch), TRANSFER_TIMEOUT_S)
             why = await applier.apply_partition(self.js, self.engine, self.table, self.p.cluster, q, epoch,
-                                                self.bells[q], self.counters, self.snapshots.note)
+                                                self.bells[q], self.counters, self.snapshots.note,
+                                                self.receipts)
             log.info("partition %d: applier stopped (%s)", q, why)
         except asyncio.CancelledError:
             raise
@@ -289,6 +317,8 @@ class Follower:
                 await self.leases.release(q)
             except Exception:
                 pass
+        for task in list(self.answering):
+            task.cancel()  # the askers retry: the partitions' next owners answer
         try:
             await self.kv.put(names.host_key(self.p.host_id), b'{"left": true}')
         except Exception:

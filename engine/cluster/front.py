@@ -30,11 +30,15 @@ subclasses ``Gateway``), with two differences:
   unary forget gets a message id of its own, so a client's retry after a
   lost answer is a second forget (harmless: forgetting twice is idempotent
   for the ids, and an observe acknowledged in between stays ordered by the
-  log). ``applied`` in the answer: this host owns the partition and its
-  workers applied the forgets; from any other gateway it is False (the
-  owner applies them in log order, and a ``fresh`` recall, which waits for
-  the owner to catch up with the log, never returns them). ``not_found`` is
-  not known before the owner applies them: it is reported as 0.
+  log). The unary call then asks the partition's owner, whichever host it
+  is, over core NATS until it applied them (``engine.cluster.receipts``):
+  ``applied`` and ``not_found`` come from the owner, the same through any
+  gateway. Not confirmed by the deadline (no owner during a failover, a
+  backlog, or ``no_wait``): ``applied`` False and ``not_found`` 0, with a
+  message; they are applied later in log order, and a ``fresh`` recall,
+  which waits for the owner to catch up with the log, already never returns
+  them. A session's forget batch is acknowledged once the log stored it,
+  before any owner applied it: its ``not_found`` is 0.
 """
 
 from __future__ import annotations
@@ -64,8 +68,10 @@ log = logging.getLogger("engram.gateway")
 FORWARDED = "engram-forwarded"      # metadata key: a forwarded recall is never forwarded again
 FRESH_POLL_S = 0.005
 DEFAULT_DEADLINE_S = 5.0
-FORGET_ELSEWHERE = ("stored in the cluster's log; partition {p} is applied by its owner{owner}, in log order "
-                    "(a fresh recall already never returns these ids)")
+FORGET_STORED = ("stored in the cluster's log; partition {p}'s owner applies it in log order{why} (a fresh "
+                 "recall already never returns these ids; not_found is known once applied, 0 here)")
+FORGET_COUNT_UNKNOWN = ("applied; not_found is not known (reported as 0): partition {p}'s owner took it over after "
+                        "these forgets were applied")
 
 
 class ClusterGateway(Gateway):
@@ -144,28 +150,18 @@ class ClusterGateway(Gateway):
         puback = self._publish(space, codec.encode_forget(space, ids), f"forget:{uuid.uuid4().hex}", "forget",
                                context)
         self.counts["published"] += 1
-        applied, message = False, FORGET_ELSEWHERE.format(p=p, owner="")
-        if not request.no_wait:
-            applied, message = self._wait_applied(p, int(puback.seq), wait_s(context.time_remaining()))
-        return pb.ForgetResponse(count=len(ids), accepted=len(ids), not_found=0, backpressure=0, applied=applied,
-                                 message=message)
-
-    def _wait_applied(self, p: int, seq: int, timeout: float) -> tuple[bool, str]:
-        """Whether this host, owning partition ``p``, applied it past stream
-        sequence ``seq`` and its workers committed what that queued."""
-        deadline = time.monotonic() + timeout
-        epoch = int(self.table.rows[p, 0])
-        if not self.table.serving(p, epoch):
-            return False, FORGET_ELSEWHERE.format(p=p, owner=" (another host)")
-        target = names.position(seq + 1)
-        while int(self.table.rows[p, P_NEXT_POS]) < target:
-            if time.monotonic() >= deadline or not self.table.serving(p, epoch):
-                return False, FORGET_ELSEWHERE.format(p=p, owner=" (this host, not caught up yet)")
-            time.sleep(FRESH_POLL_S)
-        marks = [(ring, ring.head) for ring in self.inst.rings]  # the forgets are at or below these heads
-        if self.engine.wait_applied(marks, max(0.0, deadline - time.monotonic())):
-            return True, ""
-        return False, FORGET_ELSEWHERE.format(p=p, owner=" (this host, still applying)")
+        res = pb.ForgetResponse(count=len(ids), accepted=len(ids), backpressure=0,
+                                message=FORGET_STORED.format(p=p, why=""))
+        if request.no_wait:
+            return res
+        receipt = self.log.receipt(p, int(puback.seq), wait_s(context.time_remaining()))
+        if receipt is None:
+            res.message = FORGET_STORED.format(p=p, why=", and had not confirmed it before the call's deadline")
+        elif receipt.get("not_found") is None:
+            res.applied, res.message = True, FORGET_COUNT_UNKNOWN.format(p=p)
+        else:
+            res.applied, res.not_found, res.message = True, int(receipt["not_found"]), ""
+        return res
 
     def _queue_forget(self, row: int, space: str, ids, nxt: int, ack, context) -> None:
         """Publish a session batch's new forgets; the session advances after the PubAck."""

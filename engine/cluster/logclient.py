@@ -2,7 +2,7 @@
 
 gRPC's synchronous server runs handlers on a thread pool; nats-py is
 asyncio. ``LogClient`` owns one event loop thread with one connection and
-offers blocking calls (``publish``, ``last_seq``, ``owners``), each a
+offers blocking calls (``publish``, ``last_seq``, ``view``, ``receipt``), each a
 coroutine run on that loop with a timeout. Started in the gateway child
 after the fork, like gRPC's own threads.
 """
@@ -20,6 +20,8 @@ from engine.cluster.leases import Record
 
 CALL_TIMEOUT_S = 5.0
 VIEW_TTL_S = 0.5   # how long an owners/hosts view is reused
+RECEIPT_ATTEMPT_S = 1.0  # one ask of the owner (engine.cluster.receipts); asked again until the deadline
+RECEIPT_PAUSE_S = 0.05   # between asks when nobody answered (no owner now, or it moved)
 
 
 class LogClient:
@@ -59,6 +61,31 @@ class LogClient:
             except NotFoundError:
                 return 0
         return self.call(last())
+
+    def receipt(self, partition: int, seq: int, timeout: float) -> dict | None:
+        """The owner's reply once it applied message ``seq`` of ``partition``
+        (``{"state": "applied", "not_found": n | None}``), or None when no
+        owner said so within ``timeout`` (``engine.cluster.receipts``)."""
+        return self.call(self._receipt(partition, seq, time.monotonic() + timeout), timeout + CALL_TIMEOUT_S)
+
+    async def _receipt(self, partition: int, seq: int, deadline: float) -> dict | None:
+        import nats.errors
+        subject = names.receipt_subject(self.p.cluster, partition)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= RECEIPT_PAUSE_S:
+                return None
+            attempt = min(left, RECEIPT_ATTEMPT_S)
+            ask = dumps({"seq": seq, "wait_s": max(0.0, attempt - 0.2)}).encode()  # answered before we give up
+            try:
+                reply = json.loads((await self.nc.request(subject, ask, timeout=attempt)).data)
+                if reply.get("state") == "applied":
+                    return reply
+                if reply.get("state") == "pending":
+                    continue
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
+                pass  # no host holds the partition now
+            await asyncio.sleep(RECEIPT_PAUSE_S)
 
     def view(self) -> tuple[dict, dict]:
         """(partition → lease record, host id → host record), at most VIEW_TTL_S old."""

@@ -36,6 +36,15 @@ def subjects(cluster: str) -> str:
     return f"engram.{cluster}.obs.*"
 
 
+def receipt_subject(cluster: str, partition: int) -> str:
+    """Core NATS request/reply (``engine.cluster.receipts``); outside the stream's subjects."""
+    return f"engram.{cluster}.forgot.{partition}"
+
+
+def receipt_subjects(cluster: str) -> str:
+    return f"engram.{cluster}.forgot.*"
+
+
 def bucket(cluster: str) -> str:
     return f"engram-{cluster}"
 

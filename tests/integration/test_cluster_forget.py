@@ -1,5 +1,6 @@
 """Forget in cluster mode: forgets travel through the log, owners apply them in
-log order, and a new owner replays them after a handoff."""
+log order, a new owner replays them after a handoff, and a unary forget's
+answer (applied, not_found) is the owner's, through any gateway."""
 
 from __future__ import annotations
 
@@ -47,11 +48,16 @@ def test_forgets_go_through_the_log_and_survive_a_handoff(tmp_path, nats1, reque
                     # a forget batch in the same session: ordered after its observations by the log
                     assert s.forget(ids[:100]).accepted == 100
                 gone[space] = set(ids[:100].tolist())
-                # a unary forget through the other gateway
-                res = c1.forget(space, ids[100:300])
-                assert res.accepted == 200 and res.not_found == 0
-                on_owner = owner(hosts, space) is hosts[1]
-                assert res.applied == on_owner, (space, res)  # applied is known only on the owner
+                # a unary forget through the other gateway, the owner or not: the
+                # owner's answer (7 of the ids were never observed)
+                unknown = np.arange(7, dtype=np.uint64) + 900_000
+                res = c1.forget(space, np.concatenate([ids[100:300], unknown]))
+                assert res.accepted == 207 and res.applied, (space, res)
+                assert res.not_found == 7, (space, res, owner(hosts, space) is hosts[1])
+                assert live(owner(hosts, space)).get(space) == 700  # applied: counted out already
+                # once applied, forgetting the same ids again finds none of them
+                res = c0.forget(space, ids[100:150])
+                assert res.applied and res.accepted == 50 and res.not_found == 50, (space, res)
                 gone[space] |= set(ids[100:300].tolist())
                 # fresh: waits for the owner to catch up with the log, so already never returns them
                 assert not found(c0, space, vecs, fresh=True) & gone[space]
@@ -71,5 +77,9 @@ def test_forgets_go_through_the_log_and_survive_a_handoff(tmp_path, nats1, reque
             for space in SPACES:
                 ids, vecs = data[space]
                 assert not found(c1, space, vecs, fresh=True) & gone[space], (space, space in moved)
+                # the new owner answers receipts too (300..309 live, 0..9 long gone)
+                res = c1.forget(space, np.concatenate([ids[300:310], ids[:10]]))
+                assert res.applied and res.accepted == 20 and res.not_found == 10, (space, res)
+                assert live(hosts[1]).get(space) == 690
     finally:
         stop_hosts(hosts, request)
