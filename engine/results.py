@@ -29,8 +29,10 @@ class Ack:
 @dataclass
 class ForgetResult:
     """Outcome of one forget call. Accepted forgets are the leading
-    ``accepted`` ids of the call; ``not_found`` of them named no observation
-    the space held when they were accepted (not an error). ``applied``: every
+    ``accepted`` ids of the call; ``not_found`` of them named nothing the
+    forget can remove (not an error): the space held no vector for them,
+    taking what was acknowledged before in order (a queued observation
+    counts as held, a queued forget as removed). ``applied``: every
     accepted forget was applied (no recall returns those ids any more); False
     when the call did not wait or its wait ran out first."""
 

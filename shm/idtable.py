@@ -163,11 +163,19 @@ class IdTable:
 
     def holders(self, space: int, ids: np.ndarray) -> np.ndarray:
         """The holder of each (space, id), ``ABSENT`` where the table has none."""
+        return self.entries(space, ids)[0]
+
+    def entries(self, space: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(holder, stamp) of each (space, id): ``ABSENT`` and 0 where the table
+        has none. The two are read one column after the other: an entry being
+        applied meanwhile may show its new stamp with its old holder."""
         pos = self.find(space, ids)
-        out = np.full(len(pos), ABSENT, np.int32)
+        holders = np.full(len(pos), ABSENT, np.int32)
+        stamps = np.zeros(len(pos), np.uint64)
         hit = pos >= 0
-        out[hit] = self.holder[pos[hit]]
-        return out
+        holders[hit] = self.holder[pos[hit]]
+        stamps[hit] = self.stamps[pos[hit]]
+        return holders, stamps
 
     # -- writes (under the lock) -------------------------------------------------
     def apply(self, space: int, ids: np.ndarray, stamps: np.ndarray, holder: int

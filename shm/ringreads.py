@@ -1,7 +1,7 @@
 """Reading a ring's queued records without consuming them (``Ring`` mixes this in).
 
 For a dead run's carry-over and a stop's spill (``uncommitted``), fresh
-recall (``scan``), a forget's ``not_found`` count (``queued_keys``) and the
+recall (``scan``), a forget's ``not_found`` count (``queued_ops``) and the
 tombstone floor (``pending_floor``). Each copies out what it returns;
 layout and locking: ``shm.ring``.
 """
@@ -43,12 +43,13 @@ class RingReads:
             slots = (np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)).astype(np.int64)
             return slots[keep], owner[keep]
 
-    def queued_keys(self, space: int, kind: int) -> np.ndarray:
-        """Ids of the uncommitted records of ``space`` and ``kind`` (a copy; no vectors)."""
+    def queued_ops(self, space: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of (ids, stamps, kinds) of the uncommitted records of ``space`` (no vectors)."""
         with self._lock.hold(self._lock_index, self.lock_timeout):
             head, _, tail = self._counters()
             slots = np.arange(tail, head, dtype=np.uint64) % np.uint64(self.capacity)
-            return self.ids[slots[(self.spaces[slots] == space) & (self.kinds[slots] == kind)]]
+            sel = slots[self.spaces[slots] == space]
+            return self.ids[sel], self.stamps[sel], self.kinds[sel]
 
     def scan(self, space: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Copies of (ids, vectors, stamps, kinds) of every uncommitted record of ``space``."""

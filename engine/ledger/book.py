@@ -65,6 +65,28 @@ def absent(table: IdTable, space: int, ids: np.ndarray) -> np.ndarray:
     return table.holders(space, np.asarray(ids, np.uint64)) < 0
 
 
+def live_after(table: IdTable, space: int, ids: np.ndarray, queued: tuple) -> np.ndarray:
+    """Mask: which of ``ids`` the space will hold live once the operations
+    ``queued`` (ids, stamps, kinds: what waits in the rings) are applied.
+    Per id the newest queued operation decides where it is not older than
+    the table's entry (the rule above); elsewhere the entry does. Read the
+    rings before calling this: an operation that leaves a ring meanwhile
+    was applied to the table first."""
+    ids = np.asarray(ids, np.uint64)
+    holders, stamps = table.entries(space, ids)
+    live = holders >= 0
+    q_ids, q_stamps, q_kinds = queued
+    if not len(q_ids) or not len(ids):
+        return live
+    pick = newest(q_ids, q_stamps)
+    order = np.argsort(q_ids[pick], kind="stable")
+    n_ids, n_stamps, n_kinds = q_ids[pick][order], q_stamps[pick][order], q_kinds[pick][order]
+    at = np.minimum(np.searchsorted(n_ids, ids), len(n_ids) - 1)
+    decides = (n_ids[at] == ids) & (n_stamps[at] >= stamps)
+    live[decides] = n_kinds[at[decides]] == OBSERVE
+    return live
+
+
 def apply_ops(book: Book, shards, space: int, kind: int, ids: np.ndarray, stamps: np.ndarray, vectors,
               insert) -> tuple[np.ndarray, np.ndarray]:
     """Apply operations of one kind to the table, then to this slot's shard:

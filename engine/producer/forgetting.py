@@ -1,7 +1,7 @@
 """Forget through the same-host engine (``Engine`` mixes this in; ``engine.ledger``).
 
 forget: validate → (a space never registered holds nothing: done) → room in
-the identity table → count ``not_found`` (neither held nor queued) → queue
+the identity table → count ``not_found`` (nothing to remove, queued operations included) → queue
 ids-only records in the ``high`` lane, one stamp for the call → with
 ``wait``, until every ring written has committed past them.
 """
@@ -16,7 +16,7 @@ from engine.control import admission, pressure
 from engine.control.layouts import LANE_INDEX
 from engine.errors import InvalidInput
 from engine.ledger import book
-from engine.ledger.book import FORGET, OBSERVE
+from engine.ledger.book import FORGET
 from engine.producer import validation
 from engine.producer.refusals import BUSY
 from engine.results import ForgetResult
@@ -87,25 +87,25 @@ class Forgetting:
                             BUSY if busy else f"high lane full: {n - written} of {n} forgets rejected"), marks
 
     def _not_found(self, idx: int, ids: np.ndarray) -> int:
-        """How many of ``ids`` the space neither holds nor has an observation
-        of queued (the forget will find it when it is applied). The rings are
-        read before the table is looked at again: an observation that leaves
-        a ring has been applied to the table before (a worker commits after
+        """How many of ``ids`` name nothing the space will hold once what is
+        queued before this forget is applied: neither held nor observed again
+        by a queued observation, or forgotten by a queued forget (so a second
+        forget of the same ids, queued behind the first, finds none of them).
+        The rings are read before the table: an operation that leaves a ring
+        meanwhile was applied to the table before (a worker commits after
         applying), so none slips between the two."""
-        absent = book.absent(self.inst.ids, idx, ids)
-        if not absent.any():
-            return 0
-        queued = []
+        parts = []
         for ring in self.inst.rings:
+            if ring.head == ring.tail:
+                continue
             try:
-                queued.append(ring.queued_keys(idx, OBSERVE))
+                parts.append(ring.queued_ops(idx))
             except LockTimeout:
-                continue  # counted as not found: a count, never a decision
-        if queued:
-            absent &= ~np.isin(ids, np.concatenate(queued))
-        if absent.any():
-            absent[absent] = book.absent(self.inst.ids, idx, ids[absent])
-        return int(absent.sum())
+                continue  # that ring's queue unseen: a count, never a decision
+        if not parts:
+            parts = [(np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, np.uint8))]
+        queued = tuple(np.concatenate(col) for col in zip(*parts))
+        return int((~book.live_after(self.inst.ids, idx, ids, queued)).sum())
 
     def wait_applied(self, marks: list, timeout: float) -> bool:
         """Until every ring in ``marks`` [(ring, position)] has committed

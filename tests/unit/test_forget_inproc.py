@@ -53,6 +53,30 @@ def test_forget_removes_ids_wherever_they_live_and_counts_them_out(inst):
     assert (res.accepted, res.not_found) == (3, 3)
 
 
+def test_not_found_counts_in_acknowledged_order_what_is_still_queued(inst):
+    """A forget's not_found takes the operations queued before it into account:
+    a queued forget removes, a queued (re-)observation brings back, the
+    newest of them decides, and the table's entry where nothing newer waits."""
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    w0 = make_worker(inst, 0)
+    eng.observe(space, np.arange(100), vectors(100, 3))
+    drain(w0)
+    assert eng.forget(space, np.arange(0, 40), wait=False).not_found == 0       # queued, not applied
+    assert eng.forget(space, np.arange(20, 60), wait=False).not_found == 20     # 20..39 already forgotten
+    eng.observe(space, np.arange(30, 35), vectors(5, 4))                          # queued after the forgets
+    eng.observe(space, np.arange(200, 203), vectors(3, 5))                        # new ids, only queued
+    res = eng.forget(space, np.arange(25, 40).tolist() + [200, 201, 500], wait=False)
+    # 25..29 forgotten by a queued forget; 30..34 observed again after it; 35..39
+    # forgotten; 200, 201 queued observations; 500 never observed
+    assert (res.accepted, res.not_found) == (18, 5 + 5 + 1), res
+    drain(w0)
+    # applied now: the same questions answered by the table alone
+    assert eng.forget(space, np.arange(25, 40).tolist() + [200, 201, 500], wait=False).not_found == 18
+    drain(w0)
+    assert int(inst.ids.held[:, eng.spaces.lookup(space)].sum()) == 100 - 60 + 1  # 202 is all that was added
+
+
 def test_a_forget_queued_after_an_observe_wins_whatever_lane_order_applies_them(inst):
     """The forget goes to the high lane and is applied first; the older
     observe that arrives after it loses (its stamp is older)."""

@@ -34,6 +34,8 @@ def test_newer_or_equal_stamp_applies_and_older_loses(tmp_path):
     won, _ = t.apply(1, u64([10]), u64([9]), -2)  # a tombstone written by slot 1
     assert won.tolist() == [True] and t.holders(1, u64([10])).tolist() == [-2]
     assert t.held[:, 1].tolist() == [0, 1]
+    holders, stamps = t.entries(1, u64([10, 11, 12]))
+    assert holders.tolist() == [-2, 1, ABSENT] and stamps.tolist() == [9, 5, 0]
     # the same id in another space is another key
     assert t.holders(2, u64([10, 11])).tolist() == [ABSENT, ABSENT]
 
