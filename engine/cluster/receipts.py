@@ -33,7 +33,7 @@ from engine.cluster import names
 
 MAX_RECEIPTS = 65_536    # about 100 bytes each: a few MiB at most
 MAX_WAIT_S = 5.0         # longest one request is held before "pending"
-POLL_S = 0.005
+POLL_S = (0.001, 0.02)   # re-check interval while waiting, doubling: many waiters stay cheap
 
 
 class Receipts:
@@ -65,6 +65,7 @@ async def answer(table, rings, receipts: Receipts, p: int, seq: int, wait_s: flo
     deadline = time.monotonic() + min(max(0.0, wait_s), MAX_WAIT_S)
     target = names.position(seq + 1)
     marks = None
+    pause = POLL_S[0]
     while True:
         if table.epoch(p) != epoch:
             return {"state": "moved", "not_found": None}
@@ -75,4 +76,5 @@ async def answer(table, rings, receipts: Receipts, p: int, seq: int, wait_s: flo
             return {"state": "applied", "not_found": receipts.get(p, seq)}
         if time.monotonic() >= deadline:
             return {"state": "pending", "not_found": None}
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, POLL_S[1])
