@@ -71,7 +71,7 @@ class Forgetting:
         if (full := self._ids_full(n, 0.875)) is not None:
             self.count_rejected(idx, "over_capacity", n)
             return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, full), []
-        missing = self._not_found(idx, ids)
+        gone = self._not_found(idx, ids)  # before ours are queued: they would count themselves
         lane = LANE_INDEX["high"]
         if journal is None:
             written, busy, marks = self._enqueue(idx, ids, None, lane, FORGET)
@@ -79,15 +79,13 @@ class Forgetting:
             written, busy, marks = self._enqueue_one_ring(space, idx, ids, None, lane, FORGET, journal, on_publish)
         state_name = admission.STATES[self.backpressure()]
         if written == n:
-            return ForgetResult(n, missing, {}, state_name, False), marks
+            return ForgetResult(n, int(gone.sum()), {}, state_name, False), marks
         self.count_rejected(idx, "over_capacity", n - written)
-        if written:
-            missing = self._not_found(idx, ids[:written])
-        return ForgetResult(written, min(missing, written), {"over_capacity": n - written}, state_name, False,
+        return ForgetResult(written, int(gone[:written].sum()), {"over_capacity": n - written}, state_name, False,
                             BUSY if busy else f"high lane full: {n - written} of {n} forgets rejected"), marks
 
-    def _not_found(self, idx: int, ids: np.ndarray) -> int:
-        """How many of ``ids`` name nothing the space will hold once what is
+    def _not_found(self, idx: int, ids: np.ndarray) -> np.ndarray:
+        """Mask: which of ``ids`` name nothing the space will hold once what is
         queued before this forget is applied: neither held nor observed again
         by a queued observation, or forgotten by a queued forget (so a second
         forget of the same ids, queued behind the first, finds none of them).
@@ -105,7 +103,7 @@ class Forgetting:
         if not parts:
             parts = [(np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, np.uint8))]
         queued = tuple(np.concatenate(col) for col in zip(*parts))
-        return int((~book.live_after(self.inst.ids, idx, ids, queued)).sum())
+        return ~book.live_after(self.inst.ids, idx, ids, queued)
 
     def wait_applied(self, marks: list, timeout: float) -> bool:
         """Until every ring in ``marks`` [(ring, position)] has committed

@@ -77,6 +77,24 @@ def test_not_found_counts_in_acknowledged_order_what_is_still_queued(inst):
     assert int(inst.ids.held[:, eng.spaces.lookup(space)].sum()) == 100 - 60 + 1  # 202 is all that was added
 
 
+def test_a_forget_the_high_lane_takes_in_part_counts_only_what_it_misses(inst):
+    """The part of a forget that went in is not counted as not found because
+    of its own records, now queued ahead of the count."""
+    from engine.ledger.book import FORGET
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    w0 = make_worker(inst, 0)
+    eng.observe(space, np.arange(100), vectors(100, 6))
+    drain(w0)
+    idx = eng.spaces.lookup(space)
+    for slot in range(inst.slots):  # leave 15 places in each high ring
+        ring = inst.ring(slot, LANE_INDEX["high"])
+        junk = np.arange(ring.capacity - 15, dtype=np.uint64) + np.uint64(10**6 * (slot + 1))
+        assert ring.enqueue(junk, None, idx, 0.0, np.full(len(junk), eng.clock.take(), np.uint64), FORGET) == len(junk)
+    res = eng.forget(space, np.arange(100), wait=False)
+    assert (res.accepted, res.not_found, res.rejected) == (30, 0, {"over_capacity": 70}), res
+
+
 def test_a_forget_queued_after_an_observe_wins_whatever_lane_order_applies_them(inst):
     """The forget goes to the high lane and is applied first; the older
     observe that arrives after it loses (its stamp is older)."""
