@@ -154,7 +154,11 @@ class ClusterGateway(Gateway):
                                 message=FORGET_STORED.format(p=p, why=""))
         if request.no_wait:
             return res
-        receipt = self.log.receipt(p, int(puback.seq), wait_s(context.time_remaining()))
+        try:
+            receipt = self.log.receipt(p, int(puback.seq), wait_s(context.time_remaining()))
+        except Exception as exc:  # stored is what the call promises; confirming is extra
+            log.warning("forget stored at partition %d sequence %d; asking its owner failed: %s", p, puback.seq, exc)
+            receipt = None
         if receipt is None:
             res.message = FORGET_STORED.format(p=p, why=", and had not confirmed it before the call's deadline")
         elif receipt.get("not_found") is None:

@@ -83,8 +83,8 @@ class LogClient:
                     return reply
                 if reply.get("state") == "pending":
                     continue
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
-                pass  # no host holds the partition now
+            except (nats.errors.Error, asyncio.TimeoutError, ValueError):
+                pass  # no host holds the partition now, or the connection is being re-established
             await asyncio.sleep(RECEIPT_PAUSE_S)
 
     def view(self) -> tuple[dict, dict]:

@@ -116,3 +116,46 @@ def test_a_foreign_stream_holding_the_subjects_is_refused(nats1):
                         "127.0.0.1:7000", "--log-replicas", "1", "--dim", "16", "--partitions", "8"])
     with pytest.raises(ConfigError, match="--cluster=c4: JetStream refused.*overlap"):
         asyncio.run(bootstrap._check(p))
+
+
+def test_a_forget_receipt_is_asked_again_until_the_owner_says_applied(nats1):
+    """The front's side of ``engine.cluster.receipts`` against a real server:
+    silence and "pending" are asked again until the deadline; "applied" ends it."""
+    import json
+    import time
+
+    import nats
+
+    from engine.cluster import names
+    from engine.cluster.logclient import LogClient
+
+    p = cluster_config(["--cluster", "c5", "--nats", nats1.urls, "--host-id", "a", "--grpc-addr",
+                        "127.0.0.1:7000", "--log-replicas", "1", "--dim", "16", "--partitions", "8"])
+    asyncio.run(bootstrap._check(p))
+    front = LogClient(p)
+    try:
+        t0 = time.monotonic()
+        assert front.receipt(3, 10, 0.6) is None  # nobody subscribed: no answer, no error
+        assert 0.5 <= time.monotonic() - t0 < 3.0
+
+        asked = []
+
+        async def owner():
+            nc = await nats.connect(nats1.urls)
+
+            async def reply(msg):
+                req = json.loads(msg.data)
+                asked.append(req)
+                state = "applied" if len(asked) >= 3 else "pending"
+                await msg.respond(json.dumps({"state": state, "not_found": 4 if state == "applied" else None}).encode())
+            await nc.subscribe(names.receipt_subject("c5", 3), cb=reply)
+            return nc
+
+        nc = front.call(owner())
+        try:
+            assert front.receipt(3, 10, 5.0) == {"state": "applied", "not_found": 4}
+            assert len(asked) == 3 and all(a["seq"] == 10 and 0 < a["wait_s"] <= 1.0 for a in asked), asked
+        finally:
+            front.call(nc.close())
+    finally:
+        front.close()
