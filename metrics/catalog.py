@@ -64,6 +64,7 @@ DOMAINS: dict[str, tuple[str, ...] | None] = {
     # Cluster mode (engine.cluster): how a lease write ended; which NATS connection.
     "lease_result": ("ok", "conflict", "error"),
     "log_client": ("follower", "front"),
+    "forget_confirm": ("applied", "unconfirmed"),
     WORKER_ID: None,
     MEMORY_SPACE: None,
     PARTITION: None,
@@ -253,6 +254,10 @@ CATALOG: tuple[Metric, ...] = (
        "acknowledgement of a published batch.", (), (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5)),
     _m("cluster_publish_failures_total", COUNTER, "Batches the front could not publish (no "
        "acknowledgement from the stream); the client was answered UNAVAILABLE."),
+    _m("cluster_forget_confirm_seconds", HISTOGRAM, "Time a unary Forget waited, after the stream stored "
+       "it, for the partition's owner to confirm it applied the forgets (result=applied), or until the "
+       "call's deadline without that (result=unconfirmed: answered applied=false).", ("result",),
+       (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30), result="forget_confirm"),
     _m("cluster_snapshot_uploads_total", COUNTER, "Partition snapshot uploads to the object store, by "
        "result.", ("result",), result="snapshot_result"),
     _m("cluster_snapshot_last_upload_timestamp_seconds", GAUGE, "Unix time of this host's last "

@@ -154,11 +154,14 @@ class ClusterGateway(Gateway):
                                 message=FORGET_STORED.format(p=p, why=""))
         if request.no_wait:
             return res
+        t0 = time.monotonic()
         try:
             receipt = self.log.receipt(p, int(puback.seq), wait_s(context.time_remaining()))
         except Exception as exc:  # stored is what the call promises; confirming is extra
             log.warning("forget stored at partition %d sequence %d; asking its owner failed: %s", p, puback.seq, exc)
             receipt = None
+        waited, result = time.monotonic() - t0, "unconfirmed" if receipt is None else "applied"
+        self.engine.record(lambda w: w.observe("cluster_forget_confirm_seconds", waited, result=result))
         if receipt is None:
             res.message = FORGET_STORED.format(p=p, why=", and had not confirmed it before the call's deadline")
         elif receipt.get("not_found") is None:

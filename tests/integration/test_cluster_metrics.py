@@ -6,6 +6,7 @@ applies them and uploads snapshots; each of these must show in /metrics.
 
 from __future__ import annotations
 
+from engine.client import Client
 from tests.integration.test_cluster_ingest import P, all_owned, dataset, wait_held, send_all, \
     start_hosts, stop_hosts
 from tests.integration.test_metrics_live import scrape, total
@@ -25,11 +26,13 @@ def _cluster_metrics_moved(host, want: dict) -> bool:
         "uploads": total(s, "cluster_snapshot_uploads_total", result="ok"),
         "uploaded_at": total(s, "cluster_snapshot_last_upload_timestamp_seconds"),
         "lag": total(s, "cluster_apply_lag_messages"),
+        "confirmed": total(s, "cluster_forget_confirm_seconds_count", result="applied"),
     }
     want.update(got)
     return (got["owned"] == P and got["min_epoch"] >= 1 and got["published"] > 0
             and got["follower_up"] == 1 and got["front_up"] == 1 and got["acquired"] >= P
-            and got["renewed"] > 0 and got["uploads"] > 0 and got["uploaded_at"] > 0 and got["lag"] == 0)
+            and got["renewed"] > 0 and got["uploads"] > 0 and got["uploaded_at"] > 0 and got["lag"] == 0
+            and got["confirmed"] == 1)
 
 
 def test_cluster_metrics_move_on_a_working_host(tmp_path, nats1, request):
@@ -40,6 +43,9 @@ def test_cluster_metrics_move_on_a_working_host(tmp_path, nats1, request):
         data = dataset(8, 2000)
         assert send_all([host.target], data) == 2000
         wait_held(hosts, data, 60, "every observation applied")
+        space, (ids, _) = next(iter(data.items()))
+        with Client(host.target) as c:
+            assert c.forget(space, ids[:10]).applied
         seen: dict = {}
         try:
             wait_for(lambda: _cluster_metrics_moved(host, seen), 60, 0.5, "cluster metrics reported")
@@ -47,6 +53,7 @@ def test_cluster_metrics_move_on_a_working_host(tmp_path, nats1, request):
             raise AssertionError(f"last scrape: {seen}")
         s = scrape(host)
         assert total(s, "cluster_publish_failures_total") == 0
+        assert total(s, "cluster_forget_confirm_seconds_count", result="unconfirmed") == 0
         assert total(s, "cluster_lease_conflicts_total") == 0
         assert total(s, "cluster_failovers_total") == 0
         # bounded by --partitions: one epoch series per partition

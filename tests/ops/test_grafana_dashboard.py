@@ -457,6 +457,9 @@ TOPICS = {
     "cluster: apply lag": lambda i: _uses(i, "cluster_apply_lag_messages"),
     "cluster: publish latency P50/P99": lambda i: _quantiles(i, "cluster_publish_latency_seconds", 0.5, 0.99),
     "cluster: publish failures": lambda i: _uses(i, "cluster_publish_failures_total"),
+    "cluster: forget confirmation P50/P99, and unconfirmed":
+        lambda i: (_quantiles(i, "cluster_forget_confirm_seconds", 0.5, 0.99)
+                   and _uses(i, "cluster_forget_confirm_seconds", text=['result="unconfirmed"'])),
     "cluster: lease renewals by result": lambda i: _uses(i, "cluster_lease_renewals_total", by=["result"]),
     "cluster: lease conflicts and failovers":
         lambda i: _uses(i, "cluster_lease_conflicts_total", "cluster_failovers_total"),

@@ -76,6 +76,8 @@ EXPECTED = {
     "cluster_publish_latency_seconds": ("histogram", (), (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
                                                           2.5, 5)),
     "cluster_publish_failures_total": ("counter", (), ()),
+    "cluster_forget_confirm_seconds": ("histogram", ("result",), (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5,
+                                                                  10, 30)),
     "cluster_snapshot_uploads_total": ("counter", ("result",), ()),
     "cluster_snapshot_last_upload_timestamp_seconds": ("gauge", (), ()),
     "cluster_log_connected": ("gauge", ("client",), ()),
