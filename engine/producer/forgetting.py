@@ -1,9 +1,10 @@
 """Forget through the same-host engine (``Engine`` mixes this in; ``engine.ledger``).
 
 forget: validate → (a space never registered holds nothing: done) → room in
-the identity table → count ``not_found`` (nothing to remove, queued operations included) → queue
-ids-only records in the ``high`` lane, one stamp for the call → with
-``wait``, until every ring written has committed past them.
+the identity table → count ``not_found`` (nothing to remove, queued
+operations included) → queue ids-only records in the ``high`` lane, one
+stamp for the call → with ``wait``, until every ring written has committed
+past them.
 """
 
 from __future__ import annotations
