@@ -21,10 +21,14 @@ P = 8
 
 def start_hosts(tmp_path, nats, cluster: str, n: int, **flags) -> list[ClusterHost]:
     hosts = [ClusterHost(tmp_path, nats, cluster, f"h{i}", dim=DIM, partitions=P, **flags) for i in range(n)]
-    for h in hosts:
-        h.start(wait=False)
-    for h in hosts:
-        h.wait_ready(90)
+    try:
+        for h in hosts:
+            h.start(wait=False)
+        for h in hosts:
+            h.wait_ready(90)
+    except BaseException:
+        stop_hosts(hosts)  # the caller's finally is not reached: its try starts after this returns
+        raise
     return hosts
 
 
