@@ -136,7 +136,8 @@ def test_shipped_files_make_a_three_server_jetstream_and_an_engine_joins_it(tmp_
         env["ENGRAM_PARTITIONS"] = "8"  # the shipped 64 works too; fewer keep the test short
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        host = EngineProcess(tmp_path, workers="1", no_pin="").start()
+        host = EngineProcess(tmp_path, workers="1", no_pin="")
+        host.start()  # after the assignment: a start that fails is cleaned up below too
 
         def joined():
             out = run_cli("cluster", "status", "--json", "--cluster", env["ENGRAM_CLUSTER"], "--nats", nats.urls)
