@@ -11,8 +11,13 @@ offset stays as it was. After a reboot it starts again near zero: the
 supervisor then raises the offset above every stamp the previous boot can
 have handed out. It keeps a ceiling on disk (``<data-dir>/stamps.json``:
 boot id, offset, ceiling), moved ``AHEAD_NS`` past the present whenever the
-present comes within ``AHEAD_NS / 2`` of it, so no stamp of a run ever
-passes the ceiling on disk while the supervisor runs its loop.
+present comes within ``AHEAD_NS / 2`` of it. Producers hold to it
+(``StampClock.blocked``): they refuse writes rather than take a stamp
+within ``MARGIN_NS`` of the ceiling they last read, so no stamp ever passes
+the ceiling on disk, even while the supervisor is stopped (SIGSTOP, a
+debugger): after at least ``AHEAD_NS / 2`` of that (30 min), writes are
+refused until it runs again. The bound read from disk is kept until the clock reaches it, so the
+file is read about once per ``AHEAD_NS / 2``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import time
 from engine.fsutil import atomic_write
 
 FILE = "stamps.json"
-AHEAD_NS = 120 * 10**9
+AHEAD_NS = 3600 * 10**9  # a later stamp costs nothing: u64 nanoseconds last 584 years
+MARGIN_NS = 10**9        # a producer refuses writes this close to the ceiling
 
 
 def boot_id() -> str:
@@ -75,13 +81,34 @@ class Ceiling:
 
 class StampClock:
     """A process's stamps: strictly increasing within the process, so two
-    calls of one producer never share a stamp."""
+    calls of one producer never share a stamp. ``ceiling_path``: the
+    supervisor's ``stamps.json``, held to by ``blocked``."""
 
-    def __init__(self, offset: int, clock_ns=time.monotonic_ns):
+    def __init__(self, offset: int, clock_ns=time.monotonic_ns, ceiling_path: str | None = None):
         self.offset = offset
         self.clock_ns = clock_ns
         self.last = 0
         self._guard = threading.Lock()
+        self.path = ceiling_path
+        self.bound = 0  # the ceiling last read from disk
+
+    def blocked(self) -> str:
+        """'' while a stamp taken now stays below the ceiling on disk; else why
+        writes must wait. A data directory without the file (no supervisor
+        made it: an in-process test) has no ceiling to hold to."""
+        if self.path is None:
+            return ""
+        soon = self.clock_ns() + self.offset + MARGIN_NS
+        if soon < self.bound:
+            return ""
+        saved = _read(self.path)
+        if not saved:
+            return ""
+        self.bound = int(saved.get("ceiling", 0) or 0)
+        if soon < self.bound:
+            return ""
+        return (f"stamps would pass the ceiling in {self.path}, which the supervisor moves ahead every "
+                f"{AHEAD_NS // 2 // 60 // 10**9} min (is it stopped?); writes are refused until it does")
 
     def take(self) -> int:
         with self._guard:

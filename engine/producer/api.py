@@ -14,6 +14,7 @@ updates take kernel byte locks that also exclude threads (shm.lock).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -36,6 +37,7 @@ from engine.producer.recalling import Recalling
 from engine.producer.refusals import BUSY
 from engine.recallhealth import report as recall_report
 from engine.ledger.book import OBSERVE
+from engine.ledger import stamps
 from engine.ledger.stamps import StampClock
 from engine.results import Ack
 from engine.producer.routing import home_slot, spill_order
@@ -56,7 +58,8 @@ class Engine(Recalling, Forgetting):
         self.metric = self.params.metric
         self.spaces = SpaceRegistry(inst)
         self.queries = QueryClient(inst)
-        self.clock = StampClock(inst.header.stamp_offset)
+        self.clock = StampClock(inst.header.stamp_offset,
+                                ceiling_path=os.path.join(inst.params.data_dir, stamps.FILE))
         self._lease: ProducerRowLease | None = None
         self._writer = writer
         self._metrics_lock = threading.Lock()  # a row has one writer: serialise threads
@@ -122,7 +125,7 @@ class Engine(Recalling, Forgetting):
         if self.inst.header.admission_closed:
             self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name, "engine is shutting down")
-        if (blocked := pressure.unwritable(self.inst)) or not admission.admits(priority, state):
+        if (blocked := self._unwritable()) or not admission.admits(priority, state):
             self.count_rejected(self.spaces.lookup(space), "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name,
                        blocked or f"{priority} priority refused while backpressure is {state_name}")
@@ -152,6 +155,11 @@ class Engine(Recalling, Forgetting):
         self.count_rejected(idx, "over_capacity", n - written)
         return Ack(written, {"over_capacity": n - written}, state_name,
                    BUSY if busy else f"{priority} lane full: {n - written} of {n} rejected")
+
+    def _unwritable(self) -> str:
+        """'' or why no write is admitted now: a worker's log cannot be
+        written, or stamps would pass the ceiling on disk (``engine.ledger.stamps``)."""
+        return pressure.unwritable(self.inst) or self.clock.blocked()
 
     def _ids_full(self, n: int, share: float = 0.75, ids=None, space: int | None = None) -> str | None:
         """Why ``n`` more operations would not fit the identity table, if so:

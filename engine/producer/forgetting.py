@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from engine.control import admission, pressure
+from engine.control import admission
 from engine.control.layouts import LANE_INDEX
 from engine.errors import InvalidInput
 from engine.ledger import book
@@ -26,7 +26,7 @@ from shm.errors import LockTimeout
 
 class Forgetting:
     """Needs: inst, params, spaces, count_rejected, _count_invalid, _check_alive,
-    backpressure, _ids_full, _enqueue, _enqueue_one_ring (``Engine``)."""
+    backpressure, _unwritable, _ids_full, _enqueue, _enqueue_one_ring (``Engine``)."""
 
     def forget(self, space: str, ids, wait: bool = True, timeout: float = 10.0) -> ForgetResult:
         """Forget observations of one space by id; see ``ForgetResult``.
@@ -66,7 +66,7 @@ class Forgetting:
         if self.inst.header.admission_closed:
             self.count_rejected(idx, "over_capacity", n)
             return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, "engine is shutting down"), []
-        if blocked := pressure.unwritable(self.inst):
+        if blocked := self._unwritable():
             self.count_rejected(idx, "over_capacity", n)
             return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, blocked), []
         if (full := self._ids_full(n, 0.875)) is not None:

@@ -95,6 +95,29 @@ def test_a_forget_the_high_lane_takes_in_part_counts_only_what_it_misses(inst):
     assert (res.accepted, res.not_found, res.rejected) == (30, 0, {"over_capacity": 70}), res
 
 
+def test_writes_are_refused_while_stamps_would_pass_the_ceiling_on_disk(inst):
+    """A stopped supervisor stops moving the ceiling; producers then refuse
+    writes (counted, with the reason) rather than take a stamp past it."""
+    import json
+    import os
+
+    from engine.ledger.stamps import FILE, Ceiling
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    assert eng.observe(space, np.arange(10), vectors(10, 7)).accepted == 10  # no file yet: no ceiling
+    idx = eng.spaces.lookup(space)
+    with open(os.path.join(inst.params.data_dir, FILE), "w") as fh:
+        json.dump({"boot": "x", "offset": 0, "ceiling": 1}, fh)  # left by a supervisor that stopped long ago
+    ack = eng.observe(space, np.arange(10, 20), vectors(10, 8))
+    assert (ack.accepted, ack.rejected) == (0, {"over_capacity": 10}) and "ceiling" in ack.message, ack
+    res = eng.forget(space, [1, 2], wait=False)
+    assert (res.accepted, res.rejected) == (0, {"over_capacity": 2}) and "ceiling" in res.message, res
+    assert metric(inst, "observations_rejected_total", memory_space=idx, reason="over_capacity") == 12
+    Ceiling(inst.params.data_dir).keep()  # the supervisor runs again
+    assert eng.observe(space, np.arange(10, 20), vectors(10, 8)).accepted == 10
+    assert eng.forget(space, [1, 2], wait=False).accepted == 2
+
+
 def test_a_forget_queued_after_an_observe_wins_whatever_lane_order_applies_them(inst):
     """The forget goes to the high lane and is applied first; the older
     observe that arrives after it loses (its stamp is older)."""

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from engine.ledger.book import newest
-from engine.ledger.stamps import AHEAD_NS, Ceiling, StampClock
+from engine.ledger.stamps import AHEAD_NS, MARGIN_NS, Ceiling, StampClock
 from engine.storage.wal import FORGET, OBSERVE, WalWriter, replay
 
 
@@ -42,6 +42,27 @@ def test_the_ceiling_keeps_the_offset_within_a_boot_and_raises_it_after_a_reboot
     assert rebooted.now() > issued
     saved = json.loads((tmp_path / "stamps.json").read_text())
     assert saved["boot"] == "boot-a" and saved["ceiling"] == first.ceiling
+
+
+def test_a_producer_never_takes_a_stamp_past_the_ceiling_on_disk(tmp_path):
+    now = [50 * 10**9]
+    path = str(tmp_path / "stamps.json")
+    clock = StampClock(7, clock_ns=lambda: now[0], ceiling_path=path)
+    assert clock.blocked() == ""  # no file: nothing to hold to
+    supervisor = Ceiling(str(tmp_path), clock_ns=lambda: now[0] + 7, boot="b")
+    supervisor.keep()
+    first = supervisor.ceiling
+    assert clock.blocked() == "" and clock.bound == first
+    saved = (tmp_path / "stamps.json").read_text()
+    (tmp_path / "stamps.json").write_text(json.dumps({"ceiling": 1}))
+    now[0] = first - 7 - 2 * MARGIN_NS
+    assert clock.blocked() == ""  # the bound read is kept until the clock reaches it: no read per call
+    (tmp_path / "stamps.json").write_text(saved)
+    now[0] = first - 7 - MARGIN_NS // 2  # the supervisor was stopped: the ceiling on disk did not move
+    assert "ceiling" in clock.blocked() and "stopped" in clock.blocked()
+    assert clock.take() < first  # (a stamp taken anyway would still be below it: the margin)
+    assert supervisor.keep()  # it runs again and moves the ceiling ahead
+    assert clock.blocked() == "" and clock.bound == supervisor.ceiling > first
 
 
 def test_format_3_records_carry_kinds_and_stamps(tmp_path):
