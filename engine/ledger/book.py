@@ -105,12 +105,15 @@ def apply_ops(book: Book, shards, space: int, kind: int, ids: np.ndarray, stamps
 
 
 def keep_rows(ids: np.ndarray, dist: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's entries where ``ok``, in order, cut to the narrowest row's
-    count (a result array has one width)."""
-    width = int(ok.sum(axis=1).min()) if len(ok) else 0
+    """Each row's entries where ``ok``, in order. A result array has one
+    width: a row with fewer is padded at an infinite distance (the padding's
+    id means nothing; ``engine.producer.recall.merge`` drops it), so one
+    short row never costs the other rows their results."""
+    width = int(ok.sum(axis=1).max()) if len(ok) else 0
     out_ids = np.zeros((len(ids), width), ids.dtype)
-    out_dist = np.zeros((len(ids), width), dist.dtype)
+    out_dist = np.full((len(ids), width), np.inf, dist.dtype)
     for r in range(len(ids)):
-        out_ids[r] = ids[r][ok[r]][:width]
-        out_dist[r] = dist[r][ok[r]][:width]
+        n = int(ok[r].sum())
+        out_ids[r, :n] = ids[r][ok[r]]
+        out_dist[r, :n] = dist[r][ok[r]]
     return out_ids, out_dist

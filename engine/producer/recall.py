@@ -11,6 +11,8 @@ def merge(parts: list[tuple[np.ndarray, np.ndarray]], q: int, k: int) -> tuple[n
 
     Duplicate ids (an id found in two shards, or in a shard and a ring) keep
     their smallest distance. Ties are broken by id so results are stable.
+    Entries at an infinite distance are padding (``engine.ledger.book.keep_rows``)
+    and are dropped; the answer's width is then the narrowest row's count.
     """
     parts = [(i, d) for i, d in parts if i.shape[1] > 0]
     if not parts:
@@ -22,7 +24,8 @@ def merge(parts: list[tuple[np.ndarray, np.ndarray]], q: int, k: int) -> tuple[n
         order = np.lexsort((ids[r], dist[r]))
         ri, rd = ids[r][order], dist[r][order]
         _, first = np.unique(ri, return_index=True)
-        keep = np.sort(first)[:k]
+        keep = np.sort(first)
+        keep = keep[np.isfinite(rd[keep])][:k]
         rows_ids.append(ri[keep])
         rows_dist.append(rd[keep])
     width = min(len(x) for x in rows_ids)

@@ -59,7 +59,8 @@ class Ledgering:
         """Search the space's shard, keeping only the vectors the identity table
         says this slot holds: a copy left behind by a replacement or a forget
         applied elsewhere is marked deleted here when a search meets it, and the
-        search runs again (at most twice); what is still foreign is cut out."""
+        search runs again (at most twice). Rows that still meet such copies
+        are asked for more (``_fill``); what is foreign is cut out."""
         for _ in range(3):
             ids, dist = self.shards.search(space, queries, k, ef)
             if ids.size == 0:
@@ -67,8 +68,37 @@ class Ledgering:
             ok = self.book.held_here(space, ids.astype(np.uint64))
             if ok.all():
                 return ids, dist
-            stale = np.unique(ids[~ok]).astype(np.uint64)
-            self.shards.delete(space, stale)
+            self._forget_stale(space, ids[~ok])
+        return self._fill(space, queries, k, ef, ids, dist, ok)
+
+    def _forget_stale(self, space: int, labels: np.ndarray) -> None:
+        self.shards.delete(space, np.unique(labels).astype(np.uint64))
+
+    def _fill(self, space: int, queries, k: int, ef: int, ids, dist, ok) -> tuple[np.ndarray, np.ndarray]:
+        """Rows with fewer held results than the others ask the shard again,
+        for four times as many each round, up to all it has; a row the
+        shard cannot fill keeps what it found (``keep_rows`` pads it)."""
+        want = min(ids.shape[1], self.book.held(space))  # no row can have more than this slot holds
+        short = np.flatnonzero(ok.sum(axis=1) < want)
+        fetch, limit = ids.shape[1], self.shards.elements(space)
+        rows = {int(r): (ids[r][ok[r]], dist[r][ok[r]]) for r in short}
+        while len(short) and fetch < limit:
+            fetch = min(limit, fetch * 4)
+            more_ids, more_dist = self.shards.search(space, queries[short], fetch, max(ef, fetch))
+            if more_ids.size == 0:
+                break
+            more_ok = self.book.held_here(space, more_ids.astype(np.uint64))
+            if not more_ok.all():
+                self._forget_stale(space, more_ids[~more_ok])
+            for j, r in enumerate(short.tolist()):
+                rows[r] = more_ids[j][more_ok[j]][:want], more_dist[j][more_ok[j]][:want]
+            short = np.asarray([r for r in short.tolist() if len(rows[r][0]) < want], np.int64)
+        ids, dist = ids.copy(), dist.copy()
+        ok = ok.copy()
+        for r, (r_ids, r_dist) in rows.items():
+            n = len(r_ids)
+            ids[r, :n], dist[r, :n] = r_ids, r_dist
+            ok[r] = np.arange(ids.shape[1]) < n
         return keep_rows(ids, dist, ok)
 
     def _apply(self, space: int, kind: int, ids, stamps, vectors, positions) -> tuple:

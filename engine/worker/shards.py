@@ -156,6 +156,11 @@ class ShardSet:
         index = self.shards.get(space)
         return 0 if index is None else index.get_current_count()
 
+    def elements(self, space: int) -> int:
+        """Vectors a search of the space can meet: its shard's, and a running rebuild's."""
+        b = self.building.get(space)
+        return self.count(space) + (0 if b is None else b.index.get_current_count())
+
     def search(self, space: int, queries: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
         index = self.shards.get(space)
         none = np.zeros((len(queries), 0), np.uint64), np.zeros((len(queries), 0), np.float32)

@@ -77,6 +77,39 @@ def test_not_found_counts_in_acknowledged_order_what_is_still_queued(inst):
     assert int(inst.ids.held[:, eng.spaces.lookup(space)].sum()) == 100 - 60 + 1  # 202 is all that was added
 
 
+def test_a_shard_full_of_copies_replaced_elsewhere_still_answers_every_row(inst):
+    """Slot 0 keeps the old copies of 1,500 ids replaced on slot 1. Queries
+    that meet only such copies must not cost the other rows their answers:
+    each row gets this slot's held vectors, and together the slots answer
+    every query with its own id."""
+    from engine.producer.recall import merge
+    eng = Engine(inst)
+    space = space_homed_at(0)
+    w0, w1 = make_worker(inst, 0), make_worker(inst, 1)
+    n, moved = 2000, 1500
+    old, new = vectors(n, 21), vectors(moved, 22)
+    for lo in range(0, n, 500):
+        eng.observe(space, np.arange(lo, lo + 500), old[lo:lo + 500])
+    drain(w0)
+    idx = eng.spaces.lookup(space)
+    ring = inst.ring(1, LANE_INDEX["normal"])  # the replacements land on slot 1 (as stolen batches would)
+    for lo in range(0, moved, 500):
+        ids = np.arange(lo, lo + 500, dtype=np.uint64)
+        assert ring.enqueue(ids, new[lo:lo + 500], idx, 0.0, np.full(500, eng.clock.take(), np.uint64)) == 500
+        drain(w1)
+    assert inst.ids.held[:, idx].tolist() == [n - moved, moved]
+    queries = np.vstack([new, old[moved:]])
+    want = np.arange(n, dtype=np.uint64)
+    for k in (1, 5):
+        ids0, dist0 = w0.held_search(idx, queries, k, 16)
+        ids1, dist1 = w1.held_search(idx, queries, k, 16)
+        held0 = inst.ids.holders(idx, ids0[np.isfinite(dist0)].astype(np.uint64))
+        assert (held0 == 0).all()  # nothing foreign from slot 0
+        assert (ids0[moved:, 0] == want[moved:]).all()  # its own rows answered, whatever the others met
+        got, _ = merge([(ids0, dist0), (ids1, dist1)], n, k)
+        assert got.shape == (n, k) and (got[:, 0] == want).all()
+
+
 def test_a_forget_the_high_lane_takes_in_part_counts_only_what_it_misses(inst):
     """The part of a forget that went in is not counted as not found because
     of its own records, now queued ahead of the count."""

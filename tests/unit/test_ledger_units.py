@@ -83,3 +83,19 @@ def test_format_3_records_carry_kinds_and_stamps(tmp_path):
     plain = []
     replay(path, lambda s, i, v: plain.append(i.tolist()))
     assert plain == [[1, 2, 3], [2]]
+
+
+def test_a_row_with_nothing_kept_is_padded_and_the_merge_drops_the_padding():
+    from engine.ledger.book import keep_rows
+    from engine.producer.recall import merge
+    ids = np.array([[1, 2], [3, 4], [5, 6]], np.uint64)
+    dist = np.array([[.1, .2], [.3, .4], [.5, .6]], np.float32)
+    ok = np.array([[True, True], [False, False], [False, True]])
+    kept_ids, kept_dist = keep_rows(ids, dist, ok)
+    assert kept_ids.shape == (3, 2) and kept_ids[0].tolist() == [1, 2] and kept_ids[2, 0] == 6
+    assert np.isinf(kept_dist[1]).all() and np.isinf(kept_dist[2, 1])
+    other = (np.array([[7], [8], [9]], np.uint64), np.array([[.05], [.35], [.7]], np.float32))
+    got_ids, got_dist = merge([(kept_ids, kept_dist), other], 3, 2)
+    # row 1 lost both of its entries, not the other rows theirs; width: the narrowest row
+    assert got_ids.tolist() == [[7], [8], [6]] and np.isfinite(got_dist).all()
+    assert merge([(kept_ids, kept_dist), other], 3, 1)[0].tolist() == [[7], [8], [6]]
