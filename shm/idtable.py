@@ -14,7 +14,9 @@ Layout, from ``offset`` 0 of its segment (every array 64-byte aligned)::
     24   8          used         u64  occupied entries; writers, under the lock
     32   8          version      u64  even at rest, odd while entries move
                                       (``remove``); writers, under the lock
-    40   24         reserved
+    40   8          dirty        u64  1 while a writer changes entries or
+                                      counts; writers, under the lock
+    48   16         reserved
     64   8*S*M      held   i8[S, M]  live keys per (holder slot, space); writers,
                                       under the lock
     ..   8*S        floors u64[S]    per slot, a stamp its owner publishes
@@ -35,6 +37,13 @@ the numpy columns are written one after another), and an entry is updated
 with one aligned store per column. Only ``remove`` moves entries (backward
 shift), so it makes ``version`` odd around the move and a reader that saw
 the version change looks again.
+
+A writer killed inside ``apply`` leaves entries half updated, which the
+re-run of its operation completes, and ``held``/``used`` off by what it had
+not counted yet, which a re-run cannot tell. So a writer sets ``dirty``
+before it changes anything and clears it after; the next writer that finds
+it set counts ``held`` and ``used`` again from the entries (``_recount``,
+one pass over the table) before its own change.
 
 The mapping is untrusted: the header is checked against what the attacher
 expects, and probing is bounded by the capacity.
@@ -191,6 +200,7 @@ class IdTable:
         ids = np.ascontiguousarray(ids, np.uint64)
         stamps = np.ascontiguousarray(stamps, np.uint64)
         with self._lock.hold(self._lock_index, self.lock_timeout):
+            self._begin()
             found, empty = self._probe(space, ids)
             prev = np.full(len(ids), ABSENT, np.int32)
             have = found >= 0
@@ -209,7 +219,23 @@ class IdTable:
                 np.subtract.at(self.held[:, space], gone, 1)
             if holder >= 0:
                 self.held[holder, space] += int(win.sum())
+            self._hdr[5] = np.uint64(0)
             return win, prev
+
+    def _begin(self) -> None:
+        """Mark a change under way (lock held), first putting right the counts
+        of a writer that died inside one."""
+        if int(self._hdr[5]):
+            self._recount()
+        self._hdr[5] = np.uint64(1)
+
+    def _recount(self) -> None:
+        """``held`` and ``used`` from the entries themselves (lock held)."""
+        occupied = self.key != 0
+        live = occupied & (self.holder >= 0)
+        flat = self.holder[live].astype(np.int64) * self.spaces + self.key[live].astype(np.int64) - 1
+        self.held[:] = np.bincount(flat, minlength=self.slots * self.spaces).reshape(self.slots, self.spaces)
+        self._hdr[3] = np.uint64(int(occupied.sum()))
 
     def _insert(self, space: int, ids: np.ndarray, stamps: np.ndarray, holder: int, at: np.ndarray) -> None:
         """Fill empty entries (lock held); keys that met the same empty entry
@@ -240,6 +266,7 @@ class IdTable:
         mask = self.capacity - 1
         key, holder, stamps = self.key, self.holder, self.stamps
         with self._lock.hold(self._lock_index, self.lock_timeout):
+            self._begin()
             self._hdr[4] += np.uint64(1)  # odd: entries move
             try:
                 for p in sorted((int(x) for x in positions if 0 <= x < self.capacity), reverse=True):
@@ -250,6 +277,7 @@ class IdTable:
                 self._hdr[3] -= np.uint64(n)
             finally:
                 self._hdr[4] += np.uint64(1)
+            self._hdr[5] = np.uint64(0)
         return n
 
     def _home_of(self, space_key: int, ident: int) -> int:

@@ -129,3 +129,24 @@ def test_layout_table_in_the_docstring(tmp_path):
         assert arr.nbytes == eval(size, {"__builtins__": {}}, {"S": S, "M": M, "C": C}), name
         end = at + arr.nbytes
     assert (end + 63) // 64 * 64 == table_bytes(C, S, M)
+
+
+def test_a_writer_that_died_inside_apply_leaves_counts_the_next_writer_puts_right(tmp_path):
+    """What a writer killed between updating entries and counting them leaves:
+    entries changed, ``held`` not, ``dirty`` set. The re-run of its operation
+    cannot tell; the next writer recounts from the entries."""
+    t, _ = make(tmp_path)
+    t.apply(1, u64([10, 11, 12]), u64([5, 5, 5]), 0)
+    assert t.held[:, 1].tolist() == [3, 0] and int(t._hdr[5]) == 0
+    # slot 1 dies applying newer observes of 10 and 11: holders moved, counts not
+    pos = t.find(1, u64([10, 11]))
+    t._hdr[5] = 1
+    t.stamps[pos], t.holder[pos] = 9, 1
+    # its re-run (the same operation) and any other writer now see right counts
+    won, _ = t.apply(1, u64([10, 11]), u64([9, 9]), 1)
+    assert won.tolist() == [True, True]
+    assert t.held[:, 1].tolist() == [1, 2] and t.used == 3 and int(t._hdr[5]) == 0
+    t._hdr[5] = 1
+    t.held[0, 1] = 77  # whatever a death left
+    t.apply(2, u64([50]), u64([1]), 0)
+    assert t.held[:, 1].tolist() == [1, 2] and t.held[:, 2].tolist() == [1, 0] and t.used == 4
