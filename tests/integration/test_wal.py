@@ -106,7 +106,13 @@ def test_poison_batch_is_dead_lettered_after_two_crashes(tmp_path):
     the dead-letter file after it killed two workers; everything else is
     inserted and the engine keeps serving."""
     import json as _json
-    ep = EngineProcess(tmp_path, steal_threshold=100000, hooks={"crash_on_id": 777})
+    # batch-min = batch-max: a worker claims everything queued at once, so the
+    # claim that meets 777 starts before it (the count of deaths below
+    # depends on that; a claim sized by the measured insert rate could start
+    # at 777 itself on a loaded machine, and then the batch death is the
+    # record's first death)
+    ep = EngineProcess(tmp_path, steal_threshold=100000, batch_min=1000, batch_max=1000,
+                       hooks={"crash_on_id": 777})
     ep.start()
     try:
         eng = ep.engine()
