@@ -143,11 +143,7 @@ class Engine(Recalling, Forgetting):
         if (full := self._ids_full(n, ids=ids, space=idx)) is not None:
             self.count_rejected(idx, "over_capacity", n)
             return Ack(0, {"over_capacity": n}, state_name, full)
-        lane = LANE_INDEX[priority]
-        if journal is None:
-            written, busy, _ = self._enqueue(idx, ids, vectors, lane, OBSERVE)
-        else:
-            written, busy, _ = self._enqueue_one_ring(space, idx, ids, vectors, lane, OBSERVE, journal, on_publish)
+        written, busy, _ = self._queue(space, idx, ids, vectors, LANE_INDEX[priority], OBSERVE, journal, on_publish)
         # The ack carries the state after this batch: what the next one meets.
         state_name = admission.STATES[self.backpressure()]
         if written == n:
@@ -193,6 +189,13 @@ class Engine(Recalling, Forgetting):
         rings = [inst.ring(s, lane) for s in range(inst.slots)]
         free = [r.capacity - r.queued() for r in rings]
         return rings, free, spill_order(home_slot(space, inst.slots), free)
+
+    def _queue(self, space: str, idx: int, ids: np.ndarray, vectors: np.ndarray | None, lane: int, kind: int,
+               journal: tuple[int, int] | None, on_publish) -> tuple[int, bool, list]:
+        """``_enqueue``, or with ``journal`` ``_enqueue_one_ring``."""
+        if journal is None:
+            return self._enqueue(idx, ids, vectors, lane, kind)
+        return self._enqueue_one_ring(space, idx, ids, vectors, lane, kind, journal, on_publish)
 
     def _enqueue(self, idx: int, ids: np.ndarray, vectors: np.ndarray | None, lane: int,
                  kind: int) -> tuple[int, bool, list]:

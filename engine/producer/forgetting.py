@@ -26,7 +26,7 @@ from shm.errors import LockTimeout
 
 class Forgetting:
     """Needs: inst, params, spaces, count_rejected, _count_invalid, _check_alive,
-    backpressure, _unwritable, _ids_full, _enqueue, _enqueue_one_ring (``Engine``)."""
+    backpressure, _unwritable, _ids_full, _queue (``Engine``)."""
 
     def forget(self, space: str, ids, wait: bool = True, timeout: float = 10.0) -> ForgetResult:
         """Forget observations of one space by id; see ``ForgetResult``.
@@ -73,11 +73,7 @@ class Forgetting:
             self.count_rejected(idx, "over_capacity", n)
             return ForgetResult(0, 0, {"over_capacity": n}, state_name, False, full), []
         gone = self._not_found(idx, ids)  # before ours are queued: they would count themselves
-        lane = LANE_INDEX["high"]
-        if journal is None:
-            written, busy, marks = self._enqueue(idx, ids, None, lane, FORGET)
-        else:
-            written, busy, marks = self._enqueue_one_ring(space, idx, ids, None, lane, FORGET, journal, on_publish)
+        written, busy, marks = self._queue(space, idx, ids, None, LANE_INDEX["high"], FORGET, journal, on_publish)
         state_name = admission.STATES[self.backpressure()]
         if written == n:
             return ForgetResult(n, int(gone.sum()), {}, state_name, False), marks

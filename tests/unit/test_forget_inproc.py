@@ -307,8 +307,9 @@ def test_a_full_identity_table_refuses_new_observations_with_a_reason(inst):
 
 
 def test_a_compaction_finishes_while_the_space_keeps_taking_inserts(inst, monkeypatch):
-    """Every change to the compacting space goes to both indexes, so the copy
-    has a fixed amount of work and the swap leaves nothing behind."""
+    """Inserts into the compacting space go to the new index only (their old
+    copies are marked dead), so the copy has a fixed amount of work and the
+    swap leaves nothing behind."""
     monkeypatch.setattr(compaction, "CHECK_EVERY_S", 0.0)
     eng = Engine(inst)
     space = space_homed_at(0)
