@@ -17,6 +17,13 @@ def vectors(n, seed):
     return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
 
 
+def observe_drained(eng, space, vecs, worker):
+    """Observe ids 0..len(vecs) in batches of 500, each inserted by ``worker`` before the next."""
+    for lo in range(0, len(vecs), 500):
+        eng.observe(space, np.arange(lo, lo + 500), vecs[lo:lo + 500])
+        drain(worker)
+
+
 def found(worker, space_idx, queries, k):
     ids, _ = worker.held_search(space_idx, queries, k, 64)
     return set(ids.ravel().tolist())
@@ -88,9 +95,7 @@ def test_a_shard_full_of_copies_replaced_elsewhere_still_answers_every_row(inst)
     w0, w1 = make_worker(inst, 0), make_worker(inst, 1)
     n, moved = 2000, 1500
     old, new = vectors(n, 21), vectors(moved, 22)
-    for lo in range(0, n, 500):
-        eng.observe(space, np.arange(lo, lo + 500), old[lo:lo + 500])
-    drain(w0)
+    observe_drained(eng, space, old, w0)
     idx = eng.spaces.lookup(space)
     ring = inst.ring(1, LANE_INDEX["normal"])  # the replacements land on slot 1 (as stolen batches would)
     for lo in range(0, moved, 500):
@@ -213,9 +218,7 @@ def test_compaction_rebuilds_a_shard_and_gives_memory_back(inst, monkeypatch):
     space = space_homed_at(0)
     w0 = make_worker(inst, 0)
     vecs = vectors(2000, 8)
-    for lo in range(0, 2000, 500):
-        eng.observe(space, np.arange(lo, lo + 500), vecs[lo:lo + 500])
-        drain(w0)
+    observe_drained(eng, space, vecs, w0)
     idx = eng.spaces.lookup(space)
     before = w0.shards.shards[idx].index_file_size()
     eng.forget(space, np.arange(0, 1500), wait=False)
@@ -315,9 +318,7 @@ def test_a_compaction_finishes_while_the_space_keeps_taking_inserts(inst, monkey
     space = space_homed_at(0)
     w0 = make_worker(inst, 0)
     vecs = vectors(3000, 14)
-    for lo in range(0, 3000, 500):
-        eng.observe(space, np.arange(lo, lo + 500), vecs[lo:lo + 500])
-        drain(w0)
+    observe_drained(eng, space, vecs, w0)
     idx = eng.spaces.lookup(space)
     eng.forget(space, np.arange(0, 1000), wait=False)
     drain(w0)
